@@ -1,0 +1,202 @@
+"""Detection and denoising scores: gated Hungarian matching, F1, RMSE, PSNR.
+
+A predicted particle and a reference particle can match only when they are at most
+``gate`` pixels apart (5 px by default, as in the Particle Tracking Challenge and the
+DENODET paper). Within each frame the matching is the one-to-one assignment that first
+maximises the number of matched pairs and then minimises their total distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from napari_denodet.core.points import FRAME, X, Y
+
+#: Default matching distance in pixels.
+GATE = 5.0
+
+
+@dataclass(frozen=True)
+class DetectionScores:
+    """Counts and scores of a detection result against a reference.
+
+    Attributes
+    ----------
+    tp, fp, fn : int
+        True positives (matched pairs), false positives (unmatched predictions) and
+        false negatives (unmatched reference points).
+    rmse : float
+        Root-mean-square distance of the matched pairs in pixels; NaN without matches.
+    """
+
+    tp: int
+    fp: int
+    fn: int
+    rmse: float
+
+    @property
+    def precision(self) -> float:
+        """TP / (TP + FP); 1 when nothing was predicted."""
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        """TP / (TP + FN); 1 when there is nothing to find."""
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        """2TP / (2TP + FP + FN); 1 when both sides are empty."""
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else 1.0
+
+    def as_dict(self) -> dict:
+        """Return counts and scores as plain numbers (for JSON)."""
+        out = asdict(self)
+        out.update(precision=self.precision, recall=self.recall, f1=self.f1)
+        return out
+
+
+def match_points(
+    predicted: np.ndarray, reference: np.ndarray, gate: float = GATE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match two point sets one-to-one under a distance gate.
+
+    Parameters
+    ----------
+    predicted : numpy.ndarray
+        ``(N, D)`` coordinates.
+    reference : numpy.ndarray
+        ``(M, D)`` coordinates.
+    gate : float
+        Largest distance at which two points may match (inclusive).
+
+    Returns
+    -------
+    pred_index, ref_index : numpy.ndarray
+        Indices of the matched pairs.
+    distance : numpy.ndarray
+        Distance of each matched pair.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
+    reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+    if len(predicted) == 0 or len(reference) == 0:
+        return empty
+    n = len(predicted)
+    pairs = cKDTree(predicted).sparse_distance_matrix(
+        cKDTree(reference), gate, output_type="ndarray"
+    )
+    rows, cols, dist = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
+    if len(rows) == 0:
+        return empty
+    # Solve each connected group of candidate pairs on its own: small dense problems
+    # instead of one N x M matrix for a frame with thousands of particles.
+    adjacency = coo_matrix((np.ones(len(rows)), (rows, n + cols)),
+                           shape=(n + len(reference),) * 2)
+    _, labels = connected_components(adjacency, directed=False)
+    group = labels[rows]
+    out_p, out_r, out_d = [], [], []
+    order = np.argsort(group, kind="stable")
+    boundaries = np.flatnonzero(np.diff(group[order])) + 1
+    for idx in np.split(order, boundaries):
+        gp, p_inv = np.unique(rows[idx], return_inverse=True)
+        gr, r_inv = np.unique(cols[idx], return_inverse=True)
+        if len(gp) == 1 or len(gr) == 1:
+            best = np.argmin(dist[idx])
+            out_p.append(gp[p_inv[best]:p_inv[best] + 1])
+            out_r.append(gr[r_inv[best]:r_inv[best] + 1])
+            out_d.append(dist[idx][best:best + 1])
+            continue
+        # Forbidden pairs cost more than any feasible assignment, so the solver first
+        # maximises the number of gated matches, then minimises their total distance.
+        big = gate * (min(len(gp), len(gr)) + 1) * 2.0 + 1.0
+        cost = np.full((len(gp), len(gr)), big)
+        cost[p_inv, r_inv] = dist[idx]
+        ri, ci = linear_sum_assignment(cost)
+        ok = cost[ri, ci] < big
+        out_p.append(gp[ri[ok]])
+        out_r.append(gr[ci[ok]])
+        out_d.append(cost[ri[ok], ci[ok]])
+    return (np.concatenate(out_p).astype(np.int64), np.concatenate(out_r).astype(np.int64),
+            np.concatenate(out_d))
+
+
+def _frames(table: pd.DataFrame) -> np.ndarray:
+    if FRAME in table.columns:
+        return table[FRAME].to_numpy(dtype=np.int64)
+    return np.zeros(len(table), dtype=np.int64)
+
+
+def score_detections(
+    predicted: pd.DataFrame, reference: pd.DataFrame, gate: float = GATE
+) -> DetectionScores:
+    """Score predicted points against reference points, frame by frame.
+
+    Parameters
+    ----------
+    predicted, reference : pandas.DataFrame
+        Points tables. Either both or neither should have a ``frame`` column; a table
+        without one is treated as frame 0.
+    gate : float
+        Matching distance in pixels.
+
+    Returns
+    -------
+    DetectionScores
+        TP/FP/FN summed over frames and RMSE over all matched pairs.
+    """
+    pf, rf = _frames(predicted), _frames(reference)
+    pxy = predicted[[Y, X]].to_numpy(dtype=np.float64)
+    rxy = reference[[Y, X]].to_numpy(dtype=np.float64)
+    tp = 0
+    squared = []
+    for frame in np.union1d(pf, rf):
+        p_sel, r_sel = pxy[pf == frame], rxy[rf == frame]
+        _, _, d = match_points(p_sel, r_sel, gate)
+        tp += len(d)
+        squared.append(d * d)
+    sq = np.concatenate(squared) if squared else np.empty(0)
+    rmse = float(np.sqrt(sq.mean())) if len(sq) else float("nan")
+    return DetectionScores(tp=tp, fp=len(pxy) - tp, fn=len(rxy) - tp, rmse=rmse)
+
+
+def psnr(reference: np.ndarray, estimate: np.ndarray, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio of an estimate against a clean reference, in dB.
+
+    For a stack, the PSNR of each frame is computed with that frame's range and the
+    mean over frames is returned (frames of a time-lapse differ in range).
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        The noise-free image or ``(t, y, x)`` stack.
+    estimate : numpy.ndarray
+        The denoised (or noisy) image of the same shape.
+    data_range : float, optional
+        Range of the reference; by default ``max - min`` of each frame.
+
+    Returns
+    -------
+    float
+        PSNR in dB (``inf`` for a perfect estimate).
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    estimate = np.asarray(estimate, dtype=np.float64)
+    if reference.shape != estimate.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {estimate.shape}")
+    if reference.ndim == 3:
+        return float(np.mean([psnr(r, e, data_range) for r, e in
+                              zip(reference, estimate, strict=True)]))
+    rng = float(reference.max() - reference.min()) if data_range is None else data_range
+    mse = float(np.mean((reference - estimate) ** 2))
+    if mse == 0:
+        return float("inf")
+    return float(10.0 * np.log10(rng * rng / mse))

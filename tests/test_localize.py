@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from napari_denodet.core.localize import (
+    detect_points,
+    find_peaks,
+    local_dsnt,
+    window_probabilities,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKGROUND = -20.0  # a logit whose probability is ~2e-9
+
+
+def separated_positions(n: int, size: int, spacing: float, margin: float, seed: int):
+    """``n`` random sub-pixel (y, x) at least ``spacing`` apart, ``margin`` from the edge."""
+    generator = torch.Generator().manual_seed(seed)
+    points: list[torch.Tensor] = []
+    while len(points) < n:
+        p = torch.rand(2, generator=generator, dtype=torch.float64) * (size - 1 - 2 * margin)
+        p += margin
+        if all((p - q).norm() >= spacing for q in points):
+            points.append(p)
+    return torch.stack(points) if points else torch.zeros(0, 2, dtype=torch.float64)
+
+
+def gaussian_sum(points: torch.Tensor, shape: tuple[int, int], amplitudes=None):
+    """Sum of unit-sigma Gaussians (peak = amplitude) at ``points``, as float64."""
+    yy, xx = torch.meshgrid(
+        torch.arange(shape[0], dtype=torch.float64),
+        torch.arange(shape[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    d2 = (yy - points[:, 0, None, None]) ** 2 + (xx - points[:, 1, None, None]) ** 2
+    g = torch.exp(-d2 / 2)
+    if amplitudes is not None:
+        g = g * torch.as_tensor(amplitudes, dtype=torch.float64)[:, None, None]
+    return g.sum(0)
+
+
+def nearest_errors(truth: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+    # Explicit differences: torch.cdist's matmul path loses ~0.02 px in float32.
+    return (truth[:, None, :] - found[None, :, :]).norm(dim=-1).min(dim=1).values
+
+
+def as_points(result: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([result["y"], result["x"]], dim=1).double().cpu()
+
+
+# A sigma-1 Gaussian seen through a 5x5 window is truncated, which pulls a plain soft-argmax
+# (temperature 1) towards the window centre by up to ~0.06 px. Sharpening the softmax to an
+# effective sigma of ~0.7 (temperature 0.5, or logits scaled by 2) or widening the window
+# removes the bias to a few thousandths of a pixel.
+@pytest.mark.parametrize(
+    ("eps", "scale", "temperature", "radius"),
+    [
+        (1e-6, 1.0, 0.5, 2),
+        (1e-3, 1.0, 0.5, 2),
+        (1e-6, 2.0, 1.0, 2),
+        (1e-6, 1.0, 1.0, 3),
+    ],
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gaussians_are_localised_to_a_tenth_of_a_pixel(eps, scale, temperature, radius, device):
+    truth = separated_positions(30, 64, spacing=8.0, margin=3.0, seed=0)
+    logits = (scale * torch.log(gaussian_sum(truth, (64, 64)) + eps)).float()[None].to(device)
+    found = detect_points(logits, floor=0.3, radius=radius, temperature=temperature)
+    assert all(v.device.type == device for v in found.values())
+    assert len(found["y"]) == 30
+    errors = nearest_errors(truth, as_points(found))
+    assert errors.max() < 0.1
+    assert errors.mean() < 0.01
+
+
+def test_plain_softargmax_in_a_small_window_is_biased_inwards():
+    # The reason the temperature argument exists (see the comment above).
+    truth = torch.tensor([[20.0, 20.5]], dtype=torch.float64)
+    logits = torch.log(gaussian_sum(truth, (41, 41)) + 1e-6).float()[None]
+    centre = torch.tensor([[0, 20, 20]])
+    plain = local_dsnt(logits, centre, radius=2, temperature=1.0)[0, 1].item()
+    sharp = local_dsnt(logits, centre, radius=2, temperature=0.5)[0, 1].item()
+    assert 20.4 < plain < 20.46
+    assert abs(sharp - 20.5) < 0.005
+
+
+@pytest.mark.parametrize("floor", [0.1, 0.5, 0.7])
+def test_peaks_below_the_floor_are_dropped(floor):
+    truth = separated_positions(12, 48, spacing=8.0, margin=3.0, seed=1)
+    probability = torch.linspace(0.05, 0.95, 12, dtype=torch.float64)
+    heat = gaussian_sum(truth, (48, 48), amplitudes=probability).clamp(1e-9, 1 - 1e-9)
+    logits = torch.logit(heat).float()[None]
+    found = detect_points(logits, floor=floor)
+    kept = probability >= floor
+    assert len(found["score"]) == int(kept.sum())
+    assert (found["score"] >= floor).all()
+    assert nearest_errors(truth[kept], as_points(found)).max() < 0.2
+    torch.testing.assert_close(
+        found["score"].sort().values.double(), probability[kept], atol=1e-3, rtol=0
+    )
+
+
+@pytest.mark.parametrize("plateau", [(1, 1), (2, 2), (3, 3), (1, 7), (4, 9), (6, 6)])
+def test_a_flat_plateau_gives_one_peak(plateau):
+    h, w = plateau
+    logits = torch.full((1, 30, 30), BACKGROUND)
+    logits[0, 10 : 10 + h, 12 : 12 + w] = 3.0
+    peaks = find_peaks(logits, floor=0.5, min_distance=2)
+    # Ties go to the first pixel in row-major order, so the choice is reproducible.
+    assert peaks.tolist() == [[0, 10, 12]]
+
+
+def test_plateau_centre_is_recovered_by_the_local_centroid():
+    logits = torch.full((1, 20, 20), BACKGROUND)
+    logits[0, 5:8, 9:12] = 2.0  # 3x3 plateau centred on (6, 10)
+    found = detect_points(logits, floor=0.5, radius=2)
+    torch.testing.assert_close(as_points(found), torch.tensor([[6.0, 10.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("distance", "min_distance", "expected"), [(2, 2, 1), (2, 1, 2), (3, 2, 2)])
+def test_min_distance_suppresses_close_peaks(distance, min_distance, expected):
+    logits = torch.full((1, 20, 20), BACKGROUND)
+    logits[0, 10, 5] = 4.0
+    logits[0, 10, 5 + distance] = 3.0
+    peaks = find_peaks(logits, floor=0.5, min_distance=min_distance)
+    assert len(peaks) == expected
+    assert peaks[0].tolist() == [0, 10, 5]  # the higher one always survives
+
+
+@pytest.mark.parametrize(
+    "position", [(0.0, 0.0), (0.3, 20.0), (20.0, 31.0), (31.0, 30.8), (1.0, 1.0), (0.2, 31.0)]
+)
+def test_peaks_at_the_border_stay_inside_the_image(position):
+    truth = torch.tensor([position], dtype=torch.float64)
+    logits = torch.log(gaussian_sum(truth, (32, 32)) + 1e-6).float()[None]
+    found = detect_points(logits, floor=0.3, radius=2, temperature=0.5)
+    assert len(found["y"]) == 1
+    y, x = found["y"].item(), found["x"].item()
+    assert 0.0 <= y <= 31.0 and 0.0 <= x <= 31.0
+    # The clipped window only loses the outer half of the spot: the centre stays close.
+    assert math.hypot(y - position[0], x - position[1]) < 0.5
+
+
+def test_window_pixels_outside_the_image_get_no_weight():
+    logits = torch.randn(1, 6, 6)
+    probs = window_probabilities(logits, torch.tensor([[0, 0, 5]]), radius=2).reshape(5, 5)
+    assert (probs[:2, :] == 0).all()  # rows -2, -1
+    assert (probs[:, 3:] == 0).all()  # columns 6, 7
+    torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+    expected = torch.softmax(logits[0, 0:3, 3:6].reshape(-1), dim=0)
+    torch.testing.assert_close(probs[2:, :3].reshape(-1), expected)
+
+
+def test_batch_indices_follow_the_frame():
+    size = 40
+    truths = [
+        separated_positions(n, size, spacing=8.0, margin=3.0, seed=10 + n) for n in (3, 0, 7, 1)
+    ]
+    heat = torch.stack([gaussian_sum(t, (size, size)) for t in truths])
+    logits = torch.log(heat + 1e-6).float()
+    found = detect_points(logits, floor=0.3, temperature=0.5)
+    assert found["batch"].dtype == torch.long
+    assert torch.bincount(found["batch"], minlength=4).tolist() == [3, 0, 7, 1]
+    points = as_points(found)
+    for b, truth in enumerate(truths):
+        if len(truth):
+            assert nearest_errors(truth, points[found["batch"] == b]).max() < 0.1
+
+
+def test_local_dsnt_passes_gradcheck():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
+    centres = torch.tensor([[0, 3, 4], [1, 0, 0], [1, 6, 7], [0, 1, 6]])
+    assert torch.autograd.gradcheck(
+        lambda t: local_dsnt(t, centres, radius=2, temperature=0.7), (logits,)
+    )
+
+
+def test_local_dsnt_gradient_is_local_and_non_zero():
+    logits = torch.randn(1, 16, 16, requires_grad=True)
+    coords = local_dsnt(logits, torch.tensor([[0, 8, 8]]), radius=2)
+    coords.sum().backward()
+    grad = logits.grad[0]
+    assert grad[6:11, 6:11].abs().sum() > 0
+    grad[6:11, 6:11] = 0
+    assert (grad == 0).all()
+
+
+def test_detect_points_keeps_the_graph_for_training():
+    logits = torch.log(gaussian_sum(torch.tensor([[8.2, 7.6]]), (16, 16)) + 1e-6)[None]
+    logits = logits.float().requires_grad_()
+    found = detect_points(logits, floor=0.3)
+    (found["y"] + found["x"] + found["score"]).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_no_peaks_gives_empty_tensors(batch):
+    logits = torch.full((batch, 16, 16), BACKGROUND)
+    peaks = find_peaks(logits, floor=0.05)
+    assert peaks.shape == (0, 3) and peaks.dtype == torch.long
+    assert local_dsnt(logits, peaks).shape == (0, 2)
+    assert window_probabilities(logits, peaks, radius=1).shape == (0, 9)
+    found = detect_points(logits)
+    assert set(found) == {"batch", "y", "x", "score"}
+    for key, value in found.items():
+        assert value.shape == (0,), key
+    assert found["batch"].dtype == torch.long
+    assert found["y"].dtype == found["x"].dtype == found["score"].dtype == torch.float32
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="B, H, W"):
+        find_peaks(torch.zeros(8, 8), floor=0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        local_dsnt(torch.zeros(1, 8, 8), torch.tensor([[0, 4, 4]]), temperature=0.0)
+
+
+def test_two_thousand_peaks_in_one_call():
+    # A 40 x 50 lattice (6 px pitch) of spots with random sub-pixel offsets, drawn by
+    # scattering 7x7 patches so that building the image needs no loop either.
+    generator = torch.Generator().manual_seed(7)
+    gy, gx = torch.meshgrid(torch.arange(40), torch.arange(50), indexing="ij")
+    base = torch.stack([gy.reshape(-1), gx.reshape(-1)], dim=1).double() * 6 + 4
+    truth = base + torch.rand(base.shape, generator=generator, dtype=torch.float64) - 0.5
+    shape = (40 * 6 + 8, 50 * 6 + 8)
+    r = torch.arange(-3, 4)
+    oy, ox = torch.meshgrid(r, r, indexing="ij")
+    ys = truth[:, :1].round().long() + oy.reshape(1, -1)
+    xs = truth[:, 1:].round().long() + ox.reshape(1, -1)
+    values = torch.exp(-((ys - truth[:, :1]) ** 2 + (xs - truth[:, 1:]) ** 2) / 2)
+    heat = torch.zeros(shape, dtype=torch.float64).index_put_((ys, xs), values, accumulate=True)
+    logits = torch.log(heat + 1e-6).float()[None]
+
+    found = detect_points(logits, floor=0.3, temperature=0.5)
+    assert len(found["y"]) == 2000
+    # Detections come back in row-major order, which is the lattice order here.
+    errors = (as_points(found) - truth).norm(dim=1)
+    assert errors.max() < 0.1
+    assert errors[[0, 1, 999, 1998, 1999]].max() < 0.05
