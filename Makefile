@@ -7,8 +7,11 @@ OUT ?= demo-output
 setup:
 	@bash scripts/setup-env.sh
 
+# The main job, headless: a simulated vesicle time-lapse with its ground truth.
 demo: setup
-	$(VENV)/bin/napari-denodet demo --out $(OUT)
+	$(VENV)/bin/napari-denodet simulate --scenario vesicle --snr 4 --density mid \
+	  --frames 20 --out $(OUT) --overwrite
+	@echo "Open the results in napari: $(VENV)/bin/napari $(OUT)/noisy.tif $(OUT)/truth.csv"
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -353,7 +353,7 @@ def read_points(path: str | os.PathLike) -> pd.DataFrame:
     suffix = _suffix(path)
     try:
         if suffix == ".csv":
-            table = pd.read_csv(path, float_precision="round_trip")
+            table = pd.read_csv(path)
         elif suffix == ".star":
             table = _read_star(path)
         elif suffix == ".box":

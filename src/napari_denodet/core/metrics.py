@@ -85,11 +85,11 @@ def match_points(
     distance : numpy.ndarray
         Distance of each matched pair.
     """
-    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
-    reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
     if len(predicted) == 0 or len(reference) == 0:
         return empty
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
+    reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     n = len(predicted)
     pairs = cKDTree(predicted).sparse_distance_matrix(
         cKDTree(reference), gate, output_type="ndarray"

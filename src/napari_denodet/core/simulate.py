@@ -414,14 +414,19 @@ def simulate_micrograph(
     background += ndimage.zoom(coarse, (h / 5, w / 5), order=3, mode="nearest")[:h, :w]
     if carbon:
         # A curved carbon edge: the film is thicker (darker) and holds no particles.
-        cy, cx = rng.uniform(-0.5, 1.5) * h, rng.choice([-1.0, 2.0]) * w
-        r_hole = np.hypot(h, w) * rng.uniform(0.7, 1.0)
+        # The hole is a large circle whose rim crosses the image; beyond it lies carbon
+        # over a band of 15-35 % of the image along a random direction u.
+        phi = rng.uniform(0, 2 * np.pi)
+        u = np.array([np.sin(phi), np.cos(phi)])
+        size = float(max(h, w))
+        depth = rng.uniform(0.15, 0.35)
+        reach = abs(u[0]) * h / 2 + abs(u[1]) * w / 2  # half-extent of the image along u
+        distance = 3.0 * size
+        cy, cx = h / 2 - u[0] * distance, w / 2 - u[1] * distance
+        r_hole = distance + reach * (1 - 2 * depth)
         on_carbon = np.hypot(yy - cy, xx - cx) > r_hole
-        if on_carbon.mean() < 0.6:
-            background -= 0.8 * on_carbon
-            allowed &= ~ndimage.binary_dilation(on_carbon, iterations=int(r_mean))
-        else:
-            carbon = False
+        background -= 0.8 * on_carbon
+        allowed &= ~ndimage.binary_dilation(on_carbon, iterations=int(np.ceil(r_mean)))
 
     centres = _place_without_overlap((h, w), r_mean, coverage, allowed, rng)
     radii = r_mean * rng.uniform(0.9, 1.1, len(centres))

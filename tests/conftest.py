@@ -1,0 +1,27 @@
+"""Shared test setup.
+
+GUI tests run under Xvfb (pytest-xvfb starts it after this file is imported). Only when
+there is neither a display nor an Xvfb binary do we fall back to Qt's offscreen
+platform, which cannot render napari's canvas but lets widget logic run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The project's real images (``../shared/data``); skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
