@@ -99,7 +99,54 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep only predictions with score >= this")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     ev.set_defaults(run=_run_evaluate)
+
+    from napari_denodet.core.train import TRAIN_SCENARIOS
+
+    tr = sub.add_parser("train", help="train a model on simulated data",
+                        description="Train the joint network on freshly simulated patches and "
+                                    "save MODEL.pt with its model card MODEL.json.")
+    tr.add_argument("--scenario", choices=TRAIN_SCENARIOS, default="fluorescence")
+    tr.add_argument("--steps", type=_positive_int, default=2000)
+    tr.add_argument("--batch-size", type=_positive_int, default=8)
+    tr.add_argument("--patch-size", type=_positive_int, default=None,
+                    help="patch edge in pixels (default 96; 128 for micrographs)")
+    tr.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    tr.add_argument("--gamma", type=float, default=0.5,
+                    help="weight of the denoising loss (0 = detection only)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--eval-every", type=_positive_int, default=250)
+    tr.add_argument("--name", default=None, help="model name in the card (default: file stem)")
+    tr.add_argument("--checkpoint", type=Path, default=None,
+                    help="training state file, written every --eval-every steps")
+    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
+    tr.add_argument("--overwrite", action="store_true")
+    tr.set_defaults(run=_run_train)
     return parser
+
+
+def _drain(generator, describe, total_of):
+    """Run a core generator under a progress bar on stderr; return its result."""
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        while True:
+            progress = next(generator)
+            if bar is None:
+                bar = tqdm(total=total_of(progress), file=sys.stderr, unit="step",
+                           dynamic_ncols=True, disable=None)
+            text = describe(progress)
+            if text is not None:
+                bar.set_postfix_str(text, refresh=False)
+            bar.n = progress.step
+            bar.refresh()
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        generator.close()
+        if bar is not None:
+            bar.close()
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
@@ -155,6 +202,52 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"precision {scores.precision:.3f}\nrecall    {scores.recall:.3f}\n"
               f"F1        {scores.f1:.3f}\nRMSE      {scores.rmse:.3f} px\n"
               f"TP {scores.tp}  FP {scores.fp}  FN {scores.fn}  (gate {args.gate:g} px)")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from napari_denodet.core.models import save_model
+    from napari_denodet.core.train import TrainSettings, model_card, train
+
+    out: Path = args.out
+    if out.suffix != ".pt":
+        raise InputError(out, "model files end in .pt")
+    if out.exists() and not args.overwrite:
+        raise InputError(out, "already exists; use --overwrite or another --out")
+    if args.resume and args.checkpoint is None:
+        raise InputError(None, "--resume needs --checkpoint")
+    patch = args.patch_size or (128 if args.scenario == "micrograph" else 96)
+    settings = TrainSettings(scenario=args.scenario, steps=args.steps,
+                             batch_size=args.batch_size, patch_size=patch,
+                             learning_rate=args.learning_rate, gamma=args.gamma,
+                             seed=args.seed, eval_every=args.eval_every)
+    last = {}
+
+    def describe(progress):
+        last.update(progress.metrics)
+        if progress.stage == "validate":
+            print(f"step {progress.step}: validation F1 {progress.metrics['val_f1']:.3f} "
+                  f"RMSE {progress.metrics['val_rmse']:.3f} px (threshold "
+                  f"{progress.metrics['threshold']:.2f})", file=sys.stderr)
+        return f"loss {last.get('loss', float('nan')):.3f}"
+
+    result = _drain(train(settings, checkpoint=args.checkpoint, resume=args.resume,
+                          checkpoint_every=args.eval_every),
+                    describe, lambda p: p.total)
+    # The command that reproduces this model (checkpointing does not change the result).
+    command = shlex.join([
+        PROG, "train", "--scenario", settings.scenario, "--steps", str(settings.steps),
+        "--batch-size", str(settings.batch_size), "--patch-size", str(settings.patch_size),
+        "--learning-rate", f"{settings.learning_rate:g}", "--gamma", f"{settings.gamma:g}",
+        "--seed", str(settings.seed), "--eval-every", str(settings.eval_every),
+        "--out", out.name])
+    card = model_card(result, args.name or out.stem, command)
+    save_model(out, result.network, card, overwrite=args.overwrite)
+    print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "
+          f"{card['training']['validation']['val_f1']:.3f}, threshold {result.threshold:.2f}, "
+          f"{result.wall_time:.0f} s)")
     return 0
 
 

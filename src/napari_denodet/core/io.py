@@ -81,7 +81,12 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> np.ndarray:
     else:
         raise InputError(path, f"unsupported file type '{suffix}' (napari-denodet reads "
                                f"{', '.join(IMAGE_SUFFIXES)})")
-    return _to_standard_axes(path, data, axes or file_axes, from_user=axes is not None)
+    data = _to_standard_axes(path, data, axes or file_axes, from_user=axes is not None)
+    if not data.dtype.isnative:
+        # Fiji writes big-endian TIFFs; torch and many readers refuse that byte order.
+        # This costs the memory map: such files are read into memory.
+        data = data.astype(data.dtype.newbyteorder("="))
+    return data
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
@@ -233,6 +238,8 @@ def atomic_write(
                                     suffix=".partial" + path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would.
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         write(tmp)
         if overwrite:
@@ -252,6 +259,12 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_tiff(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False) -> Path:

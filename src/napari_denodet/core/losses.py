@@ -1,0 +1,170 @@
+"""Losses of the joint network: denoising, detection, and their combination.
+
+Detection follows DENODET (section III-B) applied locally, because an image holds many
+particles: for every true particle, the softmax of the heatmap logits in a small window
+around its nearest pixel is compared with a sigma = 1 px Gaussian centred on the true
+sub-pixel position (Jensen-Shannon divergence), and the window's soft-argmax (local
+DSNT) is compared with the true position (Euclidean distance). Those two terms only
+shape the heatmap near particles; a dense, class-balanced binary cross-entropy against
+the Gaussian target heatmap keeps empty background empty and makes the peak height a
+score. The joint loss is ``L = L_det + gamma * L_deno``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from napari_denodet.core.localize import local_dsnt, window_probabilities
+
+#: Width of the target Gaussian, in pixels (the paper's sigma).
+TARGET_SIGMA = 1.0
+
+
+def gaussian_heatmap(centres: Tensor, shape: tuple[int, int, int],
+                     sigma: float = TARGET_SIGMA) -> Tensor:
+    """Render the target heatmap: a unit-peak Gaussian at every particle, max-combined.
+
+    Parameters
+    ----------
+    centres : Tensor
+        ``(K, 3)`` float of ``(batch, y, x)``.
+    shape : tuple of int
+        ``(B, H, W)`` of the heatmap.
+    sigma : float
+        Gaussian width in pixels.
+
+    Returns
+    -------
+    Tensor
+        ``(B, H, W)`` float in [0, 1].
+    """
+    b, h, w = shape
+    out = torch.zeros(shape, dtype=torch.float32, device=centres.device)
+    if len(centres) == 0:
+        return out
+    r = int(torch.ceil(torch.tensor(3.0 * sigma)).item())
+    offsets = torch.arange(-r, r + 1, device=centres.device)
+    bi = centres[:, 0].long()
+    cy, cx = centres[:, 1], centres[:, 2]
+    py = torch.round(cy).long()[:, None, None] + offsets[None, :, None]
+    px = torch.round(cx).long()[:, None, None] + offsets[None, None, :]
+    py, px = torch.broadcast_tensors(py, px)
+    values = torch.exp(-((py - cy[:, None, None]) ** 2 + (px - cx[:, None, None]) ** 2)
+                       / (2.0 * sigma * sigma))
+    keep = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    flat = (bi[:, None, None] * h * w + py * w + px)[keep]
+    out.view(-1).scatter_reduce_(0, flat, values[keep].float(), reduce="amax")
+    return out
+
+
+def balanced_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy with particle and background pixels weighted equally.
+
+    Parameters
+    ----------
+    logits, target : Tensor
+        Same shape; target in [0, 1].
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    positive = target.sum()
+    total = torch.tensor(float(target.numel()), device=target.device)
+    # Weight soft positives up so that both classes carry half the loss.
+    pos_weight = ((total - positive) / positive.clamp(min=1.0)).clamp(max=1000.0)
+    weight = 1.0 + (pos_weight - 1.0) * target
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return loss / (weight.sum() + 1e-6)
+
+
+def _window_targets(centres: Tensor, radius: int, sigma: float = TARGET_SIGMA) -> Tensor:
+    """Gaussian distribution over each particle's window, centred at its true position."""
+    offsets = torch.arange(-radius, radius + 1, device=centres.device, dtype=torch.float32)
+    dy = torch.round(centres[:, 1])[:, None] + offsets[None, :] - centres[:, 1:2]
+    dx = torch.round(centres[:, 2])[:, None] + offsets[None, :] - centres[:, 2:3]
+    g = torch.exp(-(dy[:, :, None] ** 2 + dx[:, None, :] ** 2) / (2 * sigma * sigma))
+    g = g.reshape(len(centres), -1)
+    return g / g.sum(dim=1, keepdim=True)
+
+
+def jensen_shannon(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
+    """Mean Jensen-Shannon divergence between rows of two distributions."""
+    m = 0.5 * (p + q)
+    kl_pm = (p * (torch.log(p + eps) - torch.log(m + eps))).sum(dim=1)
+    kl_qm = (q * (torch.log(q + eps) - torch.log(m + eps))).sum(dim=1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+def local_terms(logits: Tensor, centres: Tensor, radius: int = 2,
+                temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The per-particle detection terms: JS divergence and Euclidean error.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, H, W)`` heatmap logits.
+    centres : Tensor
+        ``(K, 3)`` float of true ``(batch, y, x)`` inside the image.
+    radius : int
+        Half-width of the window.
+    temperature : float
+        Softmax temperature used at inference too.
+
+    Returns
+    -------
+    js, euclid : Tensor
+        Scalars (zero when there are no particles).
+    """
+    if len(centres) == 0:
+        zero = logits.sum() * 0.0
+        return zero, zero
+    h, w = logits.shape[-2:]
+    integer = torch.stack([
+        centres[:, 0].long(),
+        torch.round(centres[:, 1]).long().clamp(0, h - 1),
+        torch.round(centres[:, 2]).long().clamp(0, w - 1),
+    ], dim=1)
+    probs = window_probabilities(logits, integer, radius=radius, temperature=temperature)
+    js = jensen_shannon(probs, _window_targets(centres, radius))
+    yx = local_dsnt(logits, integer, radius=radius, temperature=temperature)
+    euclid = torch.linalg.vector_norm(yx - centres[:, 1:], dim=1).mean()
+    return js, euclid
+
+
+def detection_loss(logits: Tensor, centres: Tensor, lam: float = 1.0, radius: int = 2,
+                   temperature: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+    """Dense balanced BCE to the Gaussian heatmap plus ``lam`` times the local terms.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, 1, H, W)`` or ``(B, H, W)`` heatmap logits.
+    centres : Tensor
+        ``(K, 3)`` float of ``(batch, y, x)``.
+    lam : float
+        Weight of the JS + Euclidean terms (the paper's lambda).
+    radius, temperature
+        As in :func:`local_terms`.
+
+    Returns
+    -------
+    loss : Tensor
+        Scalar.
+    parts : dict
+        The value of each term, for progress reports.
+    """
+    logits = logits.reshape(-1, *logits.shape[-2:])
+    target = gaussian_heatmap(centres, tuple(logits.shape))
+    dense = balanced_bce(logits, target)
+    js, euclid = local_terms(logits, centres, radius, temperature)
+    loss = dense + lam * (js + euclid)
+    return loss, {"bce": dense.item(), "js": js.item(), "euclid": euclid.item()}
+
+
+def denoising_loss(denoised: Tensor, clean: Tensor) -> Tensor:
+    """L1 distance to the clean image, both in the input's normalised units."""
+    return F.l1_loss(denoised, clean)

@@ -1,0 +1,185 @@
+"""Model files: weights plus a model card, bundled with the package or chosen by path.
+
+A model is two files side by side: ``NAME.pt`` (a ``torch.save`` of a dict with the
+network configuration and its ``state_dict``) and ``NAME.json``, the model card. The
+card says what the model is for and how it was made; :data:`CARD_FIELDS` lists the
+fields every card has. Bundled models live in ``napari_denodet/models`` and load by
+name through :mod:`importlib.resources`; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from napari_denodet.core.errors import InputError
+from napari_denodet.core.io import atomic_write
+
+#: Fields of every model card (one definition for the CLI, the widgets and the docs).
+CARD_FIELDS = (
+    "name",            # short name, e.g. "fluorescence"
+    "version",         # napari-denodet version that wrote it
+    "scenario",        # what data it is for
+    "training",        # data, command, steps, seed, wall time
+    "normalisation",   # how frames are normalised before the network ("median-mad")
+    "invert",          # particles darker than background (cryo-EM)
+    "particle_size",   # the particle sizes (px) it was trained for
+    "threshold",       # calibrated default score threshold
+    "localisation",    # window radius and softmax temperature of local DSNT
+    "network",         # NetworkConfig as a dict
+    "benchmark",       # measured figures (F1/RMSE per SNR), filled by the benchmark
+    "deviations",      # where it departs from the paper, and why
+    "parent",          # the model it was fine-tuned from, or null
+)
+_FORMAT = "napari-denodet-model/1"
+
+
+@dataclass
+class Model:
+    """A loaded network with its card.
+
+    Attributes
+    ----------
+    network : torch.nn.Module
+        A :class:`~napari_denodet.core.network.Denodet` in eval mode, on the CPU.
+    card : dict
+        The model card.
+    source : str
+        Where it came from (bundled name or file path).
+    """
+
+    network: object
+    card: dict
+    source: str
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated default score threshold."""
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def invert(self) -> bool:
+        """Whether the model expects dark particles (they are inverted before it)."""
+        return bool(self.card.get("invert", False))
+
+
+def bundled_models() -> list[str]:
+    """Return the names of the models shipped inside the package."""
+    folder = resources.files("napari_denodet") / "models"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
+
+
+def _bundled_path(name: str) -> Path:
+    return Path(str(resources.files("napari_denodet") / "models" / f"{name}.pt"))
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """Turn a bundled model name or a file path into the path of its weights file."""
+    text = os.fspath(name_or_path)
+    if text in bundled_models():
+        return _bundled_path(text)
+    path = Path(text)
+    if path.suffix == "" and not path.exists():
+        known = ", ".join(bundled_models()) or "none bundled"
+        raise InputError(None, f"unknown model '{text}' (bundled: {known}; or give a .pt path)")
+    return path
+
+
+def load_model(name_or_path: str | os.PathLike) -> Model:
+    """Load a bundled model by name or a model file by path.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A name from :func:`bundled_models` or the path of a ``.pt`` model file (its card
+        ``.json`` beside it).
+
+    Returns
+    -------
+    Model
+        The network in eval mode and its card.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, corrupt, or not a napari-denodet model.
+    """
+    import torch
+
+    from napari_denodet.core.network import Denodet, NetworkConfig
+
+    path = resolve_model_path(name_or_path)
+    if not path.is_file():
+        raise InputError(path, "no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(path, f"not a readable model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise InputError(path, "not a napari-denodet model (no model format marker)")
+    try:
+        network = Denodet(NetworkConfig.from_dict(payload["config"]))
+        network.load_state_dict(payload["state_dict"])
+    except Exception as exc:
+        raise InputError(path, f"the weights do not fit the network ({exc})") from None
+    network.eval()
+    card_path = path.with_suffix(".json")
+    if card_path.is_file():
+        try:
+            card = json.loads(card_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(card_path, f"the model card is not valid JSON ({exc})") from None
+    else:
+        card = dict(payload.get("card") or {})
+    return Model(network=network, card=card, source=os.fspath(name_or_path))
+
+
+def save_model(path: str | os.PathLike, network, card: dict, overwrite: bool = False) -> Path:
+    """Save a network and its card as ``path`` (``.pt``) and ``path`` with ``.json``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination of the weights; the card goes beside it.
+    network : Denodet
+        The network (its config is saved with the weights).
+    card : dict
+        The model card; missing fields of :data:`CARD_FIELDS` are added as null.
+    overwrite : bool
+        Replace existing files.
+
+    Returns
+    -------
+    pathlib.Path
+        The weights path.
+    """
+    import torch
+
+    from napari_denodet import __version__
+
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise InputError(path, "model files end in .pt")
+    card = {name: card.get(name) for name in CARD_FIELDS} | {
+        k: v for k, v in card.items() if k not in CARD_FIELDS}
+    card["version"] = card.get("version") or __version__
+    card["network"] = network.config.to_dict()
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    payload = {"format": _FORMAT, "config": network.config.to_dict(), "state_dict": state,
+               "card": card}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    card_path = path.with_suffix(".json")
+    if not overwrite and card_path.exists():
+        raise InputError(card_path, "already exists; choose another name or allow "
+                                    "overwriting (--overwrite)")
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()), overwrite)
+    atomic_write(card_path, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"),
+                 overwrite=True)
+    return path
