@@ -100,6 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     ev.set_defaults(run=_run_evaluate)
 
+    det = sub.add_parser("detect", help="denoise and detect particles in images",
+                         description="Denoise and detect particles in each INPUT; write "
+                                     "DIR/<stem>_points.csv and DIR/<stem>_denoised.tif.")
+    det.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                     help="TIFF, MRC, PNG or JPEG files")
+    det.add_argument("--model", default="fluorescence",
+                     help="bundled model name or a .pt file (default: fluorescence)")
+    det.add_argument("--out", type=Path, required=True, metavar="DIR")
+    det.add_argument("--threshold", type=float, default=None,
+                     help="score threshold (default: the model's calibrated threshold)")
+    det.add_argument("--all-candidates", action="store_true",
+                     help="keep every candidate with its score instead of thresholding")
+    det.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    det.add_argument("--bin", type=_positive_int, default=1, metavar="N",
+                     help="average N x N pixels before detection (micrographs); "
+                          "coordinates are mapped back to full-resolution pixels")
+    det.add_argument("--batch-size", type=_positive_int, default=4)
+    det.add_argument("--axes", default=None, help="axes of the inputs, e.g. TYX, when their "
+                                                  "metadata is missing or wrong")
+    det.add_argument("--star", action="store_true",
+                     help="also write <stem>_points.star (single images only)")
+    det.add_argument("--box-size", type=_positive_int, default=None,
+                     help="also write <stem>_points.box with this box size (full-res px)")
+    det.add_argument("--overwrite", action="store_true")
+    det.set_defaults(run=_run_detect)
+
     from napari_denodet.core.train import TRAIN_SCENARIOS
 
     tr = sub.add_parser("train", help="train a model on simulated data",
@@ -202,6 +228,61 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"precision {scores.precision:.3f}\nrecall    {scores.recall:.3f}\n"
               f"F1        {scores.f1:.3f}\nRMSE      {scores.rmse:.3f} px\n"
               f"TP {scores.tp}  FP {scores.fp}  FN {scores.fn}  (gate {args.gate:g} px)")
+    return 0
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from napari_denodet.core.io import read_image, write_points, write_tiff
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.predict import choose_device, detect
+    from napari_denodet.core.resample import bin_image, unbin_points
+
+    model = load_model(args.model)
+    choose_device(args.device)  # fail before any work when the device is missing
+    threshold = model.threshold if args.threshold is None else args.threshold
+    out: Path = args.out
+    plans = []
+    for path in args.inputs:
+        stem = path.stem
+        targets = {"csv": out / f"{stem}_points.csv", "tif": out / f"{stem}_denoised.tif"}
+        if args.star:
+            targets["star"] = out / f"{stem}_points.star"
+        if args.box_size:
+            targets["box"] = out / f"{stem}_points.box"
+        taken = [str(p) for p in targets.values() if p.exists()]
+        if taken and not args.overwrite:
+            raise InputError(taken[0], "already exists; use --overwrite or another --out")
+        plans.append((path, targets))
+    out.mkdir(parents=True, exist_ok=True)
+    for path, targets in plans:
+        image = read_image(path, axes=args.axes)
+        if image.ndim == 3 and ("star" in targets or "box" in targets):
+            raise InputError(path, "STAR and BOX output is for single micrographs, "
+                                   "not stacks")
+        binned = bin_image(image, args.bin)
+        generator = detect(binned, model.network, invert=model.invert, device=args.device,
+                           batch_size=args.batch_size,
+                           radius=model.card.get("localisation", {}).get("radius", 2),
+                           temperature=model.card.get("localisation", {}).get(
+                               "temperature", 1.0))
+        print(f"{path}: {'x'.join(map(str, image.shape))} {image.dtype}"
+              + (f", binned {args.bin}x" if args.bin > 1 else ""), file=sys.stderr)
+        result = _drain(generator, lambda p: f"frame {p.frames_done}/{p.frames_total}",
+                        lambda p: p.total)
+        points = result.points
+        if not args.all_candidates:
+            points = points[points["score"] >= threshold].reset_index(drop=True)
+        points = unbin_points(points, args.bin)
+        write_points(targets["csv"], points, overwrite=args.overwrite)
+        write_tiff(targets["tif"], result.denoised, overwrite=args.overwrite)
+        if "star" in targets:
+            write_points(targets["star"], points, overwrite=args.overwrite)
+        if "box" in targets:
+            write_points(targets["box"], points, overwrite=args.overwrite,
+                         box_size=args.box_size)
+        print(f"{path}: {len(points)} particles"
+              + ("" if args.all_candidates else f" (score >= {threshold:.2f})")
+              + f" -> {', '.join(str(p) for p in targets.values())}")
     return 0
 
 

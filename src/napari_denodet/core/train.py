@@ -299,18 +299,20 @@ def train(
         optimiser.step()
         metrics = {"loss": loss.item(), "detection": det.item(), "denoising": deno.item(),
                    "gamma": gamma, "lr": optimiser.param_groups[0]["lr"], **parts}
-        yield TrainProgress("train", step, settings.steps, metrics)
+        val = None
         if step % settings.eval_every == 0 or step == settings.steps:
             val = evaluate(network, validation, settings, settings.gamma)
             if step > warmup:
                 scheduler.step(val["val_loss"])
             history.append({"step": step, **val, "loss": metrics["loss"],
                             "seconds": time.perf_counter() - started})
-            yield TrainProgress("validate", step, settings.steps, val)
+        # Checkpoint before yielding: a consumer that stops here loses nothing.
         if checkpoint is not None and (step % checkpoint_every == 0 or step == settings.steps):
             _save_checkpoint(checkpoint, settings, step, network, optimiser, scheduler, rng,
                              history, time.perf_counter() - started)
-    network.eval()
+        yield TrainProgress("train", step, settings.steps, metrics)
+        if val is not None:
+            yield TrainProgress("validate", step, settings.steps, val)
     final = evaluate(network, validation, settings, settings.gamma)
     network.eval()
     return TrainedModel(network=network, threshold=final["threshold"], history=history,

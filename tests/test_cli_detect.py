@@ -1,0 +1,86 @@
+"""`napari-denodet detect` end to end with the bundled model on small simulated data."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_denodet.cli import main
+from napari_denodet.core.io import read_points, write_tiff
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import load_model
+from napari_denodet.core.simulate import simulate_micrograph, simulate_timelapse
+
+
+@pytest.fixture(scope="module")
+def stack_file(tmp_path_factory):
+    sim = simulate_timelapse("vesicle", snr=7, density="low", frames=3, shape=(128, 128),
+                             seed=4_100_000_000)
+    folder = tmp_path_factory.mktemp("data")
+    write_tiff(folder / "cells.tif", np.clip(sim.noisy, 0, 65535).astype(np.uint16))
+    return folder / "cells.tif", sim
+
+
+def test_detect_writes_points_and_denoised_stack_that_match_the_truth(stack_file, tmp_path,
+                                                                      capsys):
+    path, sim = stack_file
+    assert main(["detect", str(path), "--out", str(tmp_path / "out")]) == 0
+    points = read_points(tmp_path / "out" / "cells_points.csv")
+    denoised = tifffile.imread(tmp_path / "out" / "cells_denoised.tif")
+    assert denoised.shape == sim.noisy.shape and denoised.dtype == np.float32
+    assert list(points.columns[:4]) == ["frame", "y", "x", "score"]
+    threshold = load_model("fluorescence").threshold
+    assert points.score.min() >= threshold
+    assert score_detections(points, sim.truth).f1 > 0.8
+    # The denoised stack is closer to the clean one than the noisy input is.
+    assert np.abs(denoised - sim.clean).mean() < np.abs(sim.noisy - sim.clean).mean()
+    assert "particles (score >=" in capsys.readouterr().out
+
+
+def test_all_candidates_keeps_low_scores_and_threshold_filters(stack_file, tmp_path):
+    path, _ = stack_file
+    assert main(["detect", str(path), "--out", str(tmp_path), "--all-candidates"]) == 0
+    every = read_points(tmp_path / "cells_points.csv")
+    assert main(["detect", str(path), "--out", str(tmp_path), "--threshold", "0.9",
+                 "--overwrite"]) == 0
+    strict = read_points(tmp_path / "cells_points.csv")
+    assert len(strict) < len(every)
+    assert strict.score.min() >= 0.9
+
+
+def test_existing_results_are_not_overwritten(stack_file, tmp_path, capsys):
+    path, _ = stack_file
+    (tmp_path / "cells_points.csv").write_text("mine\n")
+    assert main(["detect", str(path), "--out", str(tmp_path)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "cells_points.csv").read_text() == "mine\n"
+    assert not (tmp_path / "cells_denoised.tif").exists()
+
+
+def test_binning_maps_coordinates_back_to_full_resolution(tmp_path):
+    sim = simulate_micrograph(shape=(256, 256), snr=5.0, density="low", radius=8.0, seed=5)
+    write_tiff(tmp_path / "mic.tif", sim.noisy)
+    assert main(["detect", str(tmp_path / "mic.tif"), "--out", str(tmp_path), "--bin", "2",
+                 "--all-candidates", "--star", "--box-size", "32"]) == 0
+    points = read_points(tmp_path / "mic_points.csv")
+    assert "frame" not in points.columns
+    assert points.y.max() > 128  # full-resolution coordinates, not binned ones
+    star = read_points(tmp_path / "mic_points.star")
+    np.testing.assert_allclose(star[["y", "x"]], points[["y", "x"]], atol=1e-5)
+    assert (tmp_path / "mic_points.box").read_text().count("\n") == len(points)
+    assert tifffile.imread(tmp_path / "mic_denoised.tif").shape == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["--device", "cuda"], "cuda"),
+        (["--star"], "single micrographs"),
+    ],
+)
+def test_detect_errors_are_one_line(stack_file, tmp_path, capsys, argv, needle):
+    path, _ = stack_file
+    code = main(["detect", str(path), "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 1 and needle in err
+    assert "Traceback" not in err and err.strip().count("\n") == 0

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from napari_denodet.core.errors import InputError
+from napari_denodet.core.models import (
+    CARD_FIELDS,
+    bundled_models,
+    load_model,
+    save_model,
+)
+from napari_denodet.core.network import Denodet, NetworkConfig
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return Denodet(NetworkConfig(widths=(4, 8, 8))).eval()
+
+
+def test_save_then_load_gives_the_same_network_and_card(tmp_path):
+    net = _net()
+    path = save_model(tmp_path / "mine.pt", net, {"name": "mine", "threshold": 0.4,
+                                                  "extra": 1})
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert set(CARD_FIELDS) <= set(card) and card["extra"] == 1
+    model = load_model(path)
+    assert model.threshold == 0.4 and model.invert is False
+    x = torch.randn(1, 1, 24, 28)
+    with torch.no_grad():
+        for a, b in zip(net(x), model.network(x), strict=True):
+            assert torch.equal(a, b)
+    assert not model.network.training
+
+
+def test_card_travels_inside_the_weights_when_the_json_is_lost(tmp_path):
+    path = save_model(tmp_path / "m.pt", _net(), {"name": "m", "threshold": 0.7})
+    path.with_suffix(".json").unlink()
+    assert load_model(path).threshold == 0.7
+
+
+def test_saving_never_overwrites_unless_asked(tmp_path):
+    path = save_model(tmp_path / "m.pt", _net(0), {"name": "a"})
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="already exists"):
+        save_model(path, _net(1), {"name": "b"})
+    assert path.read_bytes() == before
+    save_model(path, _net(1), {"name": "b"}, overwrite=True)
+    assert load_model(path).card["name"] == "b"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"not a torch file", "not a readable model file"),
+        (None, "not a napari-denodet model"),
+    ],
+)
+def test_corrupt_or_foreign_files_give_a_clear_error(tmp_path, content, needle):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"weight": torch.zeros(3)}, path)  # someone else's checkpoint
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=needle) as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    path = save_model(tmp_path / "m.pt", _net(), {"name": "m"})
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["widths"] = [8, 16, 32]
+    torch.save(payload, path)
+    with pytest.raises(InputError, match="do not fit"):
+        load_model(path)
+
+
+def test_unknown_name_lists_the_bundled_models():
+    with pytest.raises(InputError, match="unknown model 'nosuchmodel'"):
+        load_model("nosuchmodel")
+    with pytest.raises(InputError, match="no such model file"):
+        load_model("missing/model.pt")
+
+
+def test_bundled_models_load_by_name_with_complete_cards():
+    names = bundled_models()
+    assert "fluorescence" in names
+    for name in names:
+        model = load_model(name)
+        assert model.card["name"] == name
+        assert set(CARD_FIELDS) <= set(model.card)
+        assert model.card["training"]["command"].startswith("napari-denodet train")
+        assert 0.05 <= model.threshold <= 0.95

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_denodet.core.train import (
+    Sample,
+    TrainSettings,
+    augment,
+    collate,
+    draw_sample,
+    model_card,
+    train,
+    validation_set,
+)
+
+TINY = dict(steps=4, batch_size=2, patch_size=32, eval_every=2, warmup_fraction=0.25)
+
+
+def _drain(gen):
+    reports = []
+    try:
+        while True:
+            reports.append(next(gen))
+    except StopIteration as stop:
+        return reports, stop.value
+
+
+@pytest.mark.parametrize("scenario", ["fluorescence", "microtubule", "micrograph"])
+def test_draw_sample_is_normalised_with_truth_inside(scenario):
+    s = TrainSettings(scenario=scenario, patch_size=48)
+    sample = draw_sample(s, np.random.default_rng(1))
+    assert sample.noisy.shape == sample.clean.shape == (48, 48)
+    assert abs(np.median(sample.noisy)) < 0.05  # background at 0 after normalisation
+    assert sample.truth.shape[1] == 2
+    assert np.all((sample.truth > -0.5) & (sample.truth < 47.5))
+
+
+def test_micrograph_particles_are_inverted_to_bright():
+    s = TrainSettings(scenario="micrograph", patch_size=64, snr_range=(5.0, 5.0))
+    sample = draw_sample(s, np.random.default_rng(3))
+    yx = np.rint(sample.truth).astype(int)
+    assert np.median(sample.clean[yx[:, 0], yx[:, 1]]) > np.median(sample.clean)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_augment_moves_points_with_the_image(seed):
+    img = np.zeros((20, 30), np.float32)
+    img[3, 17] = 1.0
+    sample = Sample(img, img.copy(), np.array([[3.0, 17.0]]))
+    out = augment(sample, np.random.default_rng(seed))
+    peak = np.unravel_index(np.argmax(out.noisy), out.noisy.shape)
+    assert tuple(out.truth[0]) == peak
+    assert np.array_equal(out.noisy, out.clean)
+
+
+def test_collate_gives_batch_indices():
+    a = Sample(np.zeros((8, 8)), np.zeros((8, 8)), np.array([[1.0, 2.0]]))
+    b = Sample(np.ones((8, 8)), np.ones((8, 8)), np.array([[3.0, 4.0], [5.0, 6.0]]))
+    noisy, clean, centres = collate([a, b])
+    assert noisy.shape == clean.shape == (2, 1, 8, 8) and noisy.dtype == torch.float32
+    assert centres.tolist() == [[0, 1, 2], [1, 3, 4], [1, 5, 6]]
+
+
+def test_validation_set_is_fixed_and_spans_the_snr_range():
+    s = TrainSettings(patch_size=32)
+    a, b = validation_set(s, count=3), validation_set(s, count=3)
+    assert all(np.array_equal(x.noisy, y.noisy) for x, y in zip(a, b, strict=True))
+    assert a[0].noisy.shape == (128, 128)
+
+
+def test_training_reports_every_step_and_is_reproducible():
+    s = TrainSettings(**TINY)
+    reports, result = _drain(train(s))
+    steps = [r.step for r in reports if r.stage == "train"]
+    assert steps == [1, 2, 3, 4]
+    assert [r.step for r in reports if r.stage == "validate"] == [2, 4]
+    assert {"loss", "detection", "denoising", "gamma", "lr"} <= set(reports[0].metrics)
+    assert reports[0].metrics["gamma"] == 0.0  # detection-only warm-up
+    assert reports[-2].metrics["gamma"] == 0.5
+    assert 0.1 <= result.threshold <= 0.95
+    assert not result.network.training
+    _, again = _drain(train(s))
+    for p, q in zip(result.network.parameters(), again.network.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_stopped_run_resumes_to_the_same_model(tmp_path):
+    s = TrainSettings(**TINY)
+    _, whole = _drain(train(s))
+    ckpt = tmp_path / "run.ckpt"
+    gen = train(s, checkpoint=ckpt, checkpoint_every=2)
+    for report in gen:
+        if report.step == 2:
+            break
+    gen.close()  # the user pressed stop after step 2
+    assert ckpt.exists()
+    _, resumed = _drain(train(s, checkpoint=ckpt, checkpoint_every=2, resume=True))
+    for p, q in zip(whole.network.parameters(), resumed.network.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+    other = TrainSettings(**{**TINY, "seed": 1})
+    with pytest.raises(ValueError, match="other settings"):
+        next(train(other, checkpoint=ckpt, resume=True))
+
+
+def test_a_short_run_learns_to_detect():
+    s = TrainSettings(steps=60, batch_size=4, patch_size=48, eval_every=20,
+                      snr_range=(6.0, 10.0), scenario="vesicle")
+    _, result = _drain(train(s))
+    first, last = result.history[0], result.history[-1]
+    assert last["val_loss"] < first["val_loss"]
+    assert last["val_f1"] > 0.5
+
+
+def test_model_card_records_how_to_reproduce():
+    s = TrainSettings(**TINY)
+    _, result = _drain(train(s))
+    card = model_card(result, "tiny", "napari-denodet train --steps 4")
+    assert card["training"]["command"] == "napari-denodet train --steps 4"
+    assert card["training"]["settings"]["steps"] == 4
+    assert card["threshold"] == result.threshold
+    assert card["invert"] is False and card["deviations"]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown scenario"):
+        TrainSettings(scenario="bacteria")
+    with pytest.raises(ValueError, match="patch_size"):
+        TrainSettings(patch_size=8)
