@@ -57,8 +57,7 @@ def _table(c):
 
 def _network_candidates(model, stack):
     result = run(detect(stack, model.network, invert=model.invert, floor=0.05,
-                        radius=model.card["localisation"]["radius"],
-                        temperature=model.card["localisation"]["temperature"]))
+                        **model.localisation))
     return result.points, result.denoised
 
 
@@ -140,11 +139,11 @@ def measure_speed(models, repeats=3, frames=8):
                                shape=(512, 512), seed=TEST_SEED).noisy
     timings = {}
     for name, model in models.items():
-        run(detect(stack[:2], model.network, invert=model.invert))  # warm-up
+        run(detect(stack[:2], model.network, invert=model.invert, **model.localisation))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            run(detect(stack, model.network, invert=model.invert))
+            run(detect(stack, model.network, invert=model.invert, **model.localisation))
             times.append(time.perf_counter() - t0)
         timings[name] = frames / statistics.median(times)
     for name, method in (("LoG", "log"), ("wavelet", "wavelet")):
@@ -165,7 +164,8 @@ def real_data_picture(model, out_png):
         return None
     stack = read_image(path)
     frames = (0, 20)
-    result = run(detect(stack, model.network, invert=model.invert, frames=frames))
+    result = run(detect(stack, model.network, invert=model.invert, frames=frames,
+                        **model.localisation))
     points = result.points[result.points.score >= model.threshold]
     frame = 10
     img = np.asarray(stack[frame], np.float64)

@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--gamma", type=float, default=0.5,
                     help="weight of the denoising loss (0 = detection only)")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--variant", choices=("joint", "cascaded"), default="joint",
+                    help="joint DENODET (default) or the cascaded cDENODET baseline")
     tr.add_argument("--eval-every", type=_positive_int, default=250)
     tr.add_argument("--name", default=None, help="model name in the card (default: file stem)")
     tr.add_argument("--checkpoint", type=Path, default=None,
@@ -261,10 +263,7 @@ def _run_detect(args: argparse.Namespace) -> int:
                                    "not stacks")
         binned = bin_image(image, args.bin)
         generator = detect(binned, model.network, invert=model.invert, device=args.device,
-                           batch_size=args.batch_size,
-                           radius=model.card.get("localisation", {}).get("radius", 2),
-                           temperature=model.card.get("localisation", {}).get(
-                               "temperature", 1.0))
+                           batch_size=args.batch_size, **model.localisation)
         print(f"{path}: {'x'.join(map(str, image.shape))} {image.dtype}"
               + (f", binned {args.bin}x" if args.bin > 1 else ""), file=sys.stderr)
         result = _drain(generator, lambda p: f"frame {p.frames_done}/{p.frames_total}",
@@ -290,6 +289,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import shlex
 
     from napari_denodet.core.models import save_model
+    from napari_denodet.core.network import NetworkConfig
     from napari_denodet.core.train import TrainSettings, model_card, train
 
     out: Path = args.out
@@ -303,7 +303,8 @@ def _run_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(scenario=args.scenario, steps=args.steps,
                              batch_size=args.batch_size, patch_size=patch,
                              learning_rate=args.learning_rate, gamma=args.gamma,
-                             seed=args.seed, eval_every=args.eval_every)
+                             seed=args.seed, eval_every=args.eval_every,
+                             network=NetworkConfig(variant=args.variant))
     last = {}
 
     def describe(progress):
@@ -323,7 +324,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "--batch-size", str(settings.batch_size), "--patch-size", str(settings.patch_size),
         "--learning-rate", f"{settings.learning_rate:g}", "--gamma", f"{settings.gamma:g}",
         "--seed", str(settings.seed), "--eval-every", str(settings.eval_every),
-        "--out", out.name])
+        *(["--variant", args.variant] if args.variant != "joint" else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
     save_model(out, result.network, card, overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "

