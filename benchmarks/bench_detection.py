@@ -112,8 +112,8 @@ def benchmark_cells(models, frames, scenarios, snrs, densities):
                     ("LoG", "log", (1.0, 1.5, 2.0, 2.5), "sigma"),
                     ("wavelet", "wavelet", (0.5, 1.0, 2.0), "k"),
                 ):
-                    _, p, t = _tune(lambda q, m=method, k=key: _table(
-                        detect_classic(val.noisy, m, **{k: q})), params, val.truth, None)
+                    _, p, t = _tune(lambda q, m=method, k=key, v=val: _table(
+                        detect_classic(v.noisy, m, **{k: q})), params, val.truth, None)
                     tpred = _table(detect_classic(test.noisy, method, **{key: p}))
                     s = score_detections(tpred[tpred.score >= t], test.truth)
                     row[name] = {"f1": s.f1, "rmse": s.rmse, "threshold": t, key: p}
@@ -205,11 +205,12 @@ def write_markdown(out, rows, speed, real, args, methods):
              f"Command: `{' '.join(sys.argv)}`", "",
              "Protocol: for each cell, a validation stack and a test stack of "
              f"{args.frames} frames of 512 x 512 from simulator seeds never used in training "
-             "(validation seeds 3e9+, test seeds 4e9+; training draws below 2^31 and "
-             "validates on 1e9+). Each method's threshold (and the LoG scale / wavelet k) is "
-             "tuned for F1 on the validation stack and applied to the test stack. "
-             "'DENODET @default' is the bundled model at its calibrated threshold, untuned. "
-             "F1 and RMSE (px) use Hungarian matching with a 5 px gate.", "",
+             "(validation seeds 3e9+, test seeds 4e9+; training and its own validation "
+             "draw simulator seeds below 2^31). Each method's threshold (and the LoG scale / "
+             "wavelet k) is tuned for F1 on the validation stack and applied to the test "
+             "stack. 'DENODET default threshold' is the bundled model at its own calibrated "
+             "threshold, untuned. F1 and RMSE (px) use Hungarian matching with a 5 px gate.",
+             "",
              "## F1 per scenario, SNR and density", ""]
     header = "| scenario | SNR | density | paper DENODET | " + " | ".join(methods) + " |"
     lines += [header, "|" + "---|" * (4 + len(methods))]
@@ -237,8 +238,8 @@ def write_markdown(out, rows, speed, real, args, methods):
     for r in rows:
         p = r["psnr"]
         lines.append(f"| {r['scenario']} | {r['snr']:g} | {r['density']} | "
-                     f"{_fmt(p['noisy'], 2)} | {_fmt(p['gaussian'], 2)} (σ={p['gaussian_sigma']:g}) "
-                     f"| {_fmt(p['DENODET'], 2)} |")
+                     f"{_fmt(p['noisy'], 2)} | {_fmt(p['gaussian'], 2)} "
+                     f"(σ={p['gaussian_sigma']:g}) | {_fmt(p['DENODET'], 2)} |")
     lines += ["", "## Speed on 512 x 512 frames (median of 3 runs, same run)", "",
               "| method | frames/s | ratio to LoG |", "|---|---|---|"]
     for name, fps in speed.items():

@@ -27,8 +27,8 @@ def test_console_script_simulates_and_evaluates_f1_one(tmp_path):
                           "mid", "--frames", "10", "--out", str(out_dir)],
                          capture_output=True, text=True)
     assert sim.returncode == 0, sim.stderr
-    ev = subprocess.run([str(exe), "evaluate", str(out_dir / "truth.csv"), str(out_dir / "truth.csv")],
-                        capture_output=True, text=True)
+    truth = str(out_dir / "truth.csv")
+    ev = subprocess.run([str(exe), "evaluate", truth, truth], capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr
     assert "F1        1.000" in ev.stdout
     noisy = tifffile.imread(out_dir / "noisy.tif")

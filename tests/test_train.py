@@ -13,7 +13,8 @@ from napari_denodet.core.train import (
     validation_set,
 )
 
-TINY = dict(steps=4, batch_size=2, patch_size=32, eval_every=2, warmup_fraction=0.25)
+TINY = dict(steps=4, batch_size=2, patch_size=32, eval_every=2, warmup_fraction=0.25,
+            validation_patches=2)
 
 
 def _drain(gen):
@@ -104,7 +105,7 @@ def test_stopped_run_resumes_to_the_same_model(tmp_path):
 
 def test_a_short_run_learns_to_detect():
     s = TrainSettings(steps=60, batch_size=4, patch_size=48, eval_every=20,
-                      snr_range=(6.0, 10.0), scenario="vesicle")
+                      snr_range=(6.0, 10.0), scenario="vesicle", validation_patches=4)
     _, result = _drain(train(s))
     first, last = result.history[0], result.history[-1]
     assert last["val_loss"] < first["val_loss"]

@@ -101,7 +101,7 @@ def jensen_shannon(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
 
 def local_terms(logits: Tensor, centres: Tensor, radius: int = 2,
                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The per-particle detection terms: JS divergence and Euclidean error.
+    """Compute the per-particle detection terms: JS divergence and Euclidean error.
 
     Parameters
     ----------
