@@ -14,6 +14,12 @@ apt_packages=(xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-ima
   libxcb-render-util0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0
   libxcb-randr0 libgl1 libegl1 libgl1-mesa-dri libfontconfig1 libdbus-1-3)
 
+# pip on these machines warns about every package index folder that is absent; the
+# warnings say nothing about this project, so they are filtered out (errors still show).
+pip_install() {
+  "$VENV/bin/pip" install -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+}
+
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${apt_packages[@]}"; do
@@ -33,17 +39,17 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q -U pip
+  pip_install -U pip
 fi
 
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing torch==$TORCH_VERSION (CPU wheel)"
-  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+  pip_install "torch==$TORCH_VERSION"
 fi
 
 stamp="$VENV/.napari-denodet-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ napari.yaml -nt "$stamp" ]; then
   echo "setup: installing napari-denodet (editable, with test extras)"
-  "$VENV/bin/pip" install -q -e ".[testing]"
+  pip_install -e ".[testing]"
   touch "$stamp"
 fi

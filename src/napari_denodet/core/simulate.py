@@ -114,6 +114,16 @@ def simulate(scenario: str, **kwargs) -> Simulation:
     return simulate_timelapse(scenario, **kwargs)
 
 
+def _density(density: str | float, named: dict[str, float]) -> float:
+    """Resolve a named density (low/mid/high) or take a number as it is."""
+    if isinstance(density, str):
+        if density not in named:
+            raise ValueError(f"unknown density {density!r}; choose one of "
+                             f"{', '.join(named)} or give a number")
+        return float(named[density])
+    return float(density)
+
+
 # --------------------------------------------------------------------------- time-lapse
 
 
@@ -194,14 +204,7 @@ def _draw_timelapse_params(scenario, snr, density, shape, background, rng, rando
     def draw(low, high):
         return float(rng.uniform(low, high)) if randomise else (low + high) / 2.0
 
-    if isinstance(density, str):
-        if density not in DENSITIES:
-            raise ValueError(f"unknown density {density!r}; choose one of "
-                             f"{', '.join(DENSITIES)} or give a number")
-        per_frame_512 = DENSITIES[density]
-    else:
-        per_frame_512 = float(density)
-    count = per_frame_512 * shape[0] * shape[1] / 512.0**2
+    count = _density(density, DENSITIES) * shape[0] * shape[1] / 512.0**2
 
     sigma = draw(0.9, 1.6)
     if scenario == "microtubule":
@@ -394,13 +397,7 @@ def simulate_micrograph(
         r_mean = float(rng.uniform(*radius)) if randomise else sum(radius) / 2.0
     else:
         r_mean = float(radius)
-    if isinstance(density, str):
-        if density not in MICROGRAPH_COVERAGE:
-            raise ValueError(f"unknown density {density!r}; choose one of "
-                             f"{', '.join(MICROGRAPH_COVERAGE)} or give a fraction")
-        coverage = MICROGRAPH_COVERAGE[density]
-    else:
-        coverage = float(density)
+    coverage = _density(density, MICROGRAPH_COVERAGE)
     if carbon is None:
         carbon = bool(rng.random() < 0.4) if randomise else False
 
