@@ -86,3 +86,21 @@ def test_detect_errors_are_one_line(stack_file, tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err
     assert code == 1 and needle in err
     assert "Traceback" not in err and err.strip().count("\n") == 0
+
+
+def test_detect_runs_on_the_real_time_lapse(shared_data, tmp_path):
+    # Real uint16 big-endian ImageJ stack: first three frames through the engine.
+    import tifffile as tf
+
+    source = shared_data / "timelapse_telomeres_2d.tif"
+    frames = tf.imread(source)[:3]
+    write_tiff(tmp_path / "telomeres.tif", frames)
+    assert main(["detect", str(tmp_path / "telomeres.tif"), "--out", str(tmp_path)]) == 0
+    points = read_points(tmp_path / "telomeres_points.csv")
+    denoised = tifffile.imread(tmp_path / "telomeres_denoised.tif")
+    assert denoised.shape == frames.shape
+    assert set(points.frame) == {0, 1, 2}
+    assert points.y.between(0, frames.shape[1] - 1).all()
+    assert points.x.between(0, frames.shape[2] - 1).all()
+    # Denoising keeps the input's intensity range (camera offset ~100 counts).
+    assert abs(np.median(denoised) - np.median(frames)) < 5

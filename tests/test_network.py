@@ -12,14 +12,7 @@ DEFAULT_PARAMETERS = 68_154
 NORMS = ["batch", "instance"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which stalls badly when
-    # other processes keep the cores busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _calibrated(net: Denodet, seed: int = 0) -> Denodet:
@@ -37,7 +30,7 @@ def _calibrated(net: Denodet, seed: int = 0) -> Denodet:
 
 
 @pytest.fixture(scope="module", params=NORMS)
-def model(request, _one_thread) -> Denodet:
+def model(request, one_torch_thread) -> Denodet:
     torch.manual_seed(0)
     return _calibrated(Denodet(NetworkConfig(norm=request.param)))
 

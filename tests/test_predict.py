@@ -36,18 +36,11 @@ def _calibrated(config: NetworkConfig | None = None, seed: int = 0) -> Denodet:
     return net.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which stalls badly when
-    # other processes keep the cores busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def network(_one_thread) -> Denodet:
+def network(one_torch_thread) -> Denodet:
     return _calibrated()
 
 
