@@ -359,7 +359,7 @@ def detect(
     device: str = "auto",
     floor: float = 0.05,
     radius: int = 2,
-    min_distance: int = 2,
+    min_distance: int = 3,
     temperature: float = 1.0,
     frames: Sequence[int] | None = None,
 ) -> Generator[DetectProgress, None, DetectionResult]:
