@@ -199,7 +199,7 @@ def _fmt(v, digits=3):
 def _verdict(difference, margin=0.01):
     # Differences under one hundredth of F1 are within what other seeds would change.
     if abs(difference) < margin:
-        return f"tie (|difference| < {margin:g})"
+        return f"tie (difference under {margin:g})"
     return "yes" if difference > 0 else "no"
 
 
