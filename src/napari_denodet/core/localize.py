@@ -63,19 +63,26 @@ def find_peaks(logits: Tensor, floor: float, min_distance: int = 2) -> Tensor:
     else:
         lowest = math.log(floor / (1.0 - floor))
     candidate = (values == local_max) & (values >= lowest)
-    if d > 0:
+    peaks = candidate.squeeze(1).nonzero()
+    if d > 0 and len(peaks):
         # Candidates in one window share the window maximum (windows are symmetric), so
         # ties are the only conflict: drop a candidate when another one precedes it in
         # row-major order within the window, i.e. lies in the d rows above or to its left
-        # on the same row. Boolean pooling keeps this exact at any image size.
-        mask = candidate.to(values.dtype)
-        above = F.max_pool2d(
-            F.max_pool2d(F.pad(mask, (d, d, d, 0)), (1, 2 * d + 1), stride=1), (d, 1), stride=1)
-        left = F.max_pool2d(F.pad(mask, (d, 0, 0, 0)), (1, d), stride=1)
-        height, width = mask.shape[-2:]
-        preceded = (above[..., :height, :] > 0) | (left[..., :, :width] > 0)
-        candidate &= ~preceded
-    return candidate.squeeze(1).nonzero()
+        # on the same row. Only the candidates' own windows are looked at.
+        mask = F.pad(candidate.squeeze(1), (d, d, d, d))
+        oy, ox = _preceding_offsets(d, logits.device)
+        b, y, x = peaks.unbind(1)
+        preceded = mask[b[:, None], y[:, None] + d + oy, x[:, None] + d + ox].any(dim=1)
+        peaks = peaks[~preceded]
+    return peaks
+
+
+def _preceding_offsets(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    # Window offsets that come before the centre in row-major order.
+    r = torch.arange(-d, d + 1, device=device)
+    oy, ox = torch.meshgrid(r, r, indexing="ij")
+    before = (oy < 0) | ((oy == 0) & (ox < 0))
+    return oy[before], ox[before]
 
 
 def _window_offsets(radius: int, device: torch.device) -> tuple[Tensor, Tensor]:
