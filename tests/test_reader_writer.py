@@ -1,0 +1,84 @@
+"""The npe2 reader and writer, directly and through a real viewer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_denodet._reader import get_reader, read_layers
+from napari_denodet._writer import write_points_layer
+from napari_denodet.core.io import read_points, write_points, write_tiff
+from napari_denodet.core.points import points_table
+
+
+@pytest.fixture
+def files(tmp_path):
+    stack = (np.arange(3 * 20 * 30) % 251).astype(np.uint16).reshape(3, 20, 30)
+    write_tiff(tmp_path / "movie.tif", stack)
+    table = points_table([1.25, 7.5], [3.0, 9.125], frame=[0, 2], score=[0.9, 0.4],
+                         intensity=[10.0, 20.0])
+    write_points(tmp_path / "movie_points.csv", table)
+    pd.DataFrame({"a": [1], "b": [2]}).to_csv(tmp_path / "other.csv", index=False)
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")
+    return tmp_path, stack, table
+
+
+def test_reader_claims_images_and_our_csv_and_declines_the_rest(files):
+    folder, _, _ = files
+    assert get_reader(str(folder / "movie.tif")) is read_layers
+    assert get_reader(str(folder / "movie_points.csv")) is read_layers
+    assert get_reader(str(folder / "other.csv")) is None  # someone else's table
+    assert get_reader(str(folder / "notes.txt")) is None
+    assert get_reader([str(folder / "movie.tif"), str(folder / "other.csv")]) is None
+
+
+def test_reader_gives_a_lazy_image_and_points_with_features(files):
+    folder, stack, table = files
+    (image, image_kw, kind), = read_layers(str(folder / "movie.tif"))
+    assert kind == "image" and isinstance(image, np.memmap)
+    np.testing.assert_array_equal(image, stack)
+    assert image_kw["name"] == "movie"
+    (coords, kw, kind), = read_layers(str(folder / "movie_points.csv"))
+    assert kind == "points"
+    np.testing.assert_array_equal(coords, [[0, 1.25, 3.0], [2, 7.5, 9.125]])
+    assert list(kw["features"].columns) == ["score", "intensity"]
+
+
+def test_a_claimed_file_that_cannot_be_read_becomes_a_notification(files, monkeypatch):
+    folder, _, _ = files
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    assert read_layers(str(folder / "broken.tif")) == [(None,)]
+    assert len(shown) == 1 and "broken.tif" in shown[0] and "TIFF" in shown[0]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".star", ".box"])
+def test_writer_round_trips(files, tmp_path, suffix):
+    _, _, table = files
+    # STAR and BOX hold one micrograph: a single 2D point; CSV keeps the whole stack.
+    source = table if suffix == ".csv" else table.drop(columns="frame").iloc[:1]
+    axes = [c for c in ("frame", "y", "x") if c in source.columns]
+    data = source[axes].to_numpy(dtype=float)
+    features = source.drop(columns=axes)
+    out = str(tmp_path / f"saved{suffix}")
+    assert write_points_layer(out, data,
+                              {"features": features, "metadata": {"box_size": 16},
+                               "size": np.full(len(features), 6.0)}) == [out]
+    back = read_points(out)
+    if suffix == ".csv":
+        pd.testing.assert_frame_equal(back, table)
+    else:
+        np.testing.assert_allclose(back[["y", "x"]], source[["y", "x"]], atol=0.5)
+
+
+def test_open_and_save_through_the_viewer(make_napari_viewer, files, tmp_path):
+    folder, stack, table = files
+    viewer = make_napari_viewer()
+    viewer.open(str(folder / "movie.tif"), plugin="napari-denodet")
+    viewer.open(str(folder / "movie_points.csv"), plugin="napari-denodet")
+    assert viewer.layers["movie"].data.shape == stack.shape
+    points = viewer.layers["movie_points"]
+    assert points.data.shape == (2, 3)
+    out = tmp_path / "again.csv"
+    viewer.layers.selection = {points}
+    viewer.layers.save(str(out), selected=True, plugin="napari-denodet")
+    pd.testing.assert_frame_equal(read_points(out), table)
