@@ -1,0 +1,133 @@
+"""The Detect widget in a real viewer (Xvfb), with the bundled model."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QThreadPool
+
+from napari_denodet._widgets import detect as detect_module
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.points import table_from_coordinates
+from napari_denodet.core.simulate import simulate_timelapse
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    yield
+    QThreadPool.globalInstance().waitForDone(30000)
+
+
+@pytest.fixture
+def sim():
+    return simulate_timelapse("vesicle", snr=7, density="low", frames=4, shape=(128, 128),
+                              seed=4_300_000_000)
+
+
+def _widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
+    return widget
+
+
+def _run(qtbot, widget):
+    worker = widget.start(start_thread=False)
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
+    return worker
+
+
+def test_detect_adds_denoised_and_particles_that_match_the_truth(make_napari_viewer, qtbot,
+                                                                  sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells", scale=(1, 0.5, 0.5), translate=(0, 3, 4))
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    denoised = viewer.layers["cells denoised"]
+    points = viewer.layers["cells particles"]
+    assert denoised.data.shape == sim.noisy.shape
+    np.testing.assert_array_equal(denoised.scale, (1, 0.5, 0.5))
+    np.testing.assert_array_equal(points.translate, (0, 3, 4))
+    assert points.data.shape[1] == 3
+    assert {"frame", "score", "intensity"} <= set(points.features.columns)
+    found = table_from_coordinates(points.data, points.features)
+    assert score_detections(found, sim.truth).f1 > 0.9
+
+
+def test_threshold_filters_without_running_the_network_again(make_napari_viewer, qtbot, sim,
+                                                             monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    calls = []
+    monkeypatch.setattr(detect_module, "run_detection",
+                        lambda *a, **k: calls.append(a))
+    points = viewer.layers["cells particles"]
+    before = len(points.data)
+    widget._threshold.value = 0.05
+    assert len(points.data) > before
+    widget._threshold.value = 0.95
+    assert len(points.data) < before
+    assert calls == []
+    assert points.features["score"].min() >= 0.95 if len(points.data) else True
+
+
+def test_running_again_replaces_the_results(make_napari_viewer, qtbot, sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    _run(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("cells particles") == 1 and names.count("cells denoised") == 1
+
+
+def test_cancel_stops_promptly_and_leaves_the_viewer_usable(make_napari_viewer, qtbot):
+    long = simulate_timelapse("vesicle", snr=4, density="low", frames=40, shape=(256, 256),
+                              seed=1).noisy
+    viewer = make_napari_viewer()
+    viewer.add_image(long, name="long")
+    widget = _widget(viewer)
+    widget._device.value = "cpu"
+    worker = widget.start(start_thread=False)
+    steps = []
+
+    def stop(progress):
+        steps.append(progress.step)
+        worker.quit()
+
+    worker.yielded.connect(stop)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert steps and max(steps) < 4  # stopped after the first batch or so, not 40 frames
+    assert "long particles" not in viewer.layers
+    assert widget._run.enabled
+    viewer.add_points(np.zeros((1, 3)))  # still usable
+
+
+def test_bad_layers_become_notifications(make_napari_viewer, monkeypatch):
+    shown = []
+    monkeypatch.setattr(detect_module, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    assert widget.start(start_thread=False) is None
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="photo", rgb=True)
+    widget._image.reset_choices()
+    assert widget.start(start_thread=False) is None
+    assert "open or select an image layer" in shown[0]
+    assert "RGB" in shown[1]
+
+
+def test_a_failing_run_is_reported_not_raised(make_napari_viewer, qtbot, monkeypatch):
+    shown = []
+    monkeypatch.setattr(detect_module, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    widget = _widget(viewer)
+    widget._model.value = detect_module.FROM_FILE
+    widget._model_file.value = "/nonexistent/model.pt"
+    with qtbot.capture_exceptions():
+        worker = widget.start(start_thread=False)
+        with qtbot.waitSignal(worker.finished, timeout=60000):
+            worker.start()
+    assert shown and "no such model file" in shown[0]
+    assert "img particles" not in viewer.layers
