@@ -82,3 +82,21 @@ def test_open_and_save_through_the_viewer(make_napari_viewer, files, tmp_path):
     viewer.layers.selection = {points}
     viewer.layers.save(str(out), selected=True, plugin="napari-denodet")
     pd.testing.assert_frame_equal(read_points(out), table)
+
+
+def test_reader_opens_mrc_and_png(tmp_path):
+    import imageio.v3 as iio
+    import mrcfile
+
+    stack = np.random.default_rng(0).normal(size=(2, 12, 14)).astype(np.float32)
+    with mrcfile.new(tmp_path / "frames.mrcs") as mrc:
+        mrc.set_data(stack)
+        mrc.set_image_stack()
+    picture = (np.arange(12 * 14) % 256).astype(np.uint8).reshape(12, 14)
+    iio.imwrite(tmp_path / "micrograph.png", picture)
+    for name, expected in (("frames.mrcs", stack), ("micrograph.png", picture)):
+        path = str(tmp_path / name)
+        assert get_reader(path) is read_layers
+        (data, kw, kind), = read_layers(path)
+        assert kind == "image"
+        np.testing.assert_array_equal(data, expected)

@@ -131,3 +131,16 @@ def test_a_failing_run_is_reported_not_raised(make_napari_viewer, qtbot, monkeyp
             worker.start()
     assert shown and "no such model file" in shown[0]
     assert "img particles" not in viewer.layers
+
+
+def test_detect_on_the_sample_data_finds_its_truth(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-denodet", "vesicles")
+    widget = _widget(viewer)
+    widget._image.value = viewer.layers["vesicles (simulated)"]
+    _run(qtbot, widget)
+    truth_layer = viewer.layers["vesicles truth"]
+    truth = table_from_coordinates(truth_layer.data)
+    points = viewer.layers["vesicles (simulated) particles"]
+    found = table_from_coordinates(points.data, points.features)
+    assert score_detections(found, truth).f1 > 0.9

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--gamma", type=float, default=0.5,
                     help="weight of the denoising loss (0 = detection only)")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--snr-range", type=_positive_float, nargs=2, default=None,
+                    metavar=("LOW", "HIGH"),
+                    help="SNRs drawn log-uniformly (default 0.8 40; micrographs 0.03 0.6)")
     tr.add_argument("--variant", choices=("joint", "cascaded"), default="joint",
                     help="joint DENODET (default) or the cascaded cDENODET baseline")
     tr.add_argument("--eval-every", type=_positive_int, default=250)
@@ -304,6 +307,7 @@ def _run_train(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, patch_size=patch,
                              learning_rate=args.learning_rate, gamma=args.gamma,
                              seed=args.seed, eval_every=args.eval_every,
+                             snr_range=tuple(args.snr_range) if args.snr_range else None,
                              network=NetworkConfig(variant=args.variant))
     last = {}
 
@@ -324,6 +328,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "--batch-size", str(settings.batch_size), "--patch-size", str(settings.patch_size),
         "--learning-rate", f"{settings.learning_rate:g}", "--gamma", f"{settings.gamma:g}",
         "--seed", str(settings.seed), "--eval-every", str(settings.eval_every),
+        "--snr-range", *(f"{v:g}" for v in settings.snr),
         *(["--variant", args.variant] if args.variant != "joint" else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
     save_model(out, result.network, card, overwrite=args.overwrite)
