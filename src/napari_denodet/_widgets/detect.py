@@ -139,7 +139,10 @@ class DetectWidget(Container):
         self._put(f"{name} denoised", result.denoised, "image",
                   {"scale": scale, "translate": translate, "colormap": "gray"})
         self._candidates[name] = result.points
-        self._threshold.value = model.threshold
+        # Set the model's threshold quietly: the slider's handler would redraw every
+        # image's particles, and only this image's are new.
+        with self._threshold.changed.blocked():
+            self._threshold.value = model.threshold
         self._apply_threshold(name=name)
 
     def _put(self, name: str, data, kind: str, kwargs: dict):
