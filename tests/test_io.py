@@ -840,3 +840,157 @@ def test_real_micrograph_jpeg():
     assert image.shape == (4096, 4096)
     assert image.dtype == np.uint8
     assert image.std() > 0
+
+
+# ---------------------------------------------------------------- images: Zarr, OME-Zarr
+
+
+def _ome_zarr(path: Path, data: np.ndarray, axes: str) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=data.shape, chunks=(1,) * (data.ndim - 2) + data.shape[-2:],
+                       dtype=data.dtype)[...] = data
+    group.create_array("1", shape=(1,), dtype="uint8")  # a lower level: never read
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a} for a in axes],
+                                   "datasets": [{"path": "0"}, {"path": "1"}]}]
+
+
+def test_ome_zarr_is_read_lazily_as_t_y_x(tmp_path):
+    import dask.array as da
+
+    data = np.random.default_rng(0).integers(0, 4000, (3, 1, 1, 24, 20), dtype=np.uint16)
+    _ome_zarr(tmp_path / "movie.ome.zarr", data, "tczyx")
+    image = read_image(tmp_path / "movie.ome.zarr")
+    assert isinstance(image, da.Array)
+    assert image.shape == (3, 24, 20) and image.dtype == np.uint16
+    np.testing.assert_array_equal(image[1:3].compute(), data[1:3, 0, 0])
+
+
+def test_ome_zarr_z_stack_is_refused_like_a_tiff_one(tmp_path):
+    _ome_zarr(tmp_path / "volume.zarr", np.zeros((5, 8, 8), np.float32), "zyx")
+    with pytest.raises(InputError, match="3D volume"):
+        read_image(tmp_path / "volume.zarr")
+
+
+def test_plain_zarr_array_leading_axis_is_frames(tmp_path):
+    import zarr
+
+    data = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5)
+    zarr.open_array(str(tmp_path / "raw.zarr"), mode="w", shape=data.shape,
+                    dtype=data.dtype)[...] = data
+    np.testing.assert_array_equal(read_image(tmp_path / "raw.zarr"), data)
+
+
+def test_zarr_group_without_multiscales_names_its_arrays(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "bag.zarr"), mode="w")
+    group.create_array("a", shape=(4, 4), dtype="uint8")
+    group.create_array("b", shape=(4, 4), dtype="uint8")
+    with pytest.raises(InputError, match="without OME-Zarr multiscales.*a, b"):
+        read_image(tmp_path / "bag.zarr")
+
+
+def test_a_folder_that_is_not_zarr_is_still_refused(tmp_path):
+    (tmp_path / "plain.zarr").mkdir()
+    with pytest.raises(InputError, match="not a readable Zarr"):
+        read_image(tmp_path / "plain.zarr")
+
+
+def test_large_big_endian_file_is_converted_lazily(tmp_path, monkeypatch):
+    import dask.array as da
+
+    from napari_denodet.core import io
+
+    data = (np.arange(3 * 6 * 7).reshape(3, 6, 7) * 100).astype(np.uint16)
+    write_big_endian(tmp_path / "fiji.tif", data)
+    monkeypatch.setattr(io, "EAGER_BYTE_SWAP_BYTES", 0)
+    image = read_image(tmp_path / "fiji.tif")
+    assert isinstance(image, da.Array) and image.dtype.isnative
+    np.testing.assert_array_equal(image, data)
+
+
+# --------------------------------------------------------------------- streaming frames
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+@pytest.mark.parametrize("shape", [(5, 16, 20), (16, 20)])
+def test_frame_writer_streams_frames_and_reads_back(tmp_path, suffix, shape):
+    from napari_denodet.core.io import open_denoised_output
+
+    data = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    path = tmp_path / f"out{suffix}"
+    with open_denoised_output(path, shape) as out:
+        if len(shape) == 3:
+            out[3:5] = data[3:5]  # any order, any batch size
+            out[0] = data[0]
+            out[1:3] = data[1:3]
+        else:
+            out[...] = data
+        assert not path.exists()  # nothing visible under the name until complete
+    back = read_image(path)
+    if suffix == ".tif":
+        assert isinstance(back, np.memmap)
+    np.testing.assert_array_equal(np.asarray(back), data)
+    assert listing(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_frame_writer_leaves_nothing_when_the_run_fails(tmp_path, suffix):
+    from napari_denodet.core.io import open_denoised_output
+
+    with pytest.raises(RuntimeError, match="cancelled"), \
+            open_denoised_output(tmp_path / f"out{suffix}", (3, 8, 8)) as out:
+        out[0] = np.ones((8, 8))
+        raise RuntimeError("cancelled")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_frame_writer_overwrites_only_when_asked(tmp_path, suffix):
+    from napari_denodet.core.io import open_denoised_output
+
+    path = tmp_path / f"out{suffix}"
+    with open_denoised_output(path, (2, 4, 4)) as out:
+        out[0:2] = np.zeros((2, 4, 4))
+    with pytest.raises(InputError, match="already exists"):
+        open_denoised_output(path, (2, 4, 4))
+    with open_denoised_output(path, (2, 4, 4), overwrite=True) as out:
+        out[0:2] = np.full((2, 4, 4), 7.0)
+    assert np.asarray(read_image(path)).min() == 7.0
+    assert listing(tmp_path) == [path.name]
+
+
+def test_frame_writer_refuses_bad_keys_shapes_and_suffixes(tmp_path):
+    from napari_denodet.core.io import open_denoised_output
+
+    with open_denoised_output(tmp_path / "out.tif", (3, 4, 4)) as out:
+        with pytest.raises(IndexError):
+            out[::2] = np.zeros((2, 4, 4))
+        with pytest.raises(ValueError, match="shape"):
+            out[0:2] = np.zeros((3, 4, 4))
+        out[0:3] = np.zeros((3, 4, 4))
+    with pytest.raises(InputError, match="unsupported output type '.png'"):
+        open_denoised_output(tmp_path / "out.png", (4, 4))
+
+
+def test_load_block_gives_back_the_pages_of_a_memory_map(tmp_path):
+    # Streaming a 32 MB memory-mapped stack batch by batch must not leave it resident.
+    import psutil
+
+    from napari_denodet.core.io import load_block
+
+    frames = np.random.default_rng(2).integers(0, 65535, (64, 512, 512), dtype=np.uint16)
+    write_tiff(tmp_path / "big.tif", frames)
+    del frames
+    gc.collect()
+    stack = read_image(tmp_path / "big.tif")
+    process = psutil.Process()
+    before = process.memory_info().rss
+    total = 0
+    for first in range(0, 64, 4):
+        total += int(load_block(stack[first : first + 4]).sum(dtype=np.int64))
+    grown = process.memory_info().rss - before
+    assert total == int(np.asarray(stack).sum(dtype=np.int64))  # the map still reads
+    assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MB"

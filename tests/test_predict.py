@@ -393,3 +393,53 @@ def test_non_finite_frame_is_a_clear_error():
     stack[1, 2, 2] = np.nan
     with pytest.raises(InputError, match="frame 1"):
         run(detect(stack, Echo()))
+
+
+# ----------------------------------------------------------------- out: denoised on disk
+
+
+@pytest.mark.parametrize("tile_size", [1024, 32])
+def test_out_receives_the_denoised_frames_and_nothing_full_size_is_kept(network, tmp_path,
+                                                                         tile_size):
+    from napari_denodet.core.io import open_denoised_output, read_image
+
+    stack = np.random.default_rng(6).normal(100.0, 10.0, (5, 40, 36)).astype(np.float32)
+    in_memory = run(detect(stack, network, batch_size=2, tile_size=tile_size))
+    with open_denoised_output(tmp_path / "den.tif", stack.shape) as out:
+        streamed = run(detect(stack, network, batch_size=2, tile_size=tile_size, out=out))
+    assert streamed.denoised is out
+    np.testing.assert_array_equal(read_image(tmp_path / "den.tif"), in_memory.denoised)
+    assert streamed.points.equals(in_memory.points)
+
+
+def test_out_may_be_a_writable_memory_map_of_a_frame_range(network, tmp_path):
+    stack = np.random.default_rng(7).normal(100.0, 10.0, (6, 24, 20)).astype(np.float32)
+    out = np.lib.format.open_memmap(tmp_path / "den.npy", mode="w+", dtype=np.float32,
+                                    shape=(3, 24, 20))
+    result = run(detect(stack, network, frames=(2, 5), out=out))
+    assert result.denoised is out
+    np.testing.assert_array_equal(out, run(detect(stack, network, frames=(2, 5))).denoised)
+
+
+def test_out_of_a_single_image(network, tmp_path):
+    image = np.random.default_rng(8).normal(100.0, 10.0, (24, 20)).astype(np.float32)
+    out = np.zeros((24, 20), np.float32)
+    run(detect(image, network, out=out))
+    np.testing.assert_array_equal(out, run(detect(image, network)).denoised)
+
+
+def test_out_of_the_wrong_shape_is_a_clear_error(network):
+    stack = np.zeros((3, 16, 16), np.float32)
+    with pytest.raises(InputError, match=r"out has shape \(3, 16, 15\)"):
+        run(detect(stack, network, out=np.zeros((3, 16, 15), np.float32)))
+
+
+def test_dask_input_is_read_batch_by_batch_and_gives_the_in_memory_result(network):
+    import dask.array as da
+
+    stack = np.random.default_rng(9).normal(100.0, 10.0, (5, 24, 20)).astype(np.float32)
+    lazy = da.from_array(stack, chunks=(1, 24, 20))
+    from_dask = run(detect(lazy, network, batch_size=2))
+    in_memory = run(detect(stack, network, batch_size=2))
+    np.testing.assert_array_equal(from_dask.denoised, in_memory.denoised)
+    assert from_dask.points.equals(in_memory.points)

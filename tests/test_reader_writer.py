@@ -100,3 +100,19 @@ def test_reader_opens_mrc_and_png(tmp_path):
         (data, kw, kind), = read_layers(path)
         assert kind == "image"
         np.testing.assert_array_equal(data, expected)
+
+
+def test_reader_opens_zarr_folders_lazily_and_declines_other_folders(tmp_path):
+    import dask.array as da
+
+    from napari_denodet.core.io import open_denoised_output
+
+    stack = np.random.default_rng(1).normal(size=(3, 12, 14)).astype(np.float32)
+    with open_denoised_output(tmp_path / "movie.zarr", stack.shape) as out:
+        out[0:3] = stack
+    (tmp_path / "plain").mkdir()
+    assert get_reader(str(tmp_path / "plain")) is None
+    assert get_reader(str(tmp_path / "movie.zarr")) is read_layers
+    (data, kw, kind), = read_layers(str(tmp_path / "movie.zarr"))
+    assert kind == "image" and isinstance(data, da.Array) and kw["name"] == "movie"
+    np.testing.assert_array_equal(data, stack)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_denodet.core.points import points_table
-from napari_denodet.core.resample import bin_image, unbin_points
+from napari_denodet.core.resample import bin_image, bin_points, unbin_points
 
 
 def test_binning_averages_blocks_and_crops_the_remainder():
@@ -34,3 +34,12 @@ def test_a_spot_found_in_the_binned_image_maps_back_to_its_full_resolution_centr
 def test_binning_refuses_a_factor_larger_than_the_image():
     with pytest.raises(ValueError, match="cannot bin"):
         bin_image(np.zeros((3, 3)), 4)
+
+
+def test_bin_points_inverts_unbin_points():
+    table = points_table([0.0, 10.25, 63.5], [1.0, 2.5, 30.0], score=[0.1, 0.5, 0.9])
+    for factor in (1, 2, 8):
+        back = bin_points(unbin_points(table, factor), factor)
+        np.testing.assert_allclose(back[["y", "x"]], table[["y", "x"]])
+    # Binned pixel 0 of a 4x bin is centred on full-resolution pixel 1.5.
+    assert bin_points(points_table([1.5], [1.5]), 4)[["y", "x"]].iloc[0].tolist() == [0, 0]

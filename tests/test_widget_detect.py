@@ -144,3 +144,46 @@ def test_detect_on_the_sample_data_finds_its_truth(make_napari_viewer, qtbot):
     points = viewer.layers["vesicles (simulated) particles"]
     found = table_from_coordinates(points.data, points.features)
     assert score_detections(found, truth).f1 > 0.9
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_a_lazily_opened_stack_is_denoised_to_disk_and_shown_memory_mapped(
+        make_napari_viewer, qtbot, sim, tmp_path, monkeypatch, suffix):
+    import tempfile
+
+    import dask.array as da
+
+    from napari_denodet.core.io import open_denoised_output
+    from napari_denodet.core.predict import run
+
+    with open_denoised_output(tmp_path / f"cells{suffix}", sim.noisy.shape) as out:
+        out[0 : len(sim.noisy)] = sim.noisy
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / f"cells{suffix}"), plugin="napari-denodet")
+    lazy = {".tif": np.memmap, ".zarr": da.Array}[suffix]
+    assert isinstance(viewer.layers["cells"].data, lazy)
+    widget = _widget(viewer)
+    _run(qtbot, widget)
+    denoised = viewer.layers["cells denoised"].data
+    assert isinstance(denoised, np.memmap)
+    job = detect_module.DetectJob(model="fluorescence", device="auto", frames=None,
+                                  binning=1)
+    in_memory, _ = run(detect_module.run_detection(np.asarray(sim.noisy), job))
+    assert isinstance(in_memory.denoised, np.ndarray)
+    np.testing.assert_array_equal(denoised, in_memory.denoised)
+    assert list(scratch.iterdir()) == []  # the temporary file is mapped, not left behind
+
+
+@pytest.mark.parametrize(("data", "limit", "on_disk"), [
+    (np.zeros((2, 8, 8), np.float32), 2**30, False),
+    (np.zeros((2, 8, 8), np.float32), 100, True),
+    (np.memmap, 2**30, True),
+])
+def test_which_results_go_to_disk(monkeypatch, tmp_path, data, limit, on_disk):
+    if data is np.memmap:
+        data = np.memmap(tmp_path / "raw", dtype=np.float32, mode="w+", shape=(2, 8, 8))
+    monkeypatch.setattr(detect_module, "IN_MEMORY_LIMIT", limit)
+    assert detect_module.keeps_denoised_on_disk(data, data.shape) is on_disk

@@ -1,7 +1,8 @@
-"""npe2 reader: images (TIFF, MRC, PNG/JPEG) and our points CSV.
+"""npe2 reader: images (TIFF, MRC, PNG/JPEG, Zarr/OME-Zarr) and our points CSV.
 
-Images open lazily where the file allows (memory-mapped TIFF and MRC), so a large stack
-opens at once. A CSV is claimed only when its header has ``y`` and ``x`` columns;
+Images open lazily where the file allows (memory-mapped TIFF and MRC, Zarr as a dask
+array), so a stack larger than memory opens at once and napari reads only the frames it
+shows. A CSV is claimed only when its header has ``y`` and ``x`` columns;
 anything else is declined (``None``) so that napari can try other readers. A file this
 reader claims but cannot read becomes an error notification naming the file.
 """
@@ -12,7 +13,7 @@ import csv
 from pathlib import Path
 
 from napari_denodet.core.errors import InputError
-from napari_denodet.core.io import IMAGE_SUFFIXES, read_image, read_points
+from napari_denodet.core.io import IMAGE_SUFFIXES, is_zarr, read_image, read_points
 from napari_denodet.core.points import X, Y, coordinates
 
 #: Style of Points layers opened from files (and of detection results).
@@ -32,6 +33,8 @@ def _looks_like_points(path: Path) -> bool:
 def _claims(path: str) -> bool:
     p = Path(path)
     suffix = p.suffix.lower()
+    if p.is_dir():
+        return is_zarr(p)
     if suffix in IMAGE_SUFFIXES:
         return True
     return suffix == ".csv" and p.is_file() and _looks_like_points(p)

@@ -102,9 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     det = sub.add_parser("detect", help="denoise and detect particles in images",
                          description="Denoise and detect particles in each INPUT; write "
-                                     "DIR/<stem>_points.csv and DIR/<stem>_denoised.tif.")
+                                     "DIR/<stem>_points.csv and DIR/<stem>_denoised.tif. "
+                                     "One file runs in this process; several run as one "
+                                     "dask task each (a local cluster, or --scheduler), "
+                                     "listed with their status in DIR/manifest.csv and "
+                                     "DIR/manifest.json. Files whose outputs exist are "
+                                     "skipped unless --overwrite.")
     det.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                     help="TIFF, MRC, PNG or JPEG files")
+                     help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
+                          "images), glob patterns, or .txt list files (one path a line)")
     det.add_argument("--model", default="fluorescence",
                      help="bundled model name or a .pt file (default: fluorescence)")
     det.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -116,9 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--bin", type=_positive_int, default=1, metavar="N",
                      help="average N x N pixels before detection (micrographs); "
                           "coordinates are mapped back to full-resolution pixels")
-    det.add_argument("--batch-size", type=_positive_int, default=4)
+    det.add_argument("--batch-size", type=_positive_int, default=None,
+                     help="frames per forward pass (default: chosen for the device)")
     det.add_argument("--axes", default=None, help="axes of the inputs, e.g. TYX, when their "
                                                   "metadata is missing or wrong")
+    det.add_argument("--denoised", choices=("tif", "zarr", "none"), default="tif",
+                     help="denoised output: TIFF (default), OME-Zarr, or none")
+    det.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run on this dask scheduler (e.g. tcp://host:8786) instead of "
+                          "a local cluster; the workers must see the input and --out paths")
+    det.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="local dask workers (default: one per core, at most one per "
+                          "file); given with a single INPUT, it also runs on dask")
     det.add_argument("--star", action="store_true",
                      help="also write <stem>_points.star (single images only)")
     det.add_argument("--box-size", type=_positive_int, default=None,
@@ -153,6 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(run=_run_train)
+
+    ft = sub.add_parser("finetune", help="fine-tune a model from a few clicked particles",
+                        description="Fine-tune a model on IMAGE from clicked particle centres "
+                                    "(weakly supervised: blind-spot denoising, "
+                                    "positive-unlabelled detection) and save MODEL.pt with "
+                                    "its card.")
+    ft.add_argument("image", type=Path, metavar="IMAGE", help="TIFF, MRC, PNG or JPEG file")
+    ft.add_argument("--points", type=Path, required=True, metavar="CLICKS",
+                    help="clicked particle centres (.csv/.star/.box, full-resolution px)")
+    ft.add_argument("--negatives", type=Path, default=None, metavar="NEG",
+                    help="known false detections (same formats)")
+    ft.add_argument("--model", default="fluorescence",
+                    help="bundled model name or a .pt file to start from")
+    ft.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
+    ft.add_argument("--steps", type=_positive_int, default=None,
+                    help="most training steps (default 300)")
+    ft.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+                    help="stop training after this many seconds")
+    ft.add_argument("--particles-per-frame", type=_positive_float, default=None,
+                    help="expected particles per frame (default: estimated)")
+    ft.add_argument("--bin", type=_positive_int, default=1, metavar="N",
+                    help="average N x N pixels first (use the same --bin for detect)")
+    ft.add_argument("--axes", default=None, help="axes of IMAGE, e.g. TYX")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--overwrite", action="store_true")
+    ft.set_defaults(run=_run_finetune)
     return parser
 
 
@@ -237,55 +278,78 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from napari_denodet.core.io import read_image, write_points, write_tiff
+    from napari_denodet.core.batch import DetectSettings, expand_inputs, without_outputs
     from napari_denodet.core.models import load_model
-    from napari_denodet.core.predict import choose_device, detect
-    from napari_denodet.core.resample import bin_image, unbin_points
+    from napari_denodet.core.predict import choose_device
 
-    model = load_model(args.model)
-    choose_device(args.device)  # fail before any work when the device is missing
-    threshold = model.threshold if args.threshold is None else args.threshold
-    out: Path = args.out
-    plans = []
-    for path in args.inputs:
-        stem = path.stem
-        targets = {"csv": out / f"{stem}_points.csv", "tif": out / f"{stem}_denoised.tif"}
-        if args.star:
-            targets["star"] = out / f"{stem}_points.star"
-        if args.box_size:
-            targets["box"] = out / f"{stem}_points.box"
-        taken = [str(p) for p in targets.values() if p.exists()]
-        if taken and not args.overwrite:
-            raise InputError(taken[0], "already exists; use --overwrite or another --out")
-        plans.append((path, targets))
-    out.mkdir(parents=True, exist_ok=True)
-    for path, targets in plans:
-        image = read_image(path, axes=args.axes)
-        if image.ndim == 3 and ("star" in targets or "box" in targets):
-            raise InputError(path, "STAR and BOX output is for single micrographs, "
-                                   "not stacks")
-        binned = bin_image(image, args.bin)
-        generator = detect(binned, model.network, invert=model.invert, device=args.device,
-                           batch_size=args.batch_size, **model.localisation)
-        print(f"{path}: {'x'.join(map(str, image.shape))} {image.dtype}"
-              + (f", binned {args.bin}x" if args.bin > 1 else ""), file=sys.stderr)
-        result = _drain(generator, lambda p: f"frame {p.frames_done}/{p.frames_total}",
-                        lambda p: p.total)
-        points = result.points
-        if not args.all_candidates:
-            points = points[points["score"] >= threshold].reset_index(drop=True)
-        points = unbin_points(points, args.bin)
-        write_points(targets["csv"], points, overwrite=args.overwrite)
-        write_tiff(targets["tif"], result.denoised, overwrite=args.overwrite)
-        if "star" in targets:
-            write_points(targets["star"], points, overwrite=args.overwrite)
-        if "box" in targets:
-            write_points(targets["box"], points, overwrite=args.overwrite,
-                         box_size=args.box_size)
-        print(f"{path}: {len(points)} particles"
-              + ("" if args.all_candidates else f" (score >= {threshold:.2f})")
-              + f" -> {', '.join(str(p) for p in targets.values())}")
+    settings = DetectSettings(model=str(args.model), threshold=args.threshold,
+                              all_candidates=args.all_candidates, device=args.device,
+                              binning=args.bin, batch_size=args.batch_size, axes=args.axes,
+                              star=args.star, box_size=args.box_size, denoised=args.denoised,
+                              overwrite=args.overwrite)
+    load_model(settings.model)  # fail before any work on a bad model
+    if args.scheduler is None:  # a remote cluster may have devices that this machine lacks
+        choose_device(settings.device)
+    paths = without_outputs(expand_inputs(args.inputs), args.out)
+    if len(paths) == 1 and args.scheduler is None and args.workers is None:
+        return _detect_in_process(paths[0], args.out, settings)
+    return _detect_on_dask(paths, args, settings)
+
+
+def _detect_in_process(path: Path, out: Path, settings) -> int:
+    from napari_denodet.core.batch import detect_file_steps
+
+    record = _drain(detect_file_steps(path, out, settings),
+                    lambda p: f"frame {p.frames_done}/{p.frames_total}", lambda p: p.total)
+    print(_describe_record(record))
     return 0
+
+
+def _describe_record(record: dict) -> str:
+    if record["status"] == "skipped":
+        return f"{record['file']}: skipped, its results exist (--overwrite to redo them)"
+    if record["status"] == "failed":
+        error = record["error"]
+        return error if error.startswith(record["file"]) else f"{record['file']}: {error}"
+    cut = "" if record["threshold"] is None else f" (score >= {record['threshold']:.2f})"
+    return (f"{record['file']}: {record['n_points']} particles{cut} -> "
+            f"{', '.join(record['outputs'])}")
+
+
+def _detect_on_dask(paths: list[Path], args: argparse.Namespace, settings) -> int:
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from napari_denodet.core.batch import run_batch
+
+    generator = run_batch(paths, args.out, settings, scheduler=args.scheduler,
+                          n_workers=args.workers)
+    bar = tqdm(total=len(paths), file=sys.stderr, unit="file", dynamic_ncols=True,
+               disable=None)
+    try:
+        while True:
+            record = next(generator).record
+            if record["status"] != "failed":
+                bar.write(_describe_record(record), file=sys.stdout)
+            bar.update(1)
+    except StopIteration as stop:
+        result = stop.value
+    finally:
+        generator.close()
+        bar.close()
+    for record in result.failed:
+        print(f"{PROG}: error: {_describe_record(record)}", file=sys.stderr)
+    counts = Counter(r["status"] for r in result.records)
+    about = result.about
+    workers = f"{about.get('workers')} worker{'s' if about.get('workers') != 1 else ''}"
+    where = ("nothing to run" if "scheduler" not in about else
+             f"local dask cluster of {workers}" if about["scheduler"] == "local" else
+             f"dask scheduler {about['scheduler']}, {workers}")
+    print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed of "
+          f"{len(paths)} files ({where}); manifest: {result.manifest[0]}",
+          file=sys.stderr if result.failed else sys.stdout)
+    return EXIT_FAILURE if result.failed else 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -335,6 +399,71 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "
           f"{card['training']['validation']['val_f1']:.3f}, threshold {result.threshold:.2f}, "
           f"{result.wall_time:.0f} s)")
+    return 0
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    import shlex
+    from dataclasses import replace
+
+    from napari_denodet.core.finetune import FinetuneSettings, finetune
+    from napari_denodet.core.io import read_image, read_points
+    from napari_denodet.core.models import load_model, save_model
+    from napari_denodet.core.points import FRAME
+    from napari_denodet.core.resample import bin_image, bin_points
+
+    out: Path = args.out
+    if out.suffix != ".pt":
+        raise InputError(out, "model files end in .pt")
+    if out.exists() and not args.overwrite:
+        raise InputError(out, "already exists; use --overwrite or another --out")
+    model = load_model(args.model)
+    image = read_image(args.image, axes=args.axes)
+    if image.ndim == 3 and args.bin > 1:
+        raise InputError(args.image, "--bin is for single micrographs, not stacks")
+    clicks = {"positives": read_points(args.points)}
+    if args.negatives is not None:
+        clicks["negatives"] = read_points(args.negatives)
+    for name, path in (("positives", args.points), ("negatives", args.negatives)):
+        if name in clicks and (FRAME in clicks[name].columns) != (image.ndim == 3):
+            raise InputError(path, f"has {'a' if FRAME in clicks[name].columns else 'no'} "
+                                   f"'frame' column but {args.image} is "
+                                   f"{'a stack' if image.ndim == 3 else 'a single image'}")
+        if name in clicks:
+            clicks[name] = bin_points(clicks[name], args.bin)
+    settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget,
+                                particles_per_frame=args.particles_per_frame)
+    if args.steps:
+        settings = replace(settings, steps=args.steps)
+    binned = bin_image(image, args.bin)
+
+    def describe(progress):
+        if progress.stage == "check":
+            print(f"step {progress.step}: held-out recall "
+                  f"{progress.metrics['heldout_recall']:.2f} at threshold "
+                  f"{progress.metrics['threshold']:.2f}", file=sys.stderr)
+            return None
+        return f"loss {progress.metrics['loss']:.3f}"
+
+    print(f"{args.image}: {len(clicks['positives'])} clicked centres"
+          + (f", {len(clicks['negatives'])} negatives" if "negatives" in clicks else "")
+          + f"; fine-tuning {model.card.get('name') or args.model}", file=sys.stderr)
+    result = _drain(finetune(model, binned, clicks["positives"], clicks.get("negatives"),
+                             settings), describe, lambda p: p.total)
+    card = result.model.card
+    card["name"] = out.stem
+    card["training"]["binning"] = args.bin
+    card["training"]["command"] = shlex.join([
+        PROG, "finetune", str(args.image), "--points", str(args.points),
+        *(["--negatives", str(args.negatives)] if args.negatives else []),
+        "--model", str(args.model), "--steps", str(settings.steps), "--bin", str(args.bin),
+        "--seed", str(args.seed), "--out", out.name,
+        *(["--time-budget", f"{args.time_budget:g}"] if args.time_budget else []),
+        *(["--particles-per-frame", f"{args.particles_per_frame:g}"]
+          if args.particles_per_frame else [])])
+    save_model(out, result.model.network, card, overwrite=args.overwrite)
+    print(f"wrote {out} and {out.with_suffix('.json')} ({result.steps_done} steps in "
+          f"{result.wall_time:.0f} s, threshold {result.model.threshold:.2f})")
     return 0
 
 

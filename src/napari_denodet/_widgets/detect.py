@@ -5,11 +5,21 @@ core generator :func:`napari_denodet.core.predict.detect` (model loading, readin
 binning happen in the worker too), and turns the result into layers on the GUI thread.
 All candidates are kept, so the score slider filters the shown particles at once
 without running the network again.
+
+A layer that is not an in-memory numpy array (a memory-mapped or Zarr stack opened
+lazily), or whose denoised result would exceed :data:`IN_MEMORY_LIMIT`, gets its
+denoised frames written to a temporary TIFF as they are computed and shown
+memory-mapped, so a stack larger than memory can be processed and browsed.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,19 +29,22 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_denodet._reader import POINTS_STYLE
+from napari_denodet._widgets import session
 from napari_denodet.core.points import SCORE, coordinates
 
 if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "from file..."
+#: Denoised results larger than this (bytes) go to a temporary file instead of memory.
+IN_MEMORY_LIMIT = 2**30
 
 
 @dataclass
 class DetectJob:
     """Plain settings handed to the worker (never layers or widgets)."""
 
-    model: str
+    model: object  # a bundled name, a .pt path, or a Model made in this session
     device: str
     frames: tuple[int, int] | None
     binning: int
@@ -41,18 +54,69 @@ def run_detection(data, job: DetectJob):
     """Load the model, bin, and detect: the generator the worker runs.
 
     Yields the core's progress messages and returns ``(result, model)`` with the points
-    in the input's full-resolution pixels.
+    in the input's full-resolution pixels. The denoised frames go to a temporary file,
+    and come back memory-mapped, when the input is not in memory or the result is
+    large (:func:`keeps_denoised_on_disk`).
     """
-    from napari_denodet.core.models import load_model
+    from napari_denodet.core.models import Model, load_model
     from napari_denodet.core.predict import detect
-    from napari_denodet.core.resample import bin_image, unbin_points
+    from napari_denodet.core.resample import bin_lazily, unbin_points
 
-    model = load_model(job.model)
-    image = bin_image(np.asarray(data) if job.binning > 1 else data, job.binning)
-    result = yield from detect(image, model.network, invert=model.invert, device=job.device,
-                               frames=job.frames, **model.localisation)
+    model = job.model if isinstance(job.model, Model) else load_model(job.model)
+    image = bin_lazily(data, job.binning)
+    shape = tuple(image.shape)
+    if job.frames is not None:
+        shape = (job.frames[1] - job.frames[0], *shape[1:])
+    run = partial(detect, image, model.network, invert=model.invert, device=job.device,
+                  frames=job.frames, **model.localisation)
+    if keeps_denoised_on_disk(data, shape):
+        result = yield from _detect_to_disk(run, shape)
+    else:
+        result = yield from run()
     result.points = unbin_points(result.points, job.binning)
     return result, model
+
+
+def keeps_denoised_on_disk(data, shape: tuple[int, ...]) -> bool:
+    """Tell whether the denoised result of ``data`` should live on disk, not in memory.
+
+    Parameters
+    ----------
+    data : array_like
+        The layer's data.
+    shape : tuple of int
+        Shape of the denoised result.
+
+    Returns
+    -------
+    bool
+        True when ``data`` is not an in-memory numpy array (a memory map, a dask or
+        Zarr array: the user opened it lazily) or the float32 result would be larger
+        than :data:`IN_MEMORY_LIMIT`.
+    """
+    return type(data) is not np.ndarray or 4 * int(np.prod(shape)) > IN_MEMORY_LIMIT
+
+
+def _detect_to_disk(run, shape: tuple[int, ...]):
+    # Stream the denoised frames into a temporary TIFF, then map it read-only. The file's
+    # name goes at once: on POSIX the mapping keeps the data until the layer drops it.
+    from napari_denodet.core.io import open_denoised_output, read_image
+
+    folder = Path(tempfile.mkdtemp(prefix="napari-denodet-"))
+    try:
+        with open_denoised_output(folder / "denoised.tif", shape) as out:
+            result = yield from run(out=out)
+        result.denoised = read_image(out.path)
+    finally:
+        _remove_folder(folder)
+    return result
+
+
+def _remove_folder(folder: Path) -> None:
+    try:
+        shutil.rmtree(folder)
+    except OSError:  # a mapped file cannot be deleted on Windows: at exit, then
+        atexit.register(shutil.rmtree, folder, True)
 
 
 class DetectWidget(Container):
@@ -64,7 +128,8 @@ class DetectWidget(Container):
 
         self._viewer = viewer
         self._image = ComboBox(label="image", choices=self._image_layers)
-        self._model = ComboBox(label="model", choices=[*bundled_models(), FROM_FILE])
+        self._model = ComboBox(label="model", choices=lambda _w=None: [
+            *session.names(), *bundled_models(), FROM_FILE])
         self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._first = SpinBox(label="first frame", min=0, max=10**7, value=0)
@@ -85,6 +150,11 @@ class DetectWidget(Container):
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
 
+    def select_model(self, name: str) -> None:
+        """Offer the models made in this session again and choose ``name``."""
+        self._model.reset_choices()
+        self._model.value = name
+
     def _image_layers(self, _widget=None) -> list:
         from napari.layers import Image
 
@@ -92,7 +162,7 @@ class DetectWidget(Container):
 
     def _job(self, layer) -> DetectJob:
         model = str(self._model_file.value) if self._model.value == FROM_FILE \
-            else self._model.value
+            else session.get(self._model.value) or self._model.value
         frames = None
         if layer.ndim == 3 and (self._first.value or self._last.value):
             last = self._last.value or layer.data.shape[0]
@@ -112,7 +182,9 @@ class DetectWidget(Container):
                        "napari-denodet needs a 2D image or a 2D+t stack")
             return None
         job = self._job(layer)
-        worker = create_worker(run_detection, layer.data, job, _start_thread=False,
+        # A multiscale (pyramid) layer is detected at full resolution, its first level.
+        data = layer.data[0] if layer.multiscale else layer.data
+        worker = create_worker(run_detection, data, job, _start_thread=False,
                                _progress={"desc": f"DENODET: {layer.name}"})
         worker.returned.connect(lambda out, lay=layer: self._show(lay, *out))
         worker.errored.connect(lambda exc: show_error(f"Detect failed: {exc}"))

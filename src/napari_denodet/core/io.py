@@ -1,10 +1,16 @@
 """Reading images and reading/writing particle positions.
 
 Images come back as ``(t, y, x)`` stacks or ``(y, x)`` images, memory-mapped where the
-file allows it (uncompressed TIFF, MRC), so opening a large stack costs nothing until
-frames are read. Anything else — colour images, 3D volumes, extra dimensions — is
-refused with an :class:`~napari_denodet.core.errors.InputError` naming the file and
-the problem, unless the caller states the axes.
+file allows it (uncompressed TIFF, MRC) or as a lazy dask array (Zarr and OME-Zarr), so
+opening a large stack costs nothing until frames are read. Anything else — colour
+images, 3D volumes, extra dimensions — is refused with an
+:class:`~napari_denodet.core.errors.InputError` naming the file and the problem, unless
+the caller states the axes. :func:`load_block` brings a batch of frames into memory and
+gives the pages of a memory map back afterwards, so streaming through a stack larger
+than memory keeps the process's resident memory at the size of a batch.
+
+Denoised stacks are written frame by frame (:func:`open_denoised_output`) into a TIFF
+or an OME-Zarr that becomes visible under its name only when complete.
 
 Points are written as CSV in the one schema of :mod:`napari_denodet.core.points`, as
 RELION STAR (``_rlnCoordinateX/Y``) or as EMAN ``.box``. Every write is atomic (a
@@ -15,10 +21,13 @@ file unless asked to.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +38,11 @@ from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table, validat
 TIFF_SUFFIXES = (".tif", ".tiff")
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES
+ZARR_SUFFIXES = (".zarr",)
+IMAGE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES + ZARR_SUFFIXES
+#: Files in a byte order other than the machine's are converted to it in memory up to
+#: this size, and lazily (a dask array, frame by frame) beyond it.
+EAGER_BYTE_SWAP_BYTES = 256 * 2**20
 POINTS_SUFFIXES = (".csv", ".star", ".box")
 
 _TIME_AXES = "TIQ"  # tifffile's names for a time-like leading axis (I, Q: unnamed pages)
@@ -42,13 +55,14 @@ def _suffix(path: Path) -> str:
 # ------------------------------------------------------------------------------ images
 
 
-def read_image(path: str | os.PathLike, axes: str | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, axes: str | None = None) -> Any:
     """Read a 2D image or a 2D+t stack.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A TIFF, MRC (``.mrc``, ``.mrcs``, ``.map``), PNG or JPEG file.
+        A TIFF, MRC (``.mrc``, ``.mrcs``, ``.map``), PNG or JPEG file, or a Zarr array or
+        OME-Zarr image folder (``.zarr``; the first, full-resolution level).
     axes : str, optional
         The file's axes when its metadata is missing or wrong, one letter per dimension
         from ``T`` (time or frames), ``Y``, ``X``, e.g. ``"TYX"`` to read a stack that
@@ -56,9 +70,10 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray
-        ``(t, y, x)`` or ``(y, x)``, in the file's own dtype; a read-only memory map
-        where the file allows one.
+    numpy.ndarray or dask.array.Array
+        ``(t, y, x)`` or ``(y, x)``, in the file's own dtype (in the machine's byte
+        order); a read-only memory map where the file allows one, a dask array for Zarr
+        and for files larger than :data:`EAGER_BYTE_SWAP_BYTES` in the other byte order.
 
     Raises
     ------
@@ -69,10 +84,12 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not an image file")
     suffix = _suffix(path)
-    if suffix in TIFF_SUFFIXES:
+    if is_zarr(path):
+        data, file_axes = _read_zarr(path)
+    elif path.is_dir():
+        raise InputError(path, "is a folder, not an image file")
+    elif suffix in TIFF_SUFFIXES:
         data, file_axes = _read_tiff(path)
     elif suffix in MRC_SUFFIXES:
         data, file_axes = _read_mrc(path)
@@ -83,10 +100,82 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> np.ndarray:
                                f"{', '.join(IMAGE_SUFFIXES)})")
     data = _to_standard_axes(path, data, axes or file_axes, from_user=axes is not None)
     if not data.dtype.isnative:
-        # Fiji writes big-endian TIFFs; torch and many readers refuse that byte order.
-        # This costs the memory map: such files are read into memory.
-        data = data.astype(data.dtype.newbyteorder("="))
+        data = _in_native_byte_order(data)
     return data
+
+
+def _in_native_byte_order(data: Any) -> Any:
+    # Fiji writes big-endian TIFFs; torch and many readers refuse that byte order. A
+    # small file is converted in memory; a large one lazily, so it is never read whole.
+    native = data.dtype.newbyteorder("=")
+    if hasattr(data, "compute") or data.nbytes <= EAGER_BYTE_SWAP_BYTES:
+        return data.astype(native)
+    import dask.array as da
+
+    chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
+    return da.from_array(data, chunks=chunks, asarray=True).astype(native)
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Tell whether ``path`` is a Zarr array or group folder (by suffix or by content).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any path.
+
+    Returns
+    -------
+    bool
+        True for a folder named ``*.zarr`` or holding Zarr metadata.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return _suffix(path) in ZARR_SUFFIXES or any(
+        (path / name).is_file() for name in (".zarray", ".zgroup", "zarr.json"))
+
+
+def _import_zarr(path: Path):
+    try:
+        import zarr
+    except ImportError:
+        raise InputError(path, "reading and writing Zarr needs the 'zarr' package "
+                               "(pip install zarr)") from None
+    return zarr
+
+
+def _read_zarr(path: Path) -> tuple[Any, str]:
+    import dask.array as da
+
+    zarr = _import_zarr(path)
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises many types for damaged stores
+        raise InputError(path, f"not a readable Zarr folder ({exc})") from None
+    axes = None
+    if not hasattr(node, "shape"):  # a group: OME-Zarr, or a folder of arrays
+        node, axes = _ome_zarr_level(path, node)
+    if 0 in node.shape:
+        raise InputError(path, f"the image is empty (shape {node.shape})")
+    # Plain arrays carry no axis names: the leading ones are taken as frames.
+    return da.from_zarr(node), axes or ("I" * (len(node.shape) - 2) + "YX")[-len(node.shape):]
+
+
+def _ome_zarr_level(path: Path, group) -> tuple[Any, str | None]:
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    if multiscales:
+        first = multiscales[0]
+        level = group[first["datasets"][0]["path"]]
+        names = [a["name"] if isinstance(a, dict) else a for a in first.get("axes") or []]
+        axes = "".join(str(n)[:1].upper() for n in names) or None
+        return level, axes
+    arrays = [name for name, node in group.members() if hasattr(node, "shape")]
+    if len(arrays) == 1:
+        return group[arrays[0]], None
+    raise InputError(path, "a Zarr group without OME-Zarr multiscales metadata; open one "
+                           f"of its arrays instead ({', '.join(sorted(arrays)) or 'none'})")
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
@@ -229,36 +318,51 @@ def atomic_write(
         When the destination exists and ``overwrite`` is False, or its folder is missing.
     """
     path = Path(path)
+    tmp = _temporary_file(path, overwrite)
+    try:
+        write(tmp)
+        _move_into_place(tmp, path, overwrite)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def _check_destination(path: Path, overwrite: bool) -> None:
     if not path.parent.is_dir():
         raise InputError(path, f"folder {path.parent} does not exist")
     if path.exists() and not overwrite:
         raise InputError(path, "already exists; choose another name or allow overwriting "
                                "(--overwrite)")
+
+
+def _temporary_file(path: Path, overwrite: bool) -> Path:
+    # An empty temporary file beside the destination (same file system: renames are
+    # atomic), after checking that the destination may be written.
+    _check_destination(path, overwrite)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                     suffix=".partial" + path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp makes the file private (0600); give it the mode a plain open() would.
     os.chmod(tmp, 0o666 & ~_current_umask())
+    return tmp
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    # A hard link fails if the name was taken meanwhile: no silent clobbering.
     try:
-        write(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # A hard link fails if the name was taken meanwhile: no silent clobbering.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise InputError(path, "already exists; choose another name or allow "
-                                       "overwriting (--overwrite)") from None
-            except OSError:  # file systems without hard links
-                if path.exists():
-                    raise InputError(path, "already exists") from None
-                os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
+        os.link(tmp, path)
+    except FileExistsError:
+        raise InputError(path, "already exists; choose another name or allow "
+                               "overwriting (--overwrite)") from None
+    except OSError:  # file systems without hard links
+        if path.exists():
+            raise InputError(path, "already exists") from None
+        os.replace(tmp, path)
 
 
 def _current_umask() -> int:
@@ -298,6 +402,311 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fals
                          metadata={"axes": axes})
 
     return atomic_write(path, write, overwrite)
+
+
+# ------------------------------------------------------------------ streaming frames
+
+
+def load_block(block: Any) -> np.ndarray:
+    """Bring a block of frames (a slice of an image or stack) into memory.
+
+    Parameters
+    ----------
+    block : array_like
+        A numpy array, a memory map, a dask array or anything :func:`numpy.asarray`
+        takes.
+
+    Returns
+    -------
+    numpy.ndarray
+        The block's values. A dask block is computed on the calling thread (no thread
+        pool, nothing scheduled on a cluster); a block of a read-only memory map is
+        copied and its pages are given back to the operating system (:func:`release_pages`).
+    """
+    if hasattr(block, "compute"):
+        return np.asarray(block.compute(scheduler="synchronous"))
+    if isinstance(block, np.memmap):
+        values = np.array(block)
+        release_pages(block)
+        return values
+    return np.asarray(block)
+
+
+def release_pages(block: np.ndarray) -> None:
+    """Drop the resident pages of a slice of a read-only memory map (Linux).
+
+    Pages of a memory-mapped file that were read stay mapped, and count in the process's
+    resident memory, until memory runs short: streaming through a stack larger than
+    memory would look like holding all of it. Dropping them after each batch keeps the
+    resident memory at the size of a batch; the data stays in the OS file cache, and
+    reading it again just maps it again. Anything other than a C-contiguous slice of a
+    read-only :class:`numpy.memmap` is left alone.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Usually a slice of a :class:`numpy.memmap` opened with ``mode="r"``.
+    """
+    handle = getattr(block, "_mmap", None)
+    if (handle is None or getattr(block, "mode", None) != "r" or block.nbytes == 0
+            or not block.flags.c_contiguous or not hasattr(mmap, "MADV_DONTNEED")):
+        return
+    base = np.frombuffer(handle, dtype=np.uint8).ctypes.data
+    start = block.ctypes.data - base
+    page = mmap.PAGESIZE
+    first = start // page * page
+    last = min(len(handle), -(-(start + block.nbytes) // page) * page)
+    # Dropping clean pages of a shared read-only mapping loses nothing.
+    with contextlib.suppress(OSError, ValueError):
+        handle.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+class FrameWriter:
+    """A float32 image or stack on disk, written frame by frame, visible when complete.
+
+    Supports ``writer[i] = frame`` and ``writer[a:b] = frames`` for a ``(t, y, x)``
+    stack and ``writer[...] = image`` for a ``(y, x)`` image, in any order. Data go to
+    a temporary name beside the destination; :meth:`commit` moves them under the
+    destination's name, :meth:`discard` removes them. As a context manager it commits
+    when the block ends normally and discards otherwise (an error, a cancelled run).
+    Create writers with :func:`open_denoised_output`.
+
+    Attributes
+    ----------
+    path : pathlib.Path or None
+        The destination (None for :class:`DiscardedOutput`).
+    shape : tuple of int
+        ``(t, y, x)`` or ``(y, x)``.
+    dtype : numpy.dtype
+        float32.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path: Path | None, shape: tuple[int, ...], overwrite: bool) -> None:
+        if len(shape) not in (2, 3) or min(shape) < 1:
+            raise InputError(path, f"cannot write an image of shape {shape}")
+        self.path = path
+        self.shape = tuple(int(n) for n in shape)
+        self.overwrite = overwrite
+        self._done = False
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions (2 or 3)."""
+        return len(self.shape)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        start, stop = self._frames(key)
+        frames = np.asarray(value, dtype=np.float32)
+        expected = (stop - start, *self.shape[-2:])
+        if frames.shape != expected and frames.shape != expected[1:]:
+            raise ValueError(f"expected frames of shape {expected}, got {frames.shape}")
+        self._write(start, np.ascontiguousarray(frames.reshape(expected)))
+
+    def _frames(self, key: Any) -> tuple[int, int]:
+        n = self.shape[0] if self.ndim == 3 else 1
+        if self.ndim == 2 and (key is Ellipsis or key == slice(None)):
+            return 0, 1
+        if self.ndim == 3 and isinstance(key, (int, np.integer)) and 0 <= key < n:
+            return int(key), int(key) + 1
+        if self.ndim == 3 and isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(n)
+            if start < stop:
+                return start, stop
+        raise IndexError(f"frames are written as writer[i], writer[a:b] (stacks) or "
+                         f"writer[...] (images), not writer[{key!r}]")
+
+    def _write(self, start: int, frames: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> Path | None:
+        """Finish writing and move the data under the destination's name.
+
+        Returns
+        -------
+        pathlib.Path or None
+            The destination.
+        """
+        self._done = True
+        return self.path
+
+    def discard(self) -> None:
+        """Remove what was written; the destination is left as it was."""
+        self._done = True
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self._done:
+            return
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class DiscardedOutput(FrameWriter):
+    """A :class:`FrameWriter` that keeps nothing: for runs that want only the points."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__(None, shape, overwrite=False)
+
+    def _write(self, start: int, frames: np.ndarray) -> None:
+        pass
+
+
+class TiffFrameWriter(FrameWriter):
+    """Frames written straight into an uncompressed single-channel TIFF.
+
+    The file is laid out by :mod:`tifffile` with its pixel data in one contiguous block
+    (an ImageJ hyperstack, or a BigTIFF beyond 4 GB), which is then filled with plain
+    file writes: unlike a writable memory map, written frames do not stay in the
+    process's resident memory. The result reads back memory-mapped (:func:`read_image`).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], overwrite: bool) -> None:
+        import tifffile
+
+        super().__init__(path, shape, overwrite)
+        self._tmp = _temporary_file(path, overwrite)
+        nbytes = int(np.prod(self.shape)) * 4
+        # ImageJ hyperstacks open in Fiji with a time axis; they are classic TIFFs.
+        imagej = nbytes < 2**32 - 2**25
+        try:
+            offset, _ = tifffile.imwrite(
+                self._tmp, shape=self.shape, dtype="<f4", photometric="minisblack",
+                imagej=imagej, bigtiff=not imagej, returnoffset=True,
+                metadata={"axes": "TYX" if self.ndim == 3 else "YX"})
+            self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in commit/discard
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self._offset = int(offset)
+        self._frame_bytes = self.shape[-1] * self.shape[-2] * 4
+
+    def _write(self, start: int, frames: np.ndarray) -> None:
+        self._file.seek(self._offset + start * self._frame_bytes)
+        self._file.write(frames.astype("<f4", copy=False).data)
+
+    def commit(self) -> Path:
+        """Close the file and move it to the destination (see :class:`FrameWriter`)."""
+        self._file.close()
+        try:
+            _move_into_place(self._tmp, self.path, self.overwrite)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            self._done = True
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temporary file."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+        self._done = True
+
+
+class ZarrFrameWriter(FrameWriter):
+    """Frames written into a single-level OME-Zarr image (version 0.4, chunked tiles).
+
+    Chunks are one frame deep and at most 1024 px on a side, so napari and dask read
+    any frame, or any part of a large frame, without touching the rest.
+    """
+
+    CHUNK = 1024
+
+    def __init__(self, path: Path, shape: tuple[int, ...], overwrite: bool) -> None:
+        zarr = _import_zarr(path)
+        super().__init__(path, shape, overwrite)
+        _check_destination(path, overwrite)
+        self._tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.",
+                                          suffix=".partial.zarr"))
+        names = "tyx"[-self.ndim:]
+        axes = [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
+        chunks = (1,) * (self.ndim - 2) + tuple(min(n, self.CHUNK) for n in self.shape[-2:])
+        try:
+            group = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
+            self._array = group.create_array("0", shape=self.shape, chunks=chunks,
+                                             dtype="float32")
+            group.attrs["multiscales"] = [{
+                "version": "0.4", "name": path.stem, "axes": axes,
+                "datasets": [{"path": "0", "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0] * self.ndim}]}],
+            }]
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def _write(self, start: int, frames: np.ndarray) -> None:
+        if self.ndim == 2:
+            self._array[...] = frames[0]
+        else:
+            self._array[start : start + len(frames)] = frames
+
+    def commit(self) -> Path:
+        """Move the finished Zarr folder to the destination (see :class:`FrameWriter`)."""
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                if not self.overwrite:
+                    raise InputError(self.path, "already exists; choose another name or "
+                                                "allow overwriting (--overwrite)")
+                _remove(self.path)
+            os.rename(self._tmp, self.path)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._done = True
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temporary folder."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def open_denoised_output(
+    path: str | os.PathLike | None, shape: tuple[int, ...], overwrite: bool = False
+) -> FrameWriter:
+    """Open a float32 image or stack on disk to be written frame by frame.
+
+    Parameters
+    ----------
+    path : str or os.PathLike or None
+        ``.tif``/``.tiff`` (an uncompressed TIFF, memory-mapped when read back) or
+        ``.zarr`` (an OME-Zarr image); None keeps nothing (:class:`DiscardedOutput`).
+    shape : tuple of int
+        ``(t, y, x)`` or ``(y, x)``.
+    overwrite : bool
+        Replace an existing destination when the writer commits. Without it an
+        existing destination is refused at once and never touched.
+
+    Returns
+    -------
+    FrameWriter
+        Use it as a context manager, or call :meth:`FrameWriter.commit`.
+
+    Raises
+    ------
+    InputError
+        For an unsupported suffix, a missing folder, or an existing destination
+        without ``overwrite``.
+    """
+    if path is None:
+        return DiscardedOutput(shape)
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in TIFF_SUFFIXES:
+        return TiffFrameWriter(path, shape, overwrite)
+    if suffix in ZARR_SUFFIXES:
+        return ZarrFrameWriter(path, shape, overwrite)
+    raise InputError(path, f"unsupported output type '{suffix}' (use .tif or .zarr)")
 
 
 # ------------------------------------------------------------------------------ points

@@ -5,13 +5,16 @@
 closing it, and returns a :class:`DetectionResult`. :func:`run` drains it for scripts
 and tests; the napari face wraps the same generator in a thread worker.
 
-Frames are read from the input batch by batch, so a memory-mapped stack is never read
-whole. Each frame is normalised by its own background and noise scale
-(:mod:`napari_denodet.core.normalize`) and the denoised output is mapped back to the
-input's intensities. Frames larger than ``tile_size`` are cut into overlapping tiles
-whose centres are stitched into full-frame outputs; peaks and local DSNT are then found
-on the stitched heatmap (:func:`napari_denodet.core.localize.detect_points`), so a
-particle on a seam is found once, exactly as in an untiled run.
+Frames are read from the input batch by batch (:func:`napari_denodet.core.io.load_block`),
+so a memory-mapped or dask-backed stack is never read whole, and the denoised frames go
+to ``out`` when one is given (e.g. an :func:`~napari_denodet.core.io.open_denoised_output`
+writer on disk): memory is bounded by the batch, not by the stack. Each frame is
+normalised by its own background and noise scale (:mod:`napari_denodet.core.normalize`)
+and the denoised output is mapped back to the input's intensities. Frames larger than
+``tile_size`` are cut into overlapping tiles whose centres are stitched into full-frame
+outputs; peaks and local DSNT are then found on the stitched heatmap
+(:func:`napari_denodet.core.localize.detect_points`), so a particle on a seam is found
+once, exactly as in an untiled run.
 
 Tiled and untiled runs agree because the network, with batch norm in evaluation mode,
 is a local operator: an output pixel depends on input pixels at most 45 px away (the
@@ -40,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from napari_denodet.core.errors import InputError
+from napari_denodet.core.io import load_block
 from napari_denodet.core.localize import detect_points
 from napari_denodet.core.network import STRIDE
 from napari_denodet.core.normalize import FrameScale, frame_scale
@@ -56,6 +60,8 @@ _DEVICES = ("cpu", "cuda", "mps")
 CPU_BATCH_PIXELS = 512 * 512
 #: Frames (or tiles) per forward pass on GPUs when the batch size is automatic.
 GPU_BATCH = 4
+#: Lowest score of a candidate that :func:`detect` keeps by default.
+DEFAULT_FLOOR = 0.05
 _Result = TypeVar("_Result")
 
 
@@ -223,9 +229,10 @@ class DetectionResult:
 
     Attributes
     ----------
-    denoised : numpy.ndarray
+    denoised : numpy.ndarray or array_like
         float32 denoised frames in the input's intensity scale: ``(y, x)`` for a single
-        image, ``(n, y, x)`` for the ``n`` processed frames of a stack.
+        image, ``(n, y, x)`` for the ``n`` processed frames of a stack; the ``out``
+        given to :func:`detect`, if any.
     points : pandas.DataFrame
         Points table (:mod:`napari_denodet.core.points`): ``frame`` (stacks only, the
         absolute frame index in the input), ``y``, ``x``, ``score`` and ``intensity``
@@ -237,7 +244,7 @@ class DetectionResult:
         Index in the input of ``denoised[0]`` (0 for single images and whole stacks).
     """
 
-    denoised: np.ndarray
+    denoised: Any
     points: pd.DataFrame
     scales: list[FrameScale]
     first_frame: int = 0
@@ -315,6 +322,7 @@ class _Detections:
     intensity: list[np.ndarray]
 
     def add(self, found: dict[str, Tensor], first: int, denoised: np.ndarray) -> None:
+        # ``denoised``: the batch's (B, H, W) frames, in memory.
         b = found["batch"].cpu().numpy()
         y = found["y"].cpu().numpy().astype(np.float64)
         x = found["x"].cpu().numpy().astype(np.float64)
@@ -340,8 +348,7 @@ class _Detections:
         )
 
 
-def _normalised(frame: Any, invert: bool, index: int) -> tuple[np.ndarray, FrameScale]:
-    frame = np.asarray(frame)
+def _normalised(frame: np.ndarray, invert: bool, index: int) -> tuple[np.ndarray, FrameScale]:
     scale = frame_scale(frame, invert)
     if not (math.isfinite(scale.background) and math.isfinite(scale.scale)):
         raise InputError(None, f"frame {index} holds non-finite values (NaN or inf)")
@@ -357,11 +364,12 @@ def detect(
     tile_size: int = 1024,
     overlap: int = 48,
     device: str = "auto",
-    floor: float = 0.05,
+    floor: float = DEFAULT_FLOOR,
     radius: int = 2,
     min_distance: int = 3,
     temperature: float = 1.0,
     frames: Sequence[int] | None = None,
+    out: Any = None,
 ) -> Generator[DetectProgress, None, DetectionResult]:
     """Denoise frames and detect particles in them with a DENODET network.
 
@@ -399,6 +407,12 @@ def detect(
         Softmax temperature of the local DSNT.
     frames : (int, int), optional
         ``(start, stop)`` range of a stack's frames to process, stop excluded.
+    out : array_like, optional
+        Where the denoised frames go, one batch (or one tiled frame) at a time, as
+        ``out[a:b] = frames`` for stacks and ``out[...] = image`` for single images: a
+        :class:`~napari_denodet.core.io.FrameWriter`, a writable :class:`numpy.memmap`, a
+        Zarr array... Its shape must be ``(n, y, x)`` for the ``n`` processed frames of a
+        stack, or ``(y, x)``. By default a float32 array in memory.
 
     Yields
     ------
@@ -413,8 +427,8 @@ def detect(
     Raises
     ------
     InputError
-        For an image that is not 2D or 3D, a bad frame range or setting, a device that
-        is not available, or frames holding NaN or inf.
+        For an image that is not 2D or 3D, a bad frame range or setting, an ``out`` of
+        the wrong shape, a device that is not available, or frames holding NaN or inf.
     """
     shape = tuple(int(n) for n in np.shape(image))
     if len(shape) not in (2, 3) or min(shape, default=0) < 1:
@@ -442,13 +456,25 @@ def detect(
     }
 
     n_frames = stop - start
-    denoised = np.empty((n_frames, height, width), dtype=np.float32)
+    expected = (n_frames, height, width) if stack else (height, width)
+    if out is None:
+        out = np.empty(expected, dtype=np.float32)
+    elif tuple(np.shape(out)) != expected:
+        raise InputError(None, f"out has shape {tuple(np.shape(out))}; this run writes "
+                               f"{expected}")
     scales: list[FrameScale] = []
     found = _Detections([], [], [], [], [])
 
     def read(first: int, last: int) -> list[tuple[np.ndarray, FrameScale]]:
-        block = image[first:last] if stack else [image]
+        block = load_block(image[first:last] if stack else image)
+        block = block if stack else block[None]
         return [_normalised(f, invert, first + i) for i, f in enumerate(block)]
+
+    def write(first: int, frames: np.ndarray) -> None:
+        if stack:
+            out[first - start : first - start + len(frames)] = frames
+        else:
+            out[...] = frames[0]
 
     if height <= tile_size and width <= tile_size:
         batch_size = batch_size or _auto_batch_size(torch_device, height * width)
@@ -457,9 +483,7 @@ def detect(
             last = min(first + batch_size, stop)
             normalised = read(first, last)
             scales.extend(scale for _, scale in normalised)
-            _run_frames(
-                model, normalised, denoised[first - start : last - start], found, first, settings
-            )
+            write(first, _run_frames(model, normalised, found, first, settings))
             yield DetectProgress("detect", step, total, last - start, n_frames)
     else:
         tiles = _tiles(height, width, tile_size, overlap)
@@ -478,11 +502,11 @@ def detect(
                 step += 1
                 done = i + batch_size >= len(tiles)
                 if done:
-                    stitched.finish(scale, denoised[index - start], found, index, settings)
+                    write(index, stitched.finish(scale, found, index, settings))
                 yield DetectProgress("detect", step, total, index - start + int(done), n_frames)
 
     return DetectionResult(
-        denoised=denoised if stack else denoised[0],
+        denoised=out,
         points=found.table(stack),
         scales=scales,
         first_frame=start,
@@ -493,18 +517,20 @@ def detect(
 def _run_frames(
     model: PreparedNetwork,
     normalised: list[tuple[np.ndarray, FrameScale]],
-    out: np.ndarray,
     found: _Detections,
     first: int,
     settings: dict[str, Any],
-) -> None:
-    # One forward pass over whole frames, then detection on their heatmaps.
+) -> np.ndarray:
+    # One forward pass over whole frames, then detection on their heatmaps; returns the
+    # denoised frames in the input's intensity scale.
     batch = torch.from_numpy(np.stack([frame for frame, _ in normalised])[:, None])
     den, logits = model(batch)
     den = den[:, 0].cpu().numpy()
+    out = np.empty(den.shape, dtype=np.float32)
     for i, (_, scale) in enumerate(normalised):
         out[i] = scale.inverse(den[i])
     found.add(detect_points(logits[:, 0], **settings), first, out)
+    return out
 
 
 @dataclass
@@ -532,15 +558,12 @@ class _Stitched:
 
     @torch.inference_mode()
     def finish(
-        self,
-        scale: FrameScale,
-        out: np.ndarray,
-        found: _Detections,
-        index: int,
-        settings: dict[str, Any],
-    ) -> None:
-        out[...] = scale.inverse(self.denoised.cpu().numpy())
-        found.add(detect_points(self.logits, **settings), index, out[None])
+        self, scale: FrameScale, found: _Detections, index: int, settings: dict[str, Any]
+    ) -> np.ndarray:
+        # Detection on the stitched heatmap; returns the (1, H, W) denoised frame.
+        out = np.asarray(scale.inverse(self.denoised.cpu().numpy()), np.float32)[None]
+        found.add(detect_points(self.logits, **settings), index, out)
+        return out
 
 
 def run(generator: Generator[Any, Any, _Result]) -> _Result:

@@ -48,3 +48,80 @@ def unbin_points(table: pd.DataFrame, factor: int) -> pd.DataFrame:
     out[Y] = table[Y] * factor + offset
     out[X] = table[X] * factor + offset
     return out
+
+
+class BinnedStack:
+    """A ``(t, y, x)`` stack binned frame by frame as it is sliced, never all at once.
+
+    Slicing frames (``binned[a:b]``, ``binned[i]``) reads those frames of the source
+    (:func:`napari_denodet.core.io.load_block`) and bins them, so a memory-mapped or
+    dask-backed stack streams through :func:`napari_denodet.core.predict.detect` with
+    binning as it does without.
+
+    Parameters
+    ----------
+    stack : array_like
+        ``(t, y, x)``, anything that slices like a numpy array.
+    factor : int
+        Bin size.
+    """
+
+    def __init__(self, stack, factor: int) -> None:
+        t, height, width = stack.shape
+        if height // factor < 1 or width // factor < 1:
+            raise ValueError(f"cannot bin a {height} x {width} image by {factor}")
+        self.stack = stack
+        self.factor = int(factor)
+        self.shape = (t, height // factor, width // factor)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        from napari_denodet.core.io import load_block
+
+        if not isinstance(key, (slice, int, np.integer)):
+            raise IndexError(f"BinnedStack slices frames only, not [{key!r}]")
+        return bin_image(load_block(self.stack[key]), self.factor)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        binned = self[:]
+        return binned if dtype is None else binned.astype(dtype)
+
+
+def bin_lazily(image, factor: int):
+    """Bin an image now, or a stack frame by frame as it is read.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(y, x)`` or ``(t, y, x)``; memory maps and dask arrays are read lazily.
+    factor : int
+        Bin size; 1 returns the input unchanged.
+
+    Returns
+    -------
+    array_like
+        The input itself (``factor`` 1), a binned float32 image (2D), or a
+        :class:`BinnedStack` (3D).
+    """
+    from napari_denodet.core.io import load_block
+
+    if factor == 1:
+        return image
+    if len(image.shape) == 3:
+        return BinnedStack(image, factor)
+    return bin_image(load_block(image), factor)
+
+
+def bin_points(table: pd.DataFrame, factor: int) -> pd.DataFrame:
+    """Map a points table from full-resolution to binned pixel coordinates."""
+    if factor == 1:
+        return table
+    out = table.copy()
+    offset = (factor - 1) / 2.0
+    out[Y] = (table[Y] - offset) / factor
+    out[X] = (table[X] - offset) / factor
+    return out

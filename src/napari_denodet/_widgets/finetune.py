@@ -1,0 +1,344 @@
+"""The Fine-tune dock widget: teach a model the user's particles from a few clicks.
+
+The user picks an image layer and an annotation Points layer (a button makes one, in
+add mode, over the image), clicks a handful of particle centres, optionally marks
+false detections in a negatives layer, and presses Start. The widget copies the
+clicks (the user's layers are never modified), runs the core generator
+:func:`napari_denodet.core.finetune.finetune` in a thread worker, draws the loss as it
+falls, and offers the result to the Detect widget and to a file. Stop ends training
+after the current step and keeps the model trained so far; the progress bar's cancel
+abandons it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+from napari_denodet._widgets import session
+from napari_denodet.core.points import points_table
+
+if TYPE_CHECKING:
+    import napari
+
+FROM_FILE = "from file..."
+NONE = "(none)"
+
+
+@dataclass
+class FinetuneJob:
+    """Plain settings handed to the worker (never layers or widgets)."""
+
+    model: object  # a bundled name, a path, or a loaded Model
+    steps: int
+    time_budget: float | None
+    binning: int
+
+
+def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None,
+                   job: FinetuneJob, stop: threading.Event):
+    """Load the model, bin, and fine-tune: the generator the worker runs."""
+    from napari_denodet.core.finetune import FinetuneSettings, finetune
+    from napari_denodet.core.models import Model, load_model
+    from napari_denodet.core.resample import bin_image, bin_points
+
+    model = job.model if isinstance(job.model, Model) else load_model(job.model)
+    image = bin_image(np.asarray(data), job.binning) if job.binning > 1 else data
+    positives = bin_points(positives, job.binning)
+    if negatives is not None:
+        negatives = bin_points(negatives, job.binning)
+    settings = FinetuneSettings(steps=job.steps, time_budget=job.time_budget)
+    result = yield from finetune(model, image, positives, negatives, settings, stop=stop)
+    result.model.card["training"]["binning"] = job.binning
+    return result
+
+
+class LossPlot(QWidget):
+    """A small line plot of the loss per step (drawn with QPainter; no plotting library)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.values: list[float] = []
+        self.setMinimumHeight(90)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def clear(self) -> None:
+        """Forget every value."""
+        self.values = []
+        self.update()
+
+    def add(self, value: float) -> None:
+        """Append a value and redraw."""
+        if np.isfinite(value):
+            self.values.append(float(value))
+            self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Draw the values scaled to the widget, with the last one as text."""
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width(), self.height()
+        painter.setPen(QPen(Qt.GlobalColor.gray))
+        painter.drawRect(0, 0, w - 1, h - 1)
+        if len(self.values) >= 2:
+            values = np.asarray(self.values)
+            # A running median keeps the noisy per-step loss readable.
+            k = max(1, len(values) // 50)
+            smooth = np.array([np.median(values[max(0, i - k):i + 1])
+                               for i in range(len(values))])
+            lo, hi = float(smooth.min()), float(smooth.max())
+            span = hi - lo or 1.0
+            xs = np.linspace(4, w - 4, len(smooth))
+            ys = h - 4 - (smooth - lo) / span * (h - 20)
+            painter.setPen(QPen(Qt.GlobalColor.cyan, 1.5))
+            painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in zip(xs, ys,
+                                                                         strict=True)]))
+        if self.values:
+            painter.setPen(QPen(Qt.GlobalColor.white))
+            painter.drawText(6, 14, f"loss {self.values[-1]:.3f}  ({len(self.values)} steps)")
+        painter.end()
+
+
+def layer_points(points_layer, image_layer) -> pd.DataFrame:
+    """Copy a Points layer's coordinates into the image's pixels as a points table."""
+    coords = np.array(points_layer.data, dtype=np.float64, copy=True)
+    ndim = image_layer.ndim
+    if coords.shape[1] != ndim:
+        raise ValueError(f"layer '{points_layer.name}' has {coords.shape[1]}D points but "
+                         f"image '{image_layer.name}' is {ndim}D")
+    # Layer coordinates to world, then to the image's pixels.
+    world = coords * np.asarray(points_layer.scale) + np.asarray(points_layer.translate)
+    pixels = (world - np.asarray(image_layer.translate)) / np.asarray(image_layer.scale)
+    if ndim == 3:
+        return points_table(pixels[:, 1], pixels[:, 2], frame=np.rint(pixels[:, 0]))
+    return points_table(pixels[:, 0], pixels[:, 1])
+
+
+class FinetuneWidget(Container):
+    """Dock widget: fine-tune a model from clicked particle centres."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari_denodet.core.models import bundled_models
+
+        self._viewer = viewer
+        self._image = ComboBox(label="image", choices=self._image_layers)
+        self._clicks = ComboBox(label="particles clicked", choices=self._points_layers)
+        self._new_clicks = PushButton(text="New annotation layer")
+        self._negatives = ComboBox(label="false detections",
+                                   choices=lambda _w=None: [NONE, *self._points_layers()])
+        self._counts = Label(value="")
+        self._model = ComboBox(label="start from",
+                               choices=lambda _w=None: [*session.names(), *bundled_models(),
+                                                        FROM_FILE])
+        self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
+        self._binning = SpinBox(label="binning", min=1, max=16, value=1)
+        self._steps = SpinBox(label="steps", min=1, max=100_000, value=300)
+        self._budget = FloatSpinBox(label="time budget (s, 0 = none)", min=0, max=36_000,
+                                    value=60)
+        self._start = PushButton(text="Start")
+        self._stop = PushButton(text="Stop", enabled=False)
+        self._status = Label(value="")
+        self._save_path = FileEdit(label="save as", mode="w", filter="*.pt")
+        self._save = PushButton(text="Save model", enabled=False)
+        self._use = PushButton(text="Use for Detect", enabled=False)
+        self.plot = LossPlot()
+        super().__init__(widgets=[
+            self._image, self._clicks, self._new_clicks, self._negatives, self._counts,
+            self._model, self._model_file, self._binning, self._steps, self._budget,
+            self._start, self._stop, self._status, self._save_path, self._save, self._use])
+        self.native.layout().addWidget(self.plot)
+        self.worker = None
+        self.result = None
+        self._stop_event = threading.Event()
+        self._model.changed.connect(
+            lambda value: setattr(self._model_file, "visible", value == FROM_FILE))
+        self._new_clicks.clicked.connect(self.new_annotation_layer)
+        self._start.clicked.connect(self.start)
+        self._stop.clicked.connect(self.stop)
+        self._save.clicked.connect(self.save)
+        self._use.clicked.connect(self.use_for_detect)
+        for box in (self._clicks, self._negatives):
+            box.changed.connect(self._watch)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._reset_choices)
+        self._watched: list = []
+        self._watch()
+
+    # ----------------------------------------------------------------- layers
+
+    def _image_layers(self, _widget=None) -> list:
+        from napari.layers import Image
+
+        return [layer for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _points_layers(self, _widget=None) -> list:
+        from napari.layers import Points
+
+        return [layer for layer in self._viewer.layers if isinstance(layer, Points)]
+
+    def _reset_choices(self, _event=None) -> None:
+        for box in (self._image, self._clicks, self._negatives, self._model):
+            box.reset_choices()
+        self._watch()
+
+    def _negative_layer(self):
+        value = self._negatives.value
+        return None if value in (None, NONE) else value
+
+    def _watch(self, _value=None) -> None:
+        # Keep the click counts current as the user adds and deletes points.
+        for layer in self._watched:
+            layer.events.data.disconnect(self._count)
+        self._watched = [layer for layer in (self._clicks.value, self._negative_layer())
+                         if layer is not None]
+        for layer in self._watched:
+            layer.events.data.connect(self._count)
+        self._count()
+
+    def _count(self, _event=None) -> None:
+        clicks, negatives = self._clicks.value, self._negative_layer()
+        n_pos = len(clicks.data) if clicks is not None else 0
+        n_neg = len(negatives.data) if negatives is not None else 0
+        self._counts.value = f"{n_pos} particles clicked, {n_neg} false detections marked"
+
+    def new_annotation_layer(self, _=None):
+        """Add an empty Points layer over the chosen image, in add mode, and pick it."""
+        image = self._image.value
+        if image is None:
+            show_error("Fine-tune: open or select an image layer first")
+            return None
+        layer = self._viewer.add_points(
+            np.empty((0, image.ndim)), ndim=image.ndim, name=f"{image.name} clicks",
+            scale=image.scale, translate=image.translate, size=8, face_color="transparent",
+            border_color="lime")
+        layer.mode = "add"
+        self._clicks.value = layer
+        return layer
+
+    # ----------------------------------------------------------------- run
+
+    def _job(self) -> FinetuneJob:
+        if self._model.value == FROM_FILE:
+            model = str(self._model_file.value)
+        else:
+            model = session.get(self._model.value) or self._model.value
+        budget = float(self._budget.value) or None
+        return FinetuneJob(model=model, steps=int(self._steps.value), time_budget=budget,
+                           binning=int(self._binning.value))
+
+    def start(self, _=None, start_thread: bool = True):
+        """Check the inputs on the GUI thread, copy the clicks, then fine-tune in a worker."""
+        image, clicks = self._image.value, self._clicks.value
+        if image is None or clicks is None:
+            show_error("Fine-tune: choose an image layer and a layer of clicked particles")
+            return None
+        if image.rgb or image.ndim not in (2, 3):
+            show_error(f"Fine-tune: layer '{image.name}' must be a 2D image or a 2D+t stack")
+            return None
+        try:
+            positives = layer_points(clicks, image)
+            negatives = (layer_points(self._negative_layer(), image)
+                         if self._negative_layer() is not None else None)
+        except ValueError as exc:
+            show_error(f"Fine-tune: {exc}")
+            return None
+        if len(positives) < 2:
+            show_error(f"Fine-tune: click at least 2 particle centres in "
+                       f"'{clicks.name}' (it has {len(positives)})")
+            return None
+        self._stop_event = threading.Event()
+        job = self._job()
+        worker = create_worker(run_finetuning, image.data, positives, negatives, job,
+                               self._stop_event, _start_thread=False,
+                               _progress={"total": job.steps,
+                                          "desc": f"Fine-tune: {image.name}"})
+        worker.yielded.connect(self._progress)
+        worker.returned.connect(self._finished)
+        worker.errored.connect(lambda exc: show_error(f"Fine-tune failed: {exc}"))
+        worker.aborted.connect(lambda: show_info("Fine-tuning cancelled; no model kept"))
+        worker.finished.connect(self._idle)
+        self.plot.clear()
+        self._status.value = "starting..."
+        self._start.enabled, self._stop.enabled = False, True
+        self._image_name = image.name
+        self.worker = worker
+        if start_thread:
+            worker.start()
+        return worker
+
+    def stop(self, _=None) -> None:
+        """End training after the current step; the model trained so far is kept."""
+        self._stop_event.set()
+        self._status.value = "stopping after this step..."
+
+    def _progress(self, progress) -> None:
+        if progress.stage == "train":
+            self.plot.add(progress.metrics["loss"])
+            self._status.value = (f"step {progress.step}/{progress.total}, "
+                                  f"{progress.elapsed:.0f} s")
+        else:
+            self._status.value = (f"step {progress.step}: held-out clicks found "
+                                  f"{progress.metrics['heldout_recall']:.0%}")
+
+    def _finished(self, result) -> None:
+        self.result = result
+        self._save.enabled = self._use.enabled = True
+        self._status.value = (f"done: {result.steps_done} steps in {result.wall_time:.0f} s, "
+                              f"threshold {result.model.threshold:.2f}")
+        show_info(f"Fine-tuned on '{self._image_name}': {result.steps_done} steps; "
+                  "use it for Detect or save it")
+
+    def _idle(self) -> None:
+        self._start.enabled, self._stop.enabled = True, False
+
+    # ----------------------------------------------------------------- results
+
+    def save(self, _=None):
+        """Save the fine-tuned model (weights and card) to the chosen .pt file."""
+        from napari_denodet.core.errors import InputError
+        from napari_denodet.core.models import save_model
+
+        if self.result is None:
+            return None
+        path = self._save_path.value
+        if not str(path) or path.suffix != ".pt":
+            show_error("Fine-tune: choose a file name ending in .pt to save the model")
+            return None
+        card = dict(self.result.model.card, name=path.stem)
+        try:
+            saved = save_model(path, self.result.model.network, card)
+        except (InputError, OSError) as exc:
+            show_error(f"Fine-tune: could not save: {exc}")
+            return None
+        show_info(f"Saved {saved} and its model card")
+        return saved
+
+    def use_for_detect(self, _=None) -> str | None:
+        """Offer the fine-tuned model in the Detect widget (opened if needed)."""
+        if self.result is None:
+            return None
+        name = session.add(self.result.model)
+        _, detect = self._viewer.window.add_plugin_dock_widget("napari-denodet",
+                                                               "Detect particles")
+        detect.select_model(name)
+        binning = self.result.model.card["training"].get("binning", 1)
+        show_info(f"Detect now uses '{name}'" + (f" (binning {binning})" if binning > 1 else ""))
+        return name

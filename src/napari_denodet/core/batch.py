@@ -1,0 +1,644 @@
+"""Detection over many files: one core function per file, many files on dask.
+
+:func:`detect_file` is the unit of work: it reads one image or stack (lazily), bins it,
+streams it through :func:`napari_denodet.core.predict.detect` with the denoised frames
+going straight to disk, writes the particles, and returns a *record* (a plain dict:
+what ran, how long, what it found, or what failed and why). It never raises for a bad
+file, so one broken file cannot stop a batch. :func:`detect_file_steps` is the same work
+as a generator (progress after every forward pass) that raises instead, for running a
+single file in process.
+
+:func:`run_batch` sends one :func:`detect_file` task per file to ``dask.distributed``:
+a local cluster sized to this machine by default, or an existing scheduler by address
+(``dask scheduler`` plus ``dask worker`` processes, dask-jobqueue, Coiled...). It yields a
+:class:`BatchProgress` per finished file and keeps ``manifest.csv`` and
+``manifest.json`` in the output folder up to date. Files whose outputs all exist are
+skipped unless the settings say ``overwrite``. On a remote cluster the workers need
+napari-denodet installed and must see the input and output paths (a shared file
+system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from napari_denodet.core.errors import DenodetError, InputError
+from napari_denodet.core.io import IMAGE_SUFFIXES, atomic_write, is_zarr
+
+#: Formats of the denoised output: a TIFF, an OME-Zarr, or nothing.
+DENOISED_FORMATS = ("tif", "zarr", "none")
+#: Columns of ``manifest.csv`` (and keys of every record).
+MANIFEST_FIELDS = ("file", "status", "frames", "shape", "dtype", "n_points", "threshold",
+                   "seconds", "worker", "outputs", "error")
+MANIFEST_NAMES = ("manifest.csv", "manifest.json")
+#: Suffixes of list files: one input path (or glob) per line.
+LIST_SUFFIXES = (".txt", ".list")
+#: How long to try to reach a scheduler given by address.
+SCHEDULER_TIMEOUT = "20s"
+# Candidates a little below the threshold are kept by the engine and cut exactly here,
+# so passing the threshold as the engine's floor changes nothing but memory.
+_FLOOR_MARGIN = 1e-4
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """How to detect in each file (plain values: they travel to dask workers).
+
+    Attributes
+    ----------
+    model : str
+        Bundled model name or path of a ``.pt`` file.
+    threshold : float, optional
+        Score threshold; None uses the model's calibrated one.
+    all_candidates : bool
+        Keep every candidate with its score instead of thresholding.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    binning : int
+        Average ``binning x binning`` pixels before detection.
+    batch_size : int, optional
+        Frames per forward pass; None lets the engine choose.
+    axes : str, optional
+        Axes of the inputs when their metadata is missing or wrong, e.g. ``"TYX"``.
+    star : bool
+        Also write ``<stem>_points.star`` (single images only).
+    box_size : int, optional
+        Also write ``<stem>_points.box`` with this box size.
+    denoised : str
+        ``"tif"``, ``"zarr"`` or ``"none"`` (:data:`DENOISED_FORMATS`).
+    overwrite : bool
+        Redo files whose outputs exist and replace them.
+    torch_threads : int, optional
+        Threads of the network on each worker; None chooses from the worker's share of
+        its machine.
+    """
+
+    model: str = "fluorescence"
+    threshold: float | None = None
+    all_candidates: bool = False
+    device: str = "auto"
+    binning: int = 1
+    batch_size: int | None = None
+    axes: str | None = None
+    star: bool = False
+    box_size: int | None = None
+    denoised: str = "tif"
+    overwrite: bool = False
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.denoised not in DENOISED_FORMATS:
+            raise InputError(None, f"denoised output must be one of "
+                                   f"{', '.join(DENOISED_FORMATS)}, not {self.denoised!r}")
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Progress of :func:`run_batch`, yielded once per finished (or skipped) file.
+
+    Attributes
+    ----------
+    stage : str
+        Always ``"batch"``.
+    step, total : int
+        Files done (including skipped and failed ones) and in all.
+    record : dict
+        The record of the file just finished (see :data:`MANIFEST_FIELDS`).
+    """
+
+    stage: str
+    step: int
+    total: int
+    record: dict
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` returns.
+
+    Attributes
+    ----------
+    records : list of dict
+        One record per input file, in input order.
+    manifest : tuple of pathlib.Path
+        ``manifest.csv`` and ``manifest.json``.
+    about : dict
+        Where it ran (scheduler address or ``"local"``, number of workers) and when.
+    """
+
+    records: list[dict]
+    manifest: tuple[Path, Path]
+    about: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict]:
+        """Records of the files that failed."""
+        return [r for r in self.records if r["status"] == "failed"]
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def _image_files(folder: Path) -> list[Path]:
+    found = [p for p in folder.iterdir()
+             if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+             and (p.is_file() or is_zarr(p))]
+    return sorted(found)
+
+
+def _list_file_entries(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the list of inputs ({exc})") from None
+    entries = [line.strip() for line in lines]
+    # Relative entries are relative to the list file, wherever the command runs.
+    return [e if os.path.isabs(e) else str(path.parent / e)
+            for e in entries if e and not e.startswith("#")]
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """Turn files, folders, globs and list files into the list of images to process.
+
+    Parameters
+    ----------
+    items : iterable of str or os.PathLike
+        Each is an image file (or ``.zarr`` folder), a folder (its image files, not
+        recursively, hidden ones left out), a glob pattern (``**`` recurses), or a list
+        file (``.txt``/``.list``: one path or glob per line, ``#`` comments, relative
+        paths taken from the list file's folder). A missing file is kept: it fails as
+        that file, not as the batch.
+
+    Returns
+    -------
+    list of pathlib.Path
+        In the order given, each file once.
+
+    Raises
+    ------
+    InputError
+        When a folder, glob or list file yields no image.
+    """
+    paths: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir() and not is_zarr(path):
+            found = _image_files(path)
+            what = f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            found = expand_inputs(_list_file_entries(path))
+            what = "the list of inputs is empty"
+        elif not path.exists() and any(c in text for c in "*?["):
+            found = [Path(p) for p in sorted(glob.glob(text, recursive=True))
+                     if Path(p).is_file() or is_zarr(p)]
+            what = "no files match this pattern"
+        else:
+            found, what = [path], ""
+        if not found:
+            raise InputError(path, what)
+        paths.extend(found)
+    return list(dict.fromkeys(paths))
+
+
+def without_outputs(paths: Sequence[Path], out_dir: str | os.PathLike) -> list[Path]:
+    """Drop inputs that are denoised outputs of other inputs (a rerun into the same folder).
+
+    Parameters
+    ----------
+    paths : sequence of pathlib.Path
+        Inputs, e.g. from :func:`expand_inputs` on a folder that is also the output
+        folder.
+    out_dir : str or os.PathLike
+        The output folder.
+
+    Returns
+    -------
+    list of pathlib.Path
+        ``paths`` without any ``<out_dir>/<stem>_denoised.tif`` (or ``.zarr``) whose
+        ``<stem>`` is another input's.
+    """
+    out_dir = Path(out_dir).absolute()
+    ours = {out_dir / f"{Path(p).stem}_denoised.{fmt}" for p in paths
+            for fmt in DENOISED_FORMATS if fmt != "none"}
+    return [p for p in paths if Path(p).absolute() not in ours]
+
+
+def output_paths(path: str | os.PathLike, out_dir: str | os.PathLike,
+                 settings: DetectSettings) -> dict[str, Path]:
+    """Name the files that detection in ``path`` writes into ``out_dir``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The input.
+    out_dir : str or os.PathLike
+        The output folder.
+    settings : DetectSettings
+        Which outputs are wanted.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``denoised`` (unless ``settings.denoised`` is ``"none"``), ``star`` and ``box``
+        when asked for, and ``points`` (the CSV, written last).
+    """
+    stem, out_dir = Path(path).stem, Path(out_dir)
+    targets = {}
+    if settings.denoised != "none":
+        targets["denoised"] = out_dir / f"{stem}_denoised.{settings.denoised}"
+    if settings.star:
+        targets["star"] = out_dir / f"{stem}_points.star"
+    if settings.box_size:
+        targets["box"] = out_dir / f"{stem}_points.box"
+    targets["points"] = out_dir / f"{stem}_points.csv"
+    return targets
+
+
+def _already_done(targets: dict[str, Path], overwrite: bool) -> bool:
+    # Every output is written atomically, so an existing one is complete; some but not
+    # all of them means an interrupted run (or someone else's files): never touch those.
+    existing = [p for p in targets.values() if p.exists()]
+    if overwrite or not existing:
+        return False
+    if len(existing) == len(targets):
+        return True
+    raise InputError(existing[0], "already exists; use --overwrite or another --out")
+
+
+# --------------------------------------------------------------------------- one file
+
+
+def _record(path: Path, targets: dict[str, Path], **values: Any) -> dict:
+    record = dict.fromkeys(MANIFEST_FIELDS)
+    record.update(file=str(path), outputs=[str(p) for p in targets.values()], **values)
+    return record
+
+
+def detect_file_steps(
+    path: str | os.PathLike, out_dir: str | os.PathLike, settings: DetectSettings
+) -> Generator[Any, None, dict]:
+    """Detect particles in one file, streaming; the generator form of :func:`detect_file`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An image or stack that :func:`napari_denodet.core.io.read_image` reads.
+    out_dir : str or os.PathLike
+        Output folder (created if missing); see :func:`output_paths`.
+    settings : DetectSettings
+        The settings.
+
+    Yields
+    ------
+    napari_denodet.core.predict.DetectProgress
+        After every forward pass; close the generator to stop (nothing is left behind).
+
+    Returns
+    -------
+    dict
+        The record, with status ``"ok"``, or ``"skipped"`` when every output exists.
+
+    Raises
+    ------
+    DenodetError
+        For an unreadable file, bad settings, or outputs that exist without overwrite.
+    """
+    from napari_denodet.core.io import open_denoised_output, read_image
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.predict import DEFAULT_FLOOR, detect
+    from napari_denodet.core.resample import bin_lazily, unbin_points
+
+    started = time.perf_counter()
+    path, out_dir = Path(path), Path(out_dir)
+    targets = output_paths(path, out_dir, settings)
+    if _already_done(targets, settings.overwrite):
+        return _record(path, targets, status="skipped")
+    _set_torch_threads(settings.torch_threads)
+    model = load_model(settings.model)
+    image = read_image(path, axes=settings.axes)
+    if len(image.shape) == 3 and ("star" in targets or "box" in targets):
+        raise InputError(path, "STAR and BOX output is for single micrographs, not stacks")
+    try:
+        binned = bin_lazily(image, settings.binning)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+    threshold = model.threshold if settings.threshold is None else settings.threshold
+    floor = DEFAULT_FLOOR if settings.all_candidates else \
+        max(DEFAULT_FLOOR, threshold - _FLOOR_MARGIN)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open_denoised_output(targets.get("denoised"), tuple(binned.shape),
+                              settings.overwrite) as denoised:
+        result = yield from detect(binned, model.network, invert=model.invert,
+                                   device=settings.device, batch_size=settings.batch_size,
+                                   floor=floor, out=denoised, **model.localisation)
+    points = result.points
+    if not settings.all_candidates:
+        points = points[points["score"] >= threshold].reset_index(drop=True)
+    points = unbin_points(points, settings.binning)
+    _write_points(targets, points, settings)
+    return _record(path, targets, status="ok", frames=image.shape[0] if image.ndim == 3 else 1,
+                   shape="x".join(map(str, image.shape)), dtype=str(image.dtype),
+                   n_points=len(points),
+                   threshold=None if settings.all_candidates else float(threshold),
+                   seconds=round(time.perf_counter() - started, 3))
+
+
+def _write_points(targets: dict[str, Path], points, settings: DetectSettings) -> None:
+    from napari_denodet.core.io import write_points
+
+    if "star" in targets:
+        write_points(targets["star"], points, overwrite=settings.overwrite)
+    if "box" in targets:
+        write_points(targets["box"], points, overwrite=settings.overwrite,
+                     box_size=settings.box_size)
+    write_points(targets["points"], points, overwrite=settings.overwrite)
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def one_line(exc: BaseException) -> str:
+    """Describe an exception in one line fit for a manifest or a terminal.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception.
+
+    Returns
+    -------
+    str
+        Its message (prefixed by the file for OS errors, by the type for unexpected
+        errors), on one line.
+    """
+    if isinstance(exc, DenodetError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        text = f"{where}{exc.strerror or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def detect_file(
+    path: str | os.PathLike, out_dir: str | os.PathLike, settings: DetectSettings
+) -> dict:
+    """Detect particles in one file and write the results; never raise for the file.
+
+    This is the function each dask task runs. Outputs (see :func:`output_paths`) are
+    written atomically; the denoised frames are streamed to disk, so memory is bounded
+    by a batch of frames, not by the file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An image or stack.
+    out_dir : str or os.PathLike
+        Output folder (created if missing).
+    settings : DetectSettings
+        The settings.
+
+    Returns
+    -------
+    dict
+        The record (:data:`MANIFEST_FIELDS`): status ``"ok"``, ``"skipped"`` or
+        ``"failed"`` with the reason in ``error``, and ``seconds``.
+    """
+    from napari_denodet.core.predict import run
+
+    started = time.perf_counter()
+    try:
+        return run(detect_file_steps(path, out_dir, settings))
+    except Exception as exc:  # any failure of this file is recorded, not raised
+        return _record(Path(path), {}, status="failed", error=one_line(exc),
+                       seconds=round(time.perf_counter() - started, 3))
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _detect_on_worker(path: Path, out_dir: Path, settings: DetectSettings,
+                      workers_per_host: dict[str, int]) -> dict:
+    # The dask task: give the network this worker's share of its machine's cores (dask
+    # starts workers with one OpenMP thread), then detect_file.
+    from distributed import get_worker
+
+    worker = get_worker()
+    if settings.torch_threads is None:
+        share = workers_per_host.get(worker.host, 1) * max(1, worker.state.nthreads)
+        settings = replace(settings, torch_threads=max(1, _cpu_count() // share))
+    return {**detect_file(path, out_dir, settings), "worker": worker.address}
+
+
+# ------------------------------------------------------------------------------ batch
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None, n_workers: int | None = None, n_tasks: int | None = None
+) -> Iterator[tuple[Any, dict]]:
+    """Connect to a dask scheduler, or start a local cluster sized to this machine.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:port``). By default a
+        :class:`distributed.LocalCluster` is started and closed afterwards.
+    n_workers : int, optional
+        Local workers (processes, one task each at a time); by default one per core,
+        but no more than ``n_tasks``. Ignored with ``scheduler``.
+    n_tasks : int, optional
+        How many tasks will be submitted.
+
+    Yields
+    ------
+    (distributed.Client, dict)
+        The client, and what it runs on: ``scheduler`` and ``workers``; for a local
+        cluster also ``torch_threads`` (each worker's share of the cores).
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(None, f"cannot reach the dask scheduler at {scheduler} "
+                                   f"({one_line(exc)})") from None
+        with client:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            yield client, {"scheduler": scheduler, "workers": len(workers)}
+        return
+    cores = _cpu_count()
+    n = n_workers or max(1, min(cores, n_tasks or cores))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client, {"scheduler": "local", "workers": n,
+                       "torch_threads": max(1, cores // n)}
+
+
+def _check_unique_names(paths: Sequence[Path], out_dir: Path,
+                        settings: DetectSettings) -> None:
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        target = output_paths(path, out_dir, settings)["points"]
+        if target in seen:
+            raise InputError(path, f"has the same name as {seen[target]}: their results "
+                                   f"would overwrite each other in {out_dir} (rename one, "
+                                   f"or run them into separate --out folders)")
+        seen[target] = path
+
+
+def run_batch(
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    settings: DetectSettings,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+) -> Generator[BatchProgress, None, BatchResult]:
+    """Detect particles in many files, one dask task per file.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        Input files (see :func:`expand_inputs` to build it from folders and globs).
+    out_dir : str or os.PathLike
+        Output folder for every file's results and the manifest.
+    settings : DetectSettings
+        The settings, the same for every file.
+    scheduler : str, optional
+        Address of an existing dask scheduler; by default a local cluster.
+    n_workers : int, optional
+        Local workers (default: one per core, at most one per file).
+
+    Yields
+    ------
+    BatchProgress
+        One per file, as files finish (skipped files first). Closing the generator
+        cancels the files not yet started.
+
+    Returns
+    -------
+    BatchResult
+        Every record, in input order, and the manifest's paths.
+    """
+    from distributed import as_completed
+
+    paths = [Path(p).absolute() for p in paths]
+    out_dir = Path(out_dir).absolute()
+    _check_unique_names(paths, out_dir, settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    about = {"started": _now()}
+    records: dict[Path, dict] = {}
+    todo = []
+    for path in paths:
+        targets = output_paths(path, out_dir, settings)
+        try:
+            done = _already_done(targets, settings.overwrite)
+        except InputError as exc:
+            records[path] = _record(path, {}, status="failed", error=one_line(exc))
+            continue
+        if done:
+            records[path] = _record(path, targets, status="skipped")
+        else:
+            todo.append(path)
+    for step, record in enumerate(records.values(), start=1):
+        yield BatchProgress("batch", step, len(paths), record)
+    if todo:
+        with dask_client(scheduler, n_workers, len(todo)) as (client, where):
+            about.update(where)
+            task_settings = replace(settings, torch_threads=settings.torch_threads
+                                    or where.get("torch_threads"))
+            hosts = Counter(w["host"] for w in
+                            client.scheduler_info(n_workers=-1)["workers"].values())
+            futures = {client.submit(_detect_on_worker, path, out_dir, task_settings,
+                                     dict(hosts), key=f"detect-{path.name}-{uuid.uuid4().hex}"):
+                       path for path in todo}
+            try:
+                for future in as_completed(futures, loop=client.loop):
+                    path = futures[future]
+                    records[path] = _task_record(future, path)
+                    write_manifest(out_dir, [records[p] for p in paths if p in records],
+                                   about, settings)
+                    yield BatchProgress("batch", len(records), len(paths), records[path])
+            finally:
+                client.cancel([f for f in futures if not f.done()])
+    about["finished"] = _now()
+    ordered = [records[p] for p in paths]
+    manifest = write_manifest(out_dir, ordered, about, settings)
+    return BatchResult(ordered, manifest, about)
+
+
+def _task_record(future, path: Path) -> dict:
+    # A task that raised (its worker died, or was lost) is recorded like a failed file.
+    try:
+        return future.result()
+    except Exception as exc:
+        return _record(path, {}, status="failed", error=one_line(exc))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(out_dir: str | os.PathLike, records: Sequence[dict], about: dict,
+                   settings: DetectSettings) -> tuple[Path, Path]:
+    """Write ``manifest.csv`` and ``manifest.json`` (replacing earlier ones) atomically.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The output folder.
+    records : sequence of dict
+        One per file (:data:`MANIFEST_FIELDS`).
+    about : dict
+        Where and when the batch ran.
+    settings : DetectSettings
+        The settings of the batch.
+
+    Returns
+    -------
+    (pathlib.Path, pathlib.Path)
+        The CSV and the JSON manifest.
+    """
+    import pandas as pd
+
+    from napari_denodet import __version__
+
+    out_dir = Path(out_dir)
+    csv_path, json_path = (out_dir / name for name in MANIFEST_NAMES)
+    table = pd.DataFrame([{**r, "outputs": ";".join(r["outputs"] or [])} for r in records],
+                         columns=list(MANIFEST_FIELDS))
+    # Whole numbers stay whole next to the blanks of failed and skipped files.
+    table = table.astype({"frames": "Int64", "n_points": "Int64"})
+    counts = Counter(r["status"] for r in records)
+    document = {"napari_denodet": __version__, **about, "settings": asdict(settings),
+                "counts": {s: counts.get(s, 0) for s in ("ok", "failed", "skipped")},
+                "files": list(records)}
+    atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False), overwrite=True)
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"),
+                 overwrite=True)
+    return csv_path, json_path

@@ -1,0 +1,71 @@
+"""`napari-denodet finetune` end to end: clicks in, a model file that detect can use."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_denodet.cli import main
+from napari_denodet.core.io import read_points, write_points, write_tiff
+from napari_denodet.core.models import load_model
+from napari_denodet.core.resample import unbin_points
+from napari_denodet.core.simulate import simulate_micrograph, simulate_timelapse
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    sim = simulate_timelapse("vesicle", snr=4, density=400, frames=2, shape=(96, 96), seed=21)
+    folder = tmp_path_factory.mktemp("ft")
+    write_tiff(folder / "cells.tif", np.clip(sim.noisy, 0, 65535).astype(np.uint16))
+    write_points(folder / "clicks.csv", sim.truth[sim.truth.frame == 0].iloc[:6][
+        ["frame", "y", "x"]])
+    write_points(folder / "one.csv", sim.truth.iloc[:1][["frame", "y", "x"]])
+    write_points(folder / "flat.csv", sim.truth.iloc[:4][["y", "x"]])
+    return folder
+
+
+def test_finetune_writes_a_model_that_detect_loads(stack, tmp_path, capsys):
+    model = tmp_path / "mine.pt"
+    assert main(["finetune", str(stack / "cells.tif"), "--points", str(stack / "clicks.csv"),
+                 "--model", "fluorescence", "--steps", "3", "--out", str(model)]) == 0
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["name"] == "mine" and card["parent"]["name"] == "fluorescence"
+    assert card["training"]["clicks"] == 6 and card["training"]["steps"] == 3
+    assert card["training"]["command"].startswith("napari-denodet finetune ")
+    assert "wrote" in capsys.readouterr().out
+    assert main(["detect", str(stack / "cells.tif"), "--model", str(model),
+                 "--out", str(tmp_path / "out")]) == 0
+    points = read_points(tmp_path / "out" / "cells_points.csv")
+    assert len(points) > 0 and points.score.min() >= load_model(model).threshold
+
+
+@pytest.mark.parametrize(("clicks", "message"), [
+    ("one.csv", "at least 2 clicked particle centres, got 1"),
+    ("flat.csv", "has no 'frame' column but"),
+])
+def test_bad_clicks_give_one_line(stack, tmp_path, capsys, clicks, message):
+    code = main(["finetune", str(stack / "cells.tif"), "--points", str(stack / clicks),
+                 "--steps", "2", "--out", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_existing_model_is_not_overwritten(stack, tmp_path, capsys):
+    (tmp_path / "m.pt").write_bytes(b"mine")
+    code = main(["finetune", str(stack / "cells.tif"), "--points", str(stack / "clicks.csv"),
+                 "--steps", "2", "--out", str(tmp_path / "m.pt")])
+    assert code == 1 and "already exists" in capsys.readouterr().err
+    assert (tmp_path / "m.pt").read_bytes() == b"mine"
+
+
+def test_binned_micrograph_clicks_are_mapped_to_binned_pixels(tmp_path):
+    sim = simulate_micrograph(shape=(128, 128), snr=0.3, seed=5)
+    full = np.repeat(np.repeat(sim.noisy, 2, axis=0), 2, axis=1)  # a 2x "full-res" image
+    write_tiff(tmp_path / "mic.tif", full)
+    write_points(tmp_path / "picks.csv", unbin_points(sim.truth.iloc[:5][["y", "x"]], 2))
+    assert main(["finetune", str(tmp_path / "mic.tif"), "--points",
+                 str(tmp_path / "picks.csv"), "--model", "micrograph", "--bin", "2",
+                 "--steps", "2", "--out", str(tmp_path / "mic.pt")]) == 0
+    card = load_model(tmp_path / "mic.pt").card
+    assert card["training"]["binning"] == 2 and card["invert"] is True

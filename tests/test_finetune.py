@@ -1,0 +1,171 @@
+"""Fine-tuning from a few clicks: the losses, the calibration and the whole run."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_denodet.core.errors import InputError
+from napari_denodet.core.finetune import (
+    FinetuneSettings,
+    blind_spot_mask,
+    calibrate_threshold,
+    finetune,
+    positive_unlabelled_loss,
+)
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import load_model
+from napari_denodet.core.points import points_table
+from napari_denodet.core.predict import detect, run
+from napari_denodet.core.simulate import simulate_timelapse
+
+
+def drain(generator):
+    progress = []
+    while True:
+        try:
+            progress.append(next(generator))
+        except StopIteration as stop:
+            return stop.value, progress
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    """Spots twice as wide as the bundled model knows, on a structured background."""
+    return simulate_timelapse("vesicle", snr=2, density="mid", frames=2, shape=(192, 192),
+                              seed=4, psf_scale=2.0, texture=0.5)
+
+
+def clicks_of(truth: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The n particles of frame 0 nearest its first one: a region, all clicked."""
+    first = truth[truth.frame == 0]
+    y, x = first.iloc[0][["y", "x"]]
+    order = np.argsort(np.hypot(first.y - y, first.x - x).to_numpy())
+    return first.iloc[order[:n]][["frame", "y", "x"]].reset_index(drop=True)
+
+
+def f1_on_second_frame(model, image, truth):
+    found = run(detect(image, model.network, invert=model.invert, **model.localisation))
+    points = found.points[found.points.score >= model.threshold]
+    return score_detections(points[points.frame == 1], truth[truth.frame == 1]).f1
+
+
+def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
+    parent = load_model("fluorescence")
+    before = [p.detach().clone() for p in parent.network.parameters()]
+    clicks = clicks_of(shifted.truth, 10)
+    result, progress = drain(finetune(parent, shifted.noisy, clicks,
+                                      settings=FinetuneSettings(steps=100, seed=0)))
+    # Measured on the frame that holds no click (measured: 0.74 -> 0.92).
+    f1_parent = f1_on_second_frame(parent, shifted.noisy, shifted.truth)
+    f1_tuned = f1_on_second_frame(result.model, shifted.noisy, shifted.truth)
+    assert f1_tuned >= f1_parent + 0.1, (f1_parent, f1_tuned)
+    assert result.steps_done == 100 and len(progress) == 100
+    assert all(torch.equal(a, b) for a, b in zip(before, parent.network.parameters(),
+                                                 strict=True)), "the parent was modified"
+    card = result.model.card
+    assert card["parent"]["name"] == "fluorescence"
+    assert card["training"]["clicks"] == 10 and card["training"]["steps"] == 100
+    assert 0.1 <= card["threshold"] <= 0.9
+
+
+def test_stop_returns_promptly_with_a_usable_model(shifted):
+    stop = threading.Event()
+    generator = finetune(load_model("fluorescence"), shifted.noisy,
+                         clicks_of(shifted.truth, 5), settings=FinetuneSettings(steps=10_000),
+                         stop=stop)
+    for progress in generator:
+        if progress.step == 3:
+            stop.set()
+            break
+    result, rest = drain(generator)
+    assert rest == [] and result.steps_done == 3
+    assert result.model.card["training"]["steps"] == 3
+    found = run(detect(shifted.noisy[0], result.model.network, **result.model.localisation))
+    assert len(found.points) > 0
+
+
+def test_time_budget_ends_training(shifted):
+    settings = FinetuneSettings(steps=10_000, time_budget=0.5)
+    result, _ = drain(finetune(load_model("fluorescence"), shifted.noisy,
+                               clicks_of(shifted.truth, 5), settings=settings))
+    assert 1 <= result.steps_done < 10_000
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_too_few_clicks_is_a_clear_error(shifted, n):
+    with pytest.raises(InputError, match="at least 2 clicked particle centres, got"):
+        next(finetune(load_model("fluorescence"), shifted.noisy, clicks_of(shifted.truth, n)))
+
+
+def test_clicks_outside_the_image_are_refused(shifted):
+    clicks = pd.DataFrame({"frame": [0, 0, 5], "y": [10.0, 20.0, 30.0], "x": [5.0, 6.0, 7.0]})
+    with pytest.raises(InputError, match="1 clicked point"):
+        next(finetune(load_model("fluorescence"), shifted.noisy, clicks))
+
+
+def test_single_images_take_plain_coordinates():
+    sim = simulate_timelapse("vesicle", snr=6, density=250, frames=1, shape=(96, 96), seed=1)
+    clicks = sim.truth[["y", "x"]].to_numpy()[:4]
+    result, _ = drain(finetune(load_model("fluorescence"), sim.noisy[0], clicks,
+                               settings=FinetuneSettings(steps=2)))
+    assert result.model.card["training"]["frames"] == [0]
+
+
+def test_held_out_clicks_are_checked_when_there_are_enough(shifted):
+    settings = FinetuneSettings(steps=4, check_every=2)
+    _, progress = drain(finetune(load_model("fluorescence"), shifted.noisy,
+                                 clicks_of(shifted.truth, 15), settings=settings))
+    checks = [p for p in progress if p.stage == "check"]
+    assert [c.step for c in checks] == [2, 4]
+    assert all(0.0 <= c.metrics["heldout_recall"] <= 1.0 for c in checks)
+
+
+def test_blind_spot_mask_takes_values_from_neighbours():
+    noisy = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    masked, mask = blind_spot_mask(noisy, 0.05, torch.Generator().manual_seed(0))
+    assert 0 < mask.sum() < noisy.numel() * 0.1
+    assert torch.equal(masked[~mask], noisy[~mask])
+    assert not torch.any(masked[mask] == noisy[mask]), "a pixel replaced by itself"
+    # Values are unique, so each replacement is found where it came from: within 2 px.
+    b, _, y, x = mask.nonzero(as_tuple=True)
+    source = masked[mask].long() - b * 32 * 32
+    assert torch.all((source // 32 - y).abs() <= 2) and torch.all((source % 32 - x).abs() <= 2)
+
+
+def test_pu_loss_does_not_punish_unlabelled_particles_at_the_prior():
+    # Half the unlabelled pixels carry a particle the user did not click. Scoring them
+    # high costs less under the PU risk with the right prior than when taken as background.
+    logits = torch.full((1, 8, 8), -4.0)
+    logits[0, :4] = 4.0  # the network says "particle" on the top half
+    positive = torch.zeros(1, 8, 8, dtype=torch.bool)
+    positive[0, 0, :2] = True
+    nothing = torch.zeros_like(positive)
+    with_prior = positive_unlabelled_loss(logits, positive, nothing, prior=0.5)
+    as_background = positive_unlabelled_loss(logits, positive, nothing, prior=0.0)
+    assert with_prior < 0.5 * as_background
+    # A known negative where the network says "particle" raises the loss.
+    negative = torch.zeros_like(positive)
+    negative[0, 3, :] = True
+    assert positive_unlabelled_loss(logits, positive, negative, 0.5) > with_prior
+
+
+def test_calibration_splits_the_scores_and_keeps_the_clicks():
+    rng = np.random.default_rng(0)
+    noise = points_table(rng.uniform(0, 3000, 300), rng.uniform(0, 3000, 300),
+                         score=rng.uniform(0.05, 0.3, 300))
+    particles = points_table(rng.uniform(0, 3000, 50), rng.uniform(0, 3000, 50),
+                             score=rng.uniform(0.7, 1.0, 50))
+    candidates = pd.concat([noise, particles], ignore_index=True)
+    clicks = particles.iloc[:10][["y", "x"]]
+    threshold, facts = calibrate_threshold(candidates, clicks)
+    assert threshold <= 0.7 and facts["click_recall"] == 1.0
+    assert (noise.score >= threshold).mean() < 0.02
+    # Clicks on faint particles pull the threshold down until half of them are kept.
+    faint = noise.iloc[:10][["y", "x"]]
+    low, facts = calibrate_threshold(candidates, faint)
+    assert low < threshold and facts["click_recall"] >= 0.5

@@ -1,0 +1,121 @@
+"""The Fine-tune widget in a real viewer (Xvfb): clicks in, a usable model out."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QThreadPool
+
+from napari_denodet._widgets import finetune as finetune_module
+from napari_denodet.core.models import load_model
+from napari_denodet.core.simulate import simulate_timelapse
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    yield
+    QThreadPool.globalInstance().waitForDone(30000)
+
+
+@pytest.fixture
+def sim():
+    return simulate_timelapse("vesicle", snr=5, density=400, frames=2, shape=(96, 96),
+                              seed=11)
+
+
+def _widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-denodet", "Fine-tune")
+    return widget
+
+
+def _clicked(viewer, widget, sim, n=6):
+    viewer.add_image(sim.noisy, name="cells", scale=(1, 0.5, 0.5), translate=(0, 2, 3))
+    layer = widget.new_annotation_layer()
+    truth = sim.truth[sim.truth.frame == 0].iloc[:n]
+    for row in truth.itertuples():
+        layer.add([row.frame, row.y, row.x])  # in the layer's own (= image) pixels
+    return layer
+
+
+def _run(qtbot, widget, steps=3):
+    widget._steps.value = steps
+    worker = widget.start(start_thread=False)
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
+    return worker
+
+
+def test_annotation_layer_is_made_over_the_image_in_add_mode(make_napari_viewer, sim):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    layer = _clicked(viewer, widget, sim, n=3)
+    assert layer.mode == "add" and layer.name == "cells clicks"
+    np.testing.assert_array_equal(layer.scale, (1, 0.5, 0.5))
+    assert widget._clicks.value.name == layer.name
+    assert widget._counts.value.startswith("3 particles clicked")
+
+
+def test_fine_tune_then_save_and_detect(make_napari_viewer, qtbot, sim, tmp_path):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    layer = _clicked(viewer, widget, sim)
+    clicks_before = layer.data.copy()
+    _run(qtbot, widget)
+    assert widget.result is not None and widget.result.steps_done == 3
+    assert len(widget.plot.values) == 3
+    np.testing.assert_array_equal(layer.data, clicks_before)  # the user's clicks untouched
+    assert "cells clicks" in viewer.layers
+
+    widget._save_path.value = tmp_path / "mine.pt"
+    saved = widget.save()
+    assert saved == tmp_path / "mine.pt"
+    assert load_model(saved).card["parent"]["name"] == "fluorescence"
+
+    name = widget.use_for_detect()
+    _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
+    assert detect._model.value == name
+    worker = detect.start(start_thread=False)
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
+    assert "cells particles" in viewer.layers
+
+
+def test_stop_keeps_the_model_trained_so_far(make_napari_viewer, qtbot, sim):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    layer = _clicked(viewer, widget, sim)
+    before = layer.data.copy()
+    widget._steps.value = 100_000
+    worker = widget.start(start_thread=False)
+    worker.yielded.connect(lambda progress: widget.stop())
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
+    assert widget.result is not None and widget.result.steps_done < 10
+    np.testing.assert_array_equal(layer.data, before)
+    assert widget._start.enabled and not widget._stop.enabled
+
+
+def test_too_few_clicks_is_a_notification(make_napari_viewer, sim, monkeypatch):
+    shown = []
+    monkeypatch.setattr(finetune_module, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    _clicked(viewer, widget, sim, n=1)
+    assert widget.start(start_thread=False) is None
+    assert "click at least 2 particle centres" in shown[-1]
+
+
+def test_a_failed_run_leaves_the_clicks_alone(make_napari_viewer, qtbot, sim, monkeypatch):
+    shown = []
+    monkeypatch.setattr(finetune_module, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    layer = _clicked(viewer, widget, sim)
+    before = layer.data.copy()
+    widget._model.value = finetune_module.FROM_FILE
+    widget._model_file.value = "/nonexistent/model.pt"
+    worker = widget.start(start_thread=False)
+    with qtbot.capture_exceptions(), qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert shown and "Fine-tune failed" in shown[-1] and "no such model file" in shown[-1]
+    np.testing.assert_array_equal(layer.data, before)
+    assert widget.result is None
