@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -271,9 +273,10 @@ def test_sub_pixel_positions_and_scores_of_known_peaks():
 
 @pytest.mark.parametrize(
     ("shape", "calls"),
-    [((7, 40, 36), [7]), ((3, 300, 300), [2, 1]), ((2, 600, 520), [1, 1])],
+    [((7, 40, 36), [7]), ((9, 512, 512), [4, 4, 1]), ((3, 600, 600), [2, 1]),
+     ((2, 1024, 1000), [1, 1])],
 )
-def test_automatic_batches_on_cpu_hold_about_512_by_512_pixels(shape, calls):
+def test_automatic_batches_on_cpu_hold_about_1024_by_1024_pixels(shape, calls):
     Echo.calls.clear()
     run(detect(np.zeros(shape, dtype=np.float32), Echo(), device="cpu"))
     assert Echo.calls == calls
@@ -443,3 +446,12 @@ def test_dask_input_is_read_batch_by_batch_and_gives_the_in_memory_result(networ
     in_memory = run(detect(stack, network, batch_size=2))
     np.testing.assert_array_equal(from_dask.denoised, in_memory.denoised)
     assert from_dask.points.equals(in_memory.points)
+
+
+def test_keep_heap_takes_effect_once_on_glibc():
+    from napari_denodet.core.predict import keep_heap
+
+    first = keep_heap()
+    assert keep_heap() == first  # a second call changes nothing
+    if platform.libc_ver()[0] == "glibc":
+        assert first, "glibc's mallopt should accept the settings"
