@@ -251,6 +251,10 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
              f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}).", "",
              f"Command: `{' '.join(sys.argv)}`", "",
+             "Fine-tuning from clicks is measured separately in "
+             "[benchmarks-finetune.md](benchmarks-finetune.md) "
+             "(`benchmarks/bench_finetune.py`), speed and memory at scale in "
+             "[performance.md](performance.md) (`benchmarks/bench_performance.py`).", "",
              "Protocol: for each cell, a validation stack and a test stack of "
              f"{args.frames} frames of 512 x 512 from simulator seeds never used in training "
              "(validation seeds 3e9+, test seeds 4e9+; training and its own validation "

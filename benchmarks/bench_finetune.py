@@ -127,10 +127,11 @@ def _scores(points, truth, threshold, centre, radius):
     return score_detections(_outside(kept, centre, radius), _outside(truth, centre, radius))
 
 
-def _log_baseline(case: Case, invert: bool, clicks, centre, radius, scenario: str):
+def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
     """LoG with scale and threshold tuned on the clicked region (taken as complete)."""
-    region_truth = _inside(case.truth, centre, radius)
-    assert len(region_truth) == len(clicks)
+    # The clicked region proper: the clicks' disk (the evaluation excludes 5 px more).
+    inner = radius - 5.0
+    region_truth = _inside(case.truth, centre, inner)
     best = (-1.0, None, None)
     candidates = {}
     for sigma in LOG_SIGMAS[scenario]:
@@ -139,10 +140,9 @@ def _log_baseline(case: Case, invert: bool, clicks, centre, radius, scenario: st
         table = points_table(found["y"], found["x"], frame=found["frame"],
                              score=found["score"])
         candidates[sigma] = table
-        region = _inside(table, centre, radius - 5.0)
+        region = _inside(table, centre, inner)
         for t in np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40))):
-            f1 = score_detections(region[region[SCORE] >= t],
-                                  _inside(case.truth, centre, radius - 5.0)).f1
+            f1 = score_detections(region[region[SCORE] >= t], region_truth).f1
             if f1 > best[0]:
                 best = (f1, sigma, float(t))
     _, sigma, threshold = best
@@ -164,8 +164,7 @@ def _measure(case: Case, n: int, budget: float) -> dict:
     tuned = result.model
     after = _scores(_network_points(tuned, case.image), case.truth, tuned.threshold, centre,
                     radius)
-    log, sigma, threshold = _log_baseline(case, parent.invert, clicks, centre, radius,
-                                          case.model)
+    log, sigma, threshold = _log_baseline(case, parent.invert, centre, radius, case.model)
     row = {
         "case": case.name, "clicks": n, "evaluated": int(before.tp + before.fn),
         "f1_before": before.f1, "rmse_before": before.rmse,

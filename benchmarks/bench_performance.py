@@ -433,9 +433,10 @@ def arithmetic_section(r: dict) -> list[str]:
     gemm = r["gemm"]
     widths = r["arithmetic"]["widths"]
     lines += ["", f"These {m['cores']} cores ({m['cpu']}, {m['mhz']:.0f} MHz) have a "
-              f"theoretical float32 peak of about {m['peak_gflops']:.0f} GFLOP/s (two 256-bit "
-              f"FMA units per core); a plain {gemm['n']} x {gemm['n']} matrix product in "
-              f"torch reaches {gemm['gflops']:.0f} GFLOP/s, the practical ceiling. The "
+              f"float32 peak of about {m['peak_gflops']:.0f} GFLOP/s at that nominal clock "
+              f"(two 256-bit FMA units per core); a plain {gemm['n']} x {gemm['n']} matrix "
+              f"product in torch reaches {gemm['gflops']:.0f} GFLOP/s (more than that when "
+              "the cores boost above the nominal clock): that is the practical ceiling. The "
               f"network reaches at best {best:.0f} GFLOP/s, "
               f"{100 * best / gemm['gflops']:.0f} % of the matrix product: its convolutions "
               f"are narrow ({widths[0]} to {widths[-1]} channels), so each "

@@ -1,0 +1,67 @@
+"""Take the fine-tuning screenshots of the user guide on the real EMPIAR-10017 micrograph.
+
+Run under Xvfb: ``xvfb-run -a .venv/bin/python docs/make_finetune_screenshots.py``.
+Needs the real data folder ../shared/data beside the repository. Clicks are the 10
+expert picks nearest the micrograph's centre (what a user would click in one region).
+"""
+
+import time
+
+import imageio.v3 as iio
+import napari
+import numpy as np
+import pandas as pd
+from qtpy.QtCore import QThreadPool
+from qtpy.QtWidgets import QApplication
+
+app = QApplication.instance() or QApplication([])
+
+
+def pump(n=20):
+    for _ in range(n):
+        app.processEvents()
+        time.sleep(0.05)
+
+
+def wait(worker, seconds=300):
+    done = []
+    worker.finished.connect(lambda: done.append(1))
+    worker.start()
+    start = time.time()
+    while not done and time.time() - start < seconds:
+        pump(1)
+    QThreadPool.globalInstance().waitForDone(10000)
+    pump()
+
+
+viewer = napari.Viewer(show=True)
+viewer.window.resize(1400, 850)
+viewer.open("../shared/data/empiar10017_micrograph.jpg", plugin="napari-denodet")
+name = "empiar10017_micrograph"
+picks = pd.read_csv("../shared/data/empiar10017_coords.csv")
+yx = picks[["Y-Coordinate", "X-Coordinate"]].to_numpy(float)
+nearest = yx[np.argsort(np.hypot(*(yx - 2048).T))[:10]]
+
+_, tune = viewer.window.add_plugin_dock_widget("napari-denodet", "Fine-tune")
+clicks = tune.new_annotation_layer()
+clicks.data = nearest
+clicks.size = 60
+tune._model.value = "micrograph"
+tune._binning.value = 8
+viewer.camera.center = (2048, 2048)
+viewer.camera.zoom = 0.5
+pump()
+wait(tune.start(start_thread=False))
+iio.imwrite("docs/img/guide_5_finetune.png", viewer.screenshot(canvas_only=False))
+
+tune.use_for_detect()
+_, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
+detect._binning.value = 8
+pump()
+wait(detect.start(start_thread=False))
+viewer.layers[f"{name} denoised"].visible = False
+viewer.layers[f"{name} particles"].size = 60
+pump()
+iio.imwrite("docs/img/guide_6_finetuned_detect.png", viewer.screenshot(canvas_only=False))
+print(tune._status.value, len(viewer.layers[f"{name} particles"].data))
+viewer.close()
