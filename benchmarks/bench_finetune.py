@@ -29,6 +29,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,16 +142,20 @@ def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
                              score=found["score"])
         candidates[sigma] = table
         region = _inside(table, centre, inner)
+        if region.empty:
+            continue
         for t in np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40))):
             f1 = score_detections(region[region[SCORE] >= t], region_truth).f1
             if f1 > best[0]:
                 best = (f1, sigma, float(t))
     _, sigma, threshold = best
+    if sigma is None:
+        raise RuntimeError(f"{case.name}: no LoG candidate in the clicked region")
     return _scores(candidates[sigma], case.truth, threshold, centre, radius), sigma, threshold
 
 
-def _measure(case: Case, n: int, budget: float) -> dict:
-    rng = np.random.default_rng(SEED + n)
+def _measure(case: Case, n: int, budget: float, draw: int = 0) -> dict:
+    rng = np.random.default_rng(SEED + 1000 * draw + n)
     parent = load_model(case.model)
     clicks, centre, radius = _region(case, n, rng)
     before = _scores(_network_points(parent, case.image), case.truth, parent.threshold,
@@ -162,13 +167,16 @@ def _measure(case: Case, n: int, budget: float) -> dict:
                           settings=FinetuneSettings(time_budget=budget)))
     seconds = time.perf_counter() - started
     tuned = result.model
-    after = _scores(_network_points(tuned, case.image), case.truth, tuned.threshold, centre,
-                    radius)
+    tuned_points = _network_points(tuned, case.image)
+    after = _scores(tuned_points, case.truth, tuned.threshold, centre, radius)
+    # What a perfectly chosen threshold would give: the cost of calibrating from clicks.
+    best_after = max(_scores(tuned_points, case.truth, t, centre, radius).f1
+                     for t in np.arange(0.05, 0.951, 0.025))
     log, sigma, threshold = _log_baseline(case, parent.invert, centre, radius, case.model)
     row = {
-        "case": case.name, "clicks": n, "evaluated": int(before.tp + before.fn),
+        "case": case.name, "clicks": n, "draw": draw, "evaluated": int(before.tp + before.fn),
         "f1_before": before.f1, "rmse_before": before.rmse,
-        "f1_after": after.f1, "rmse_after": after.rmse,
+        "f1_after": after.f1, "rmse_after": after.rmse, "f1_after_best_threshold": best_after,
         "threshold_after": tuned.threshold, "steps": result.steps_done,
         "finetune_s": seconds,
         "f1_log": log.f1, "rmse_log": log.rmse, "log_sigma": sigma, "log_threshold": threshold,
@@ -196,30 +204,33 @@ def _markdown(rows: list[dict], cases: list[Case], args) -> str:
         "Laplacian of Gaussian with scale and threshold tuned on the clicked region "
         "taken as completely annotated.",
         "",
-        "| case | clicks | F1 before | F1 after | ΔF1 | F1 LoG | RMSE before | RMSE after "
-        "| RMSE LoG | time (s) | steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | clicks | region | F1 before | F1 after | ΔF1 | F1 after, best threshold "
+        "| F1 LoG | RMSE before | RMSE after | RMSE LoG | time (s) | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['clicks']} | {r['f1_before']:.3f} | {r['f1_after']:.3f} "
-            f"| {r['f1_after'] - r['f1_before']:+.3f} | {r['f1_log']:.3f} "
+            f"| {r['case']} | {r['clicks']} | {r['draw'] + 1} | {r['f1_before']:.3f} "
+            f"| {r['f1_after']:.3f} | {r['f1_after'] - r['f1_before']:+.3f} "
+            f"| {r['f1_after_best_threshold']:.3f} | {r['f1_log']:.3f} "
             f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} | {r['rmse_log']:.2f} "
             f"| {r['finetune_s']:.0f} | {r['steps']} |")
-    lines += ["", "## Targets (from 10 clicks)", ""]
-    ten = [r for r in rows if r["clicks"] == 10]
-    for r in ten:
-        low = r["f1_before"] < 0.7
-        gain_ok = (r["f1_after"] - r["f1_before"] >= 0.2) if low else (
-            r["f1_after"] >= r["f1_before"])
+    lines += ["", "## Targets (from 10 clicks; mean over the click regions drawn)", ""]
+    for name in dict.fromkeys(r["case"] for r in rows):
+        ten = [r for r in rows if r["case"] == name and r["clicks"] == 10]
+        if not ten:
+            continue
+        before, after, log = (float(np.mean([r[k] for r in ten]))
+                              for k in ("f1_before", "f1_after", "f1_log"))
+        seconds = max(r["finetune_s"] for r in ten)
+        low = before < 0.7
+        gain_ok = (after - before >= 0.2) if low else (after >= before)
         lines.append(
-            f"- {r['case']}: {r['finetune_s']:.0f} s "
-            f"({'within' if r['finetune_s'] <= 60 else 'over'} 60 s); "
-            f"F1 {r['f1_before']:.3f} → {r['f1_after']:.3f} "
+            f"- {name}: at most {seconds:.0f} s "
+            f"({'within' if seconds <= 60 else 'over'} 60 s); F1 {before:.3f} → {after:.3f} "
             + ("(starts below 0.7: needs +0.2, " if low else "(starts high: must not drop, ")
-            + f"{'met' if gain_ok else 'not met'}); "
-            f"vs LoG {r['f1_log']:.3f}: "
-            f"{'beats' if r['f1_after'] > r['f1_log'] else 'does not beat'} it.")
+            + f"{'met' if gain_ok else 'not met'}); LoG tuned on the same clicks {log:.3f}: "
+            f"{'beaten' if after > log else 'not beaten'}.")
     lines += ["", "## Cases", ""]
     lines += [f"- **{c.name}**: {c.note}; starts from the bundled `{c.model}` model."
               for c in cases]
@@ -232,14 +243,17 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, nargs="+", default=[5, 10, 25])
     parser.add_argument("--budget", type=float, default=45.0,
                         help="training time budget per fine-tuning, seconds")
+    parser.add_argument("--draws", type=int, default=3,
+                        help="click regions drawn for 10 clicks (one for other counts)")
     parser.add_argument("--quick", action="store_true", help="small images, 10 clicks, 5 s")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-finetune.md")
     args = parser.parse_args()
     if args.quick:
-        args.clicks, args.budget = [10], 5.0
-        args.out = args.out.with_name(args.out.stem + "-quick.md")
+        args.clicks, args.budget, args.draws = [10], 5.0, 1
+        args.out = Path(tempfile.gettempdir()) / "benchmarks-finetune-quick.md"
     cases = _cases(args.quick)
-    rows = [_measure(case, n, args.budget) for case in cases for n in args.clicks]
+    rows = [_measure(case, n, args.budget, draw) for case in cases for n in args.clicks
+            for draw in range(args.draws if n == 10 else 1)]
     args.out.write_text(_markdown(rows, cases, args))
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {args.out}")
