@@ -56,7 +56,6 @@ iio.imwrite("docs/img/guide_5_finetune.png", viewer.screenshot(canvas_only=False
 
 tune.use_for_detect()
 _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
-detect._binning.value = 8
 pump()
 wait(detect.start(start_thread=False))
 viewer.layers[f"{name} denoised"].visible = False

@@ -59,6 +59,7 @@ def test_fine_tune_then_save_and_detect(make_napari_viewer, qtbot, sim, tmp_path
     widget = _widget(viewer)
     layer = _clicked(viewer, widget, sim)
     clicks_before = layer.data.copy()
+    widget._binning.value = 2  # the clicks are binned with the image
     _run(qtbot, widget)
     assert widget.result is not None and widget.result.steps_done == 3
     assert len(widget.plot.values) == 3
@@ -68,11 +69,12 @@ def test_fine_tune_then_save_and_detect(make_napari_viewer, qtbot, sim, tmp_path
     widget._save_path.value = tmp_path / "mine.pt"
     saved = widget.save()
     assert saved == tmp_path / "mine.pt"
-    assert load_model(saved).card["parent"]["name"] == "fluorescence"
+    card = load_model(saved).card
+    assert card["parent"]["name"] == "fluorescence" and card["training"]["binning"] == 2
 
     name = widget.use_for_detect()
     _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
-    assert detect._model.value == name
+    assert detect._model.value == name and detect._binning.value == 2
     worker = detect.start(start_thread=False)
     with qtbot.waitSignal(worker.finished, timeout=120000):
         worker.start()

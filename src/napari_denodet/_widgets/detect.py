@@ -150,10 +150,12 @@ class DetectWidget(Container):
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
 
-    def select_model(self, name: str) -> None:
-        """Offer the models made in this session again and choose ``name``."""
+    def select_model(self, name: str, binning: int | None = None) -> None:
+        """Offer the models made in this session again and choose ``name`` (and binning)."""
         self._model.reset_choices()
         self._model.value = name
+        if binning is not None:
+            self._binning.value = binning
 
     def _image_layers(self, _widget=None) -> list:
         from napari.layers import Image

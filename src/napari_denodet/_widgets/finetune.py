@@ -338,7 +338,8 @@ class FinetuneWidget(Container):
         name = session.add(self.result.model)
         _, detect = self._viewer.window.add_plugin_dock_widget("napari-denodet",
                                                                "Detect particles")
-        detect.select_model(name)
-        binning = self.result.model.card["training"].get("binning", 1)
-        show_info(f"Detect now uses '{name}'" + (f" (binning {binning})" if binning > 1 else ""))
+        binning = int(self.result.model.card["training"].get("binning", 1))
+        detect.select_model(name, binning=binning)
+        show_info(f"Detect now uses '{name}'" + (f" with binning {binning}" if binning > 1
+                                                 else ""))
         return name
