@@ -169,3 +169,35 @@ def test_calibration_splits_the_scores_and_keeps_the_clicks():
     faint = noise.iloc[:10][["y", "x"]]
     low, facts = calibrate_threshold(candidates, faint)
     assert low < threshold and facts["click_recall"] >= 0.5
+
+
+def test_clicked_area_covers_the_clicks_and_their_spacing():
+    from napari_denodet.core.finetune import clicked_area
+
+    # A 3 x 3 grid of clicks 10 px apart: the area is the 20 x 20 square grown by 5 px.
+    points = np.array([(y, x) for y in (20, 30, 40) for x in (50, 60, 70)], float)
+    area = clicked_area(points, (100, 120))
+    assert area[20, 50] and area[30, 60] and area[15, 60] and area[30, 75]
+    assert not area[10, 60] and not area[30, 80] and not area[0, 0]
+    assert area.sum() == pytest.approx(20 * 20 + 4 * 20 * 5 + np.pi * 25, rel=0.1)
+    assert not clicked_area(points[:2], (100, 120)).any()  # two clicks cover no area
+
+
+def test_complete_region_teaches_the_unclicked_area_as_background(shifted, monkeypatch):
+    from napari_denodet.core import finetune as module
+
+    seen = []
+    original = module.positive_unlabelled_loss
+
+    def spy(logits, positive, negative, prior):
+        seen.append(int(negative.sum()))
+        return original(logits, positive, negative, prior)
+
+    monkeypatch.setattr(module, "positive_unlabelled_loss", spy)
+    for complete in (False, True):
+        seen.clear()
+        settings = FinetuneSettings(steps=3, complete_region=complete, seed=1)
+        drain(finetune(load_model("fluorescence"), shifted.noisy, clicks_of(shifted.truth, 8),
+                       settings=settings))
+        # No false detections were given: known background comes only from the area.
+        assert (sum(seen) > 0) == complete, (complete, seen)

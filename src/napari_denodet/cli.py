@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="expected particles per frame (default: estimated)")
     ft.add_argument("--bin", type=_positive_int, default=1, metavar="N",
                     help="average N x N pixels first (use the same --bin for detect)")
+    ft.add_argument("--complete-region", action="store_true",
+                    help="every particle in the area the clicks cover is clicked: the rest "
+                         "of that area is learnt as background")
     ft.add_argument("--axes", default=None, help="axes of IMAGE, e.g. TYX")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--overwrite", action="store_true")
@@ -432,7 +435,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         if name in clicks:
             clicks[name] = bin_points(clicks[name], args.bin)
     settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget,
-                                particles_per_frame=args.particles_per_frame)
+                                particles_per_frame=args.particles_per_frame,
+                                complete_region=args.complete_region)
     if args.steps:
         settings = replace(settings, steps=args.steps)
     binned = bin_image(image, args.bin)
@@ -458,6 +462,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         *(["--negatives", str(args.negatives)] if args.negatives else []),
         "--model", str(args.model), "--steps", str(settings.steps), "--bin", str(args.bin),
         "--seed", str(args.seed), "--out", out.name,
+        *(["--complete-region"] if args.complete_region else []),
         *(["--time-budget", f"{args.time_budget:g}"] if args.time_budget else []),
         *(["--particles-per-frame", f"{args.particles_per_frame:g}"]
           if args.particles_per_frame else [])])

@@ -62,6 +62,8 @@ MIN_CLICKS = 2
 MIN_CLICKS_FOR_CHECK = 12
 #: Radius (px) around a negative point that is known background.
 NEGATIVE_RADIUS = 2.0
+#: Radius (px) around a click never taken as background in a completely clicked area.
+CLICK_CLEARANCE = 3.0
 #: Matching gate (px) between detections and clicks when calibrating.
 CALIBRATION_GATE = GATE
 
@@ -94,10 +96,10 @@ class FinetuneSettings:
         Fraction of patches centred near a click; the rest are drawn anywhere.
     particles_per_frame : float, optional
         Expected particles per frame (the PU class prior); estimated when None.
-    distill_weight : float
-        Weight of a term that keeps the heatmap on unlabelled pixels close to the
-        parent's (binary cross-entropy to the parent's probabilities; "learning without
-        forgetting"); 0 skips the parent's forward pass.
+    complete_region : bool
+        The user clicked every particle in the area the clicks cover (their convex hull
+        grown by half their spacing, per frame): the rest of that area is known
+        background, as crYOLO and Topaz users annotate whole micrographs or regions.
     train_encoder : bool
         Train the shared encoder too (measured better than decoders only on the real
         micrograph, F1 0.77 vs 0.70, and on simulated micrographs, 0.82 vs 0.77).
@@ -121,7 +123,7 @@ class FinetuneSettings:
     blind_spot_fraction: float = 1.0 / 64.0
     click_patch_fraction: float = 0.5
     particles_per_frame: float | None = None
-    distill_weight: float = 0.0
+    complete_region: bool = False
     train_encoder: bool = True
     freeze_norm: bool = True
     check_every: int = 50
@@ -198,6 +200,7 @@ class _Frame:
     positives: np.ndarray  # (K, 2) y, x
     negatives: np.ndarray  # (M, 2) y, x
     heldout: np.ndarray  # (J, 2) y, x, clicks kept out of training for the check
+    region: np.ndarray  # (H, W) bool: the area clicked completely (empty if not claimed)
 
 
 def _as_table(points: pd.DataFrame | np.ndarray | None, stack: bool, what: str) -> pd.DataFrame:
@@ -239,8 +242,43 @@ def _split_heldout(table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
     return held
 
 
+def clicked_area(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Return the area the clicks cover: their convex hull grown by half their spacing.
+
+    Parameters
+    ----------
+    points : numpy.ndarray
+        ``(N, 2)`` clicked ``(y, x)`` on one frame.
+    shape : tuple of int
+        ``(H, W)`` of the frame.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` bool; all False for fewer than 3 clicks or clicks on a line.
+    """
+    from scipy.ndimage import distance_transform_edt
+    from scipy.spatial import Delaunay, QhullError, cKDTree
+
+    area = np.zeros(shape, dtype=bool)
+    if len(points) < 3:
+        return area
+    grow = float(np.mean(cKDTree(points).query(points, k=2)[0][:, 1])) / 2.0
+    lo = np.maximum(np.floor(points.min(axis=0) - grow - 1), 0).astype(int)
+    hi = np.minimum(np.ceil(points.max(axis=0) + grow + 2), shape).astype(int)
+    try:
+        hull = Delaunay(points)
+    except QhullError:
+        return area
+    yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]]
+    inside = hull.find_simplex(np.column_stack([yy.ravel(), xx.ravel()])) >= 0
+    inside = inside.reshape(yy.shape)
+    area[lo[0]:hi[0], lo[1]:hi[1]] = distance_transform_edt(~inside) <= grow
+    return area
+
+
 def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert: bool,
-            held: np.ndarray) -> list[_Frame]:
+            held: np.ndarray, complete: bool = False) -> list[_Frame]:
     stack = np.ndim(image) == 3
     indices = sorted(set(positives[FRAME].astype(int))) if stack else [0]
     frames = []
@@ -255,12 +293,15 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
             return rows[[Y, X]].to_numpy(np.float64)
 
         mine = (positives[FRAME] == index).to_numpy() if stack else np.ones(len(held), bool)
+        trained = on_frame(positives[~held & mine] if stack else positives[~held])
         frames.append(_Frame(
             index=index,
             image=scale.forward(raw).astype(np.float32),
-            positives=on_frame(positives[~held & mine] if stack else positives[~held]),
+            positives=trained,
             negatives=on_frame(negatives),
             heldout=on_frame(positives[held & mine] if stack else positives[held]),
+            region=(clicked_area(trained, raw.shape) if complete
+                    else np.zeros(raw.shape, dtype=bool)),
         ))
     return frames
 
@@ -292,7 +333,8 @@ def _draw_patch(frames: list[_Frame], size: int, near_click: bool,
         x0 = int(rng.integers(0, frame.image.shape[1] - size + 1))
     h, w = frame.image.shape
     y0, x0 = min(max(y0, 0), h - size), min(max(x0, 0), w - size)
-    patch = frame.image[y0 : y0 + size, x0 : x0 + size]
+    patch = np.stack([frame.image[y0 : y0 + size, x0 : x0 + size],
+                      frame.region[y0 : y0 + size, x0 : x0 + size]])
 
     def inside(points):
         shifted = points - (y0, x0)
@@ -304,7 +346,7 @@ def _draw_patch(frames: list[_Frame], size: int, near_click: bool,
 
 def _augment(patch: np.ndarray, pos: np.ndarray, neg: np.ndarray, k: int, flip: bool):
     # Rotate by k x 90 degrees, then maybe flip left-right; points follow.
-    size = patch.shape[0]
+    size = patch.shape[-1]
 
     def move(points):
         for _ in range(k):
@@ -313,9 +355,9 @@ def _augment(patch: np.ndarray, pos: np.ndarray, neg: np.ndarray, k: int, flip: 
             points = np.stack([points[:, 0], size - 1 - points[:, 1]], axis=1)
         return points.reshape(-1, 2)
 
-    out = np.rot90(patch, k)
+    out = np.rot90(patch, k, axes=(-2, -1))
     if flip:
-        out = out[:, ::-1]
+        out = out[..., ::-1]
     return np.ascontiguousarray(out), move(pos), move(neg)
 
 
@@ -329,12 +371,14 @@ def _batch(frames, size, settings, rng):
         patches.append(patch)
         positives.append(np.column_stack([np.full(len(pos), i), pos]))
         negatives.append(np.column_stack([np.full(len(neg), i), neg]))
-    noisy = torch.from_numpy(np.stack(patches)[:, None].astype(np.float32))
+    stacked = np.stack(patches).astype(np.float32)
+    noisy = torch.from_numpy(np.ascontiguousarray(stacked[:, :1]))
+    region = torch.from_numpy(stacked[:, 1] > 0.5)
 
     def centres(parts):
         return torch.from_numpy(np.concatenate(parts).astype(np.float32)).reshape(-1, 3)
 
-    return noisy, centres(positives), centres(negatives)
+    return noisy, centres(positives), centres(negatives), region
 
 
 def blind_spot_mask(noisy: Tensor, fraction: float,
@@ -630,16 +674,13 @@ def finetune(
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     held = _split_heldout(positives, rng)
-    frames = _frames(image, positives, negatives, model.invert, held)
+    frames = _frames(image, positives, negatives, model.invert, held,
+                     settings.complete_region)
     size = _patch_size(frames, settings.patch_size)
     localisation = model.localisation
 
     parent_candidates = _candidates(model.network, frames, localisation, torch_device)
     prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
-    parent_net = None
-    if settings.distill_weight > 0:
-        parent_net = copy.deepcopy(model.network).to(torch_device).eval()
-        parent_net.requires_grad_(False)
     network = copy.deepcopy(model.network).to(torch_device)
     _train_mode(network, settings.freeze_norm)
     trained = [p for name, p in network.named_parameters()
@@ -651,7 +692,7 @@ def finetune(
     step = 0
     for step in range(1, settings.steps + 1):
         metrics = _step(network, optimiser, frames, size, settings, localisation,
-                        prior_per_pixel, rng, generator, torch_device, parent_net)
+                        prior_per_pixel, rng, generator, torch_device)
         history.append({"step": step, **metrics})
         elapsed = time.perf_counter() - train_started
         yield FinetuneProgress("train", step, settings.steps, elapsed, metrics)
@@ -678,14 +719,18 @@ def finetune(
 
 
 def _step(network, optimiser, frames, size, settings, localisation, prior_per_pixel, rng,
-          generator, device, parent_net=None) -> dict:
+          generator, device) -> dict:
     # The batch and its labels are made on the CPU (seeded), then moved to the device.
-    noisy, positives, negatives = _batch(frames, size, settings, rng)
+    noisy, positives, negatives, region = _batch(frames, size, settings, rng)
     masked, mask = blind_spot_mask(noisy, settings.blind_spot_fraction, generator)
     b = len(noisy)
     shape = (b, size, size)
     positive = gaussian_heatmap(positives, shape) >= 0.5
-    negative = _disk_mask(negatives, shape, NEGATIVE_RADIUS) & ~positive
+    # Known background: around false detections, and the completely clicked area away
+    # from its clicks.
+    negative = _disk_mask(negatives, shape, NEGATIVE_RADIUS) | (
+        region & ~_disk_mask(positives, shape, CLICK_CLEARANCE))
+    negative &= ~positive
     noisy, masked, mask, positive, negative, positives = (
         t.to(device) for t in (noisy, masked, mask, positive, negative, positives))
     k, flip = int(rng.integers(1, 4)), bool(rng.random() < 0.5)
@@ -706,13 +751,6 @@ def _step(network, optimiser, frames, size, settings, localisation, prior_per_pi
     js, euclid = local_terms(logits[:b], positives, localisation["radius"],
                              localisation["temperature"])
     detection = pu + settings.local_weight * (js + euclid)
-    distill = logits.sum() * 0.0
-    if parent_net is not None:
-        with torch.no_grad():
-            target = torch.sigmoid(parent_net(masked)[1][:, 0])
-        free = ~(positive | negative)
-        distill = F.binary_cross_entropy_with_logits(logits[:b][free], target[free])
-        detection = detection + settings.distill_weight * distill
 
     consistency = logits.sum() * 0.0
     if use_consistency:
@@ -725,7 +763,7 @@ def _step(network, optimiser, frames, size, settings, localisation, prior_per_pi
     optimiser.step()
     return {"loss": loss.item(), "detection": detection.item(), "pu": pu.item(),
             "js": js.item(), "euclid": euclid.item(), "denoising": denoising.item(),
-            "consistency": consistency.item(), "distill": distill.item(), "prior": prior}
+            "consistency": consistency.item(), "prior": prior}
 
 
 def _train_mode(network: torch.nn.Module, freeze_norm: bool) -> None:
