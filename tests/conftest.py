@@ -40,3 +40,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_worker_left_behind():
+    """Wait for napari's thread workers after a GUI test: one still running at exit aborts
+    pytest (ENVIRONMENT.md)."""
+    yield
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(30000)

@@ -2,18 +2,13 @@
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QThreadPool
 
 from napari_denodet._widgets import detect as detect_module
 from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.points import table_from_coordinates
 from napari_denodet.core.simulate import simulate_timelapse
 
-
-@pytest.fixture(autouse=True)
-def _no_worker_left_behind():
-    yield
-    QThreadPool.globalInstance().waitForDone(30000)
+pytestmark = pytest.mark.usefixtures("no_worker_left_behind")
 
 
 @pytest.fixture

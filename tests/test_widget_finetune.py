@@ -2,17 +2,12 @@
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QThreadPool
 
 from napari_denodet._widgets import finetune as finetune_module
 from napari_denodet.core.models import load_model
 from napari_denodet.core.simulate import simulate_timelapse
 
-
-@pytest.fixture(autouse=True)
-def _no_worker_left_behind():
-    yield
-    QThreadPool.globalInstance().waitForDone(30000)
+pytestmark = pytest.mark.usefixtures("no_worker_left_behind")
 
 
 @pytest.fixture
