@@ -58,10 +58,10 @@ def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None
     """Load the model, bin, and fine-tune: the generator the worker runs."""
     from napari_denodet.core.finetune import FinetuneSettings, finetune
     from napari_denodet.core.models import Model, load_model
-    from napari_denodet.core.resample import bin_image, bin_points
+    from napari_denodet.core.resample import bin_lazily, bin_points
 
     model = job.model if isinstance(job.model, Model) else load_model(job.model)
-    image = bin_image(np.asarray(data), job.binning) if job.binning > 1 else data
+    image = bin_lazily(data, job.binning)  # only the clicked frames are read
     positives = bin_points(positives, job.binning)
     if negatives is not None:
         negatives = bin_points(negatives, job.binning)

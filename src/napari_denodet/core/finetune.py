@@ -292,14 +292,13 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
             rows = table[table[FRAME] == index] if stack else table
             return rows[[Y, X]].to_numpy(np.float64)
 
-        mine = (positives[FRAME] == index).to_numpy() if stack else np.ones(len(held), bool)
-        trained = on_frame(positives[~held & mine] if stack else positives[~held])
+        trained = on_frame(positives[~held])
         frames.append(_Frame(
             index=index,
             image=scale.forward(raw).astype(np.float32),
             positives=trained,
             negatives=on_frame(negatives),
-            heldout=on_frame(positives[held & mine] if stack else positives[held]),
+            heldout=on_frame(positives[held]),
             region=(clicked_area(trained, raw.shape) if complete
                     else np.zeros(raw.shape, dtype=bool)),
         ))
@@ -564,34 +563,24 @@ def _click_tables(frames: list[_Frame], attribute: str) -> pd.DataFrame:
     return points_table(ys, xs, frame=fr)
 
 
-def click_density(points: np.ndarray) -> float:
-    """Particles per pixel in the area the clicks cover, taken as completely clicked.
-
-    The area is the clicks' convex hull grown by half their mean nearest-neighbour
-    spacing (Steiner's formula: hull area + perimeter x d + pi d^2).
+def click_density(points: np.ndarray, shape: tuple[int, int]) -> float:
+    """Return particles per pixel in the area the clicks cover, taken as completely clicked.
 
     Parameters
     ----------
     points : numpy.ndarray
         ``(N, 2)`` clicked ``(y, x)`` on one frame.
+    shape : tuple of int
+        ``(H, W)`` of the frame.
 
     Returns
     -------
     float
-        ``N`` over that area; 0 for fewer than 3 clicks or clicks on a line.
+        ``N`` over the pixels of :func:`clicked_area`; 0 when that area is empty (fewer
+        than 3 clicks, or clicks on a line).
     """
-    from scipy.spatial import ConvexHull, QhullError, cKDTree
-
-    if len(points) < 3:
-        return 0.0
-    spacing = float(np.mean(cKDTree(points).query(points, k=2)[0][:, 1]))
-    try:
-        hull = ConvexHull(points)
-    except QhullError:
-        return 0.0
-    d = spacing / 2.0
-    # For 2D hulls scipy's `volume` is the area and `area` the perimeter.
-    return len(points) / (hull.volume + hull.area * d + math.pi * d * d)
+    area = int(clicked_area(points, shape).sum())
+    return len(points) / area if area else 0.0
 
 
 def _estimate_prior(candidates: pd.DataFrame, threshold: float, frames: list[_Frame],
@@ -605,8 +594,8 @@ def _estimate_prior(candidates: pd.DataFrame, threshold: float, frames: list[_Fr
         return settings.particles_per_frame * len(frames) / pixels
     clicks = sum(len(f.positives) + len(f.heldout) for f in frames)
     parent = float((candidates[SCORE] >= threshold).sum())
-    dense = sum(click_density(np.concatenate([f.positives, f.heldout])) * f.image.size
-                for f in frames)
+    dense = sum(click_density(np.concatenate([f.positives, f.heldout]), f.image.shape)
+                * f.image.size for f in frames)
     return max(parent, dense, clicks) / pixels
 
 
