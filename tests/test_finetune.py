@@ -96,6 +96,25 @@ def test_time_budget_ends_training(shifted):
     assert 1 <= result.steps_done < 10_000
 
 
+def test_weight_averaging_returns_the_average_not_the_last_step(shifted):
+    parent = load_model("fluorescence")
+    clicks = clicks_of(shifted.truth, 5)
+
+    def tuned(average):
+        settings = FinetuneSettings(steps=5, average=average, seed=0)
+        return drain(finetune(parent, shifted.noisy, clicks, settings=settings))[0].model
+
+    def distance(model):
+        return sum(float((a - b).detach().abs().sum()) for a, b in zip(
+            model.network.parameters(), parent.network.parameters(), strict=True))
+
+    last, averaged, frozen = tuned(0.0), tuned(0.5), tuned(1.0 - 1e-9)
+    assert distance(last) > 0
+    # Same seed, same steps: the average lags behind the last step, and an average that
+    # barely moves is the parent.
+    assert distance(frozen) < 1e-3 * distance(last) < distance(averaged) < distance(last)
+
+
 @pytest.mark.parametrize("n", [0, 1])
 def test_too_few_clicks_is_a_clear_error(shifted, n):
     with pytest.raises(InputError, match="at least 2 clicked particle centres, got"):

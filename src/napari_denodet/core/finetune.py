@@ -106,6 +106,9 @@ class FinetuneSettings:
     freeze_norm : bool
         Keep the batch-norm statistics of the parent (layers in evaluation mode) rather
         than re-estimating them from the fine-tuning batches.
+    average : float
+        Decay of an exponential moving average of the weights kept during training
+        and returned instead of the last step's weights (0 keeps the last step).
     check_every : int
         Steps between held-out checks (when enough clicks exist).
     seed : int
@@ -126,6 +129,7 @@ class FinetuneSettings:
     complete_region: bool = False
     train_encoder: bool = True
     freeze_norm: bool = True
+    average: float = 0.0
     check_every: int = 50
     seed: int = 0
 
@@ -137,6 +141,9 @@ class FinetuneSettings:
             raise InputError(None, f"the time budget must be > 0 s, got {self.time_budget}")
         if not 0 < self.blind_spot_fraction < 0.5:
             raise InputError(None, "the blind-spot fraction must be in (0, 0.5)")
+        if not 0 <= self.average < 1:
+            raise InputError(None, f"the weight average's decay must be in [0, 1), got "
+                                   f"{self.average}")
 
     def to_dict(self) -> dict:
         """Return the settings as JSON-serialisable values."""
@@ -675,6 +682,7 @@ def finetune(
     trained = [p for name, p in network.named_parameters()
                if settings.train_encoder or not name.startswith("enc")]
     optimiser = torch.optim.Adam(trained, lr=settings.learning_rate)
+    averaged = [p.detach().clone() for p in trained] if settings.average > 0 else None
     heldout = _click_tables(frames, "heldout")
     history: list[dict] = []
     train_started = time.perf_counter()
@@ -682,6 +690,10 @@ def finetune(
     for step in range(1, settings.steps + 1):
         metrics = _step(network, optimiser, frames, size, settings, localisation,
                         prior_per_pixel, rng, generator, torch_device)
+        if averaged is not None:
+            with torch.no_grad():
+                for a, p in zip(averaged, trained, strict=True):
+                    a.lerp_(p, 1.0 - settings.average)
         history.append({"step": step, **metrics})
         elapsed = time.perf_counter() - train_started
         yield FinetuneProgress("train", step, settings.steps, elapsed, metrics)
@@ -693,6 +705,10 @@ def finetune(
             yield FinetuneProgress("check", step, settings.steps, elapsed, check)
         if out_of_time or (stop is not None and stop.is_set()):
             break
+    if averaged is not None:
+        with torch.no_grad():
+            for p, a in zip(trained, averaged, strict=True):
+                p.copy_(a)
     network.eval()
     candidates = _candidates(network, frames, localisation, torch_device)
     network.cpu()
