@@ -134,26 +134,29 @@ def _tune_gaussian(val):
     return best
 
 
-def measure_speed(models, repeats=3, frames=8):
+def measure_speed(models, repeats=5, frames=8):
+    """Frames per second of every method on the same 512 x 512 stack.
+
+    Each method is warmed up on the whole stack, then the methods take turns ``repeats``
+    times (round robin), so that a slow spell of the machine hits them all alike; the
+    median of each method's runs is reported.
+    """
     stack = simulate_timelapse("vesicle", snr=4, density="mid", frames=frames,
                                shape=(512, 512), seed=TEST_SEED).noisy
-    timings = {}
-    for name, model in models.items():
-        run(detect(stack[:2], model.network, invert=model.invert, **model.localisation))
-        times = []
-        for _ in range(repeats):
+    runners = {name: (lambda model=model: run(detect(
+        stack, model.network, invert=model.invert, **model.localisation)))
+        for name, model in models.items()}
+    runners["LoG"] = lambda: detect_classic(stack, "log")
+    runners["wavelet"] = lambda: detect_classic(stack, "wavelet")
+    times = {name: [] for name in runners}
+    for runner in runners.values():
+        runner()
+    for _ in range(repeats):
+        for name, runner in runners.items():
             t0 = time.perf_counter()
-            run(detect(stack, model.network, invert=model.invert, **model.localisation))
-            times.append(time.perf_counter() - t0)
-        timings[name] = frames / statistics.median(times)
-    for name, method in (("LoG", "log"), ("wavelet", "wavelet")):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            detect_classic(stack, method)
-            times.append(time.perf_counter() - t0)
-        timings[name] = frames / statistics.median(times)
-    return timings
+            runner()
+            times[name].append(time.perf_counter() - t0)
+    return {name: frames / statistics.median(t) for name, t in times.items()}
 
 
 def real_data_picture(model, out_png):
@@ -296,7 +299,7 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
         lines.append(f"| {r['scenario']} | {r['snr']:g} | {r['density']} | "
                      f"{_fmt(p['noisy'], 2)} | {_fmt(p['gaussian'], 2)} "
                      f"(σ={p['gaussian_sigma']:g}) | {_fmt(p['DENODET'], 2)} |")
-    lines += ["", "## Speed on 512 x 512 frames (median of 3 runs, same run)", "",
+    lines += ["", "## Speed on 512 x 512 frames (median of 5 interleaved runs, same run)", "",
               "| method | frames/s | ratio to LoG |", "|---|---|---|"]
     for name, fps in speed.items():
         lines.append(f"| {name} | {fps:.1f} | {fps / speed['LoG']:.2f} |")

@@ -190,6 +190,26 @@ def test_calibration_splits_the_scores_and_keeps_the_clicks():
     assert low < threshold and facts["click_recall"] >= 0.5
 
 
+def test_pseudo_labels_are_the_parents_surest_detections_away_from_clicks():
+    from napari_denodet.core.finetune import _add_pseudo_labels, _Frame
+
+    # Frame 0 holds a click at (50, 50); the parent found six particles over two frames.
+    frames = [_Frame(index=i, image=np.zeros((100, 100), np.float32),
+                     positives=np.array([[50.0, 50.0]]) if i == 0 else np.zeros((0, 2)),
+                     negatives=np.zeros((0, 2)), heldout=np.zeros((0, 2)),
+                     region=np.zeros((100, 100), bool)) for i in range(2)]
+    candidates = points_table([51, 10, 20, 30, 40, 60, 70], [50, 10, 20, 30, 40, 60, 70],
+                              frame=[0, 0, 0, 1, 1, 1, 0],
+                              score=[0.99, 0.95, 0.9, 0.85, 0.6, 0.5, 0.2])
+    # Above the threshold 0.4: six; the surest half is the first three, of which the one
+    # on the click is already labelled.
+    _add_pseudo_labels(frames, candidates, threshold=0.4, share=0.5)
+    assert frames[0].pseudo.tolist() == [[10.0, 10.0], [20.0, 20.0]]
+    assert len(frames[1].pseudo) == 0
+    _add_pseudo_labels(frames, candidates, threshold=0.4, share=1.0)
+    assert frames[1].pseudo.tolist() == [[30.0, 30.0], [40.0, 40.0], [60.0, 60.0]]
+
+
 def test_clicked_area_covers_the_clicks_and_their_spacing():
     from napari_denodet.core.finetune import clicked_area
 

@@ -106,6 +106,10 @@ class FinetuneSettings:
     freeze_norm : bool
         Keep the batch-norm statistics of the parent (layers in evaluation mode) rather
         than re-estimating them from the fine-tuning batches.
+    pseudo_labels : float
+        Share of the parent's detections (at its threshold, the highest scores first)
+        taken as extra positives, so that training on a few clicks does not unlearn the
+        particles the parent already finds (0 uses the clicks alone).
     average : float
         Decay of an exponential moving average of the weights kept during training
         and returned instead of the last step's weights (0 keeps the last step).
@@ -129,6 +133,7 @@ class FinetuneSettings:
     complete_region: bool = False
     train_encoder: bool = True
     freeze_norm: bool = True
+    pseudo_labels: float = 0.0
     average: float = 0.0
     check_every: int = 50
     seed: int = 0
@@ -208,6 +213,7 @@ class _Frame:
     negatives: np.ndarray  # (M, 2) y, x
     heldout: np.ndarray  # (J, 2) y, x, clicks kept out of training for the check
     region: np.ndarray  # (H, W) bool: the area clicked completely (empty if not claimed)
+    pseudo: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # parent's sure ones
 
 
 def _as_table(points: pd.DataFrame | np.ndarray | None, stack: bool, what: str) -> pd.DataFrame:
@@ -347,7 +353,9 @@ def _draw_patch(frames: list[_Frame], size: int, near_click: bool,
         keep = np.all((shifted >= -0.5) & (shifted < size - 0.5), axis=1)
         return shifted[keep]
 
-    return patch, inside(frame.positives), inside(frame.negatives)
+    positives = np.concatenate([frame.positives, frame.pseudo]) if len(frame.pseudo) else (
+        frame.positives)
+    return patch, inside(positives), inside(frame.negatives)
 
 
 def _augment(patch: np.ndarray, pos: np.ndarray, neg: np.ndarray, k: int, flip: bool):
@@ -562,6 +570,20 @@ def _candidates(network, frames: list[_Frame], localisation: dict,
     return result.points
 
 
+def _add_pseudo_labels(frames: list[_Frame], candidates: pd.DataFrame, threshold: float,
+                       share: float) -> None:
+    # The parent's most confident detections, away from every click and negative.
+    found = candidates[candidates[SCORE] >= threshold].sort_values(SCORE, ascending=False)
+    found = found.iloc[: int(round(share * len(found)))]
+    for i, frame in enumerate(frames):
+        mine = found[found[FRAME] == i][[Y, X]].to_numpy(np.float64)
+        known = np.concatenate([frame.positives, frame.heldout, frame.negatives])
+        if len(mine) and len(known):
+            near = np.hypot(*(mine[:, None, :] - known[None, :, :]).transpose(2, 0, 1))
+            mine = mine[near.min(axis=1) > CALIBRATION_GATE]
+        frame.pseudo = mine
+
+
 def _click_tables(frames: list[_Frame], attribute: str) -> pd.DataFrame:
     parts = [(i, getattr(f, attribute)) for i, f in enumerate(frames)]
     ys = np.concatenate([p[:, 0] for _, p in parts]) if parts else np.zeros(0)
@@ -677,6 +699,8 @@ def finetune(
 
     parent_candidates = _candidates(model.network, frames, localisation, torch_device)
     prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
+    if settings.pseudo_labels > 0:
+        _add_pseudo_labels(frames, parent_candidates, model.threshold, settings.pseudo_labels)
     network = copy.deepcopy(model.network).to(torch_device)
     _train_mode(network, settings.freeze_norm)
     trained = [p for name, p in network.named_parameters()
