@@ -31,7 +31,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +156,8 @@ def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
     return _scores(candidates[sigma], case.truth, threshold, centre, radius), sigma, threshold
 
 
-def _measure(case: Case, n: int, budget: float, draw: int = 0) -> dict:
+def _measure(case: Case, n: int, budget: float, draw: int = 0,
+             pseudo_labels: float | None = None) -> dict:
     rng = np.random.default_rng(SEED + 1000 * draw + n)
     parent = load_model(case.model)
     clicks, centre, radius = _region(case, n, rng)
@@ -165,8 +166,10 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0) -> dict:
     image = case.image if len(case.image) > 1 else case.image[0]
     positives = clicks if image.ndim == 3 else clicks[[Y, X]]
     started = time.perf_counter()
-    result = run(finetune(parent, image, positives,
-                          settings=FinetuneSettings(time_budget=budget)))
+    settings = FinetuneSettings(time_budget=budget)
+    if pseudo_labels is not None:
+        settings = replace(settings, pseudo_labels=pseudo_labels)
+    result = run(finetune(parent, image, positives, settings=settings))
     seconds = time.perf_counter() - started
     tuned = result.model
     tuned_points = _network_points(tuned, case.image)
@@ -180,6 +183,7 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0) -> dict:
         "f1_before": before.f1, "rmse_before": before.rmse,
         "f1_after": after.f1, "rmse_after": after.rmse, "f1_after_best_threshold": best_after,
         "threshold_after": tuned.threshold, "steps": result.steps_done,
+        "pseudo_labels": settings.pseudo_labels,
         "finetune_s": seconds,
         "f1_log": log.f1, "rmse_log": log.rmse, "log_sigma": sigma, "log_threshold": threshold,
     }
@@ -188,7 +192,9 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0) -> dict:
     return row
 
 
-def _markdown(rows: list[dict], cases: list[Case], args) -> str:
+def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
+    baseline = baseline or {}
+    pseudo = sorted({r.get("pseudo_labels", 0.0) for r in rows})
     lines = [
         "# Fine-tuning benchmark",
         "",
@@ -204,18 +210,26 @@ def _markdown(rows: list[dict], cases: list[Case], args) -> str:
         f"(training budget {args.budget:g} s, then threshold recalibration from the "
         "clicks), at its new threshold; *time* is the whole fine-tuning call. *LoG*: "
         "Laplacian of Gaussian with scale and threshold tuned on the clicked region "
-        "taken as completely annotated.",
+        "taken as completely annotated. Pseudo-labels: share of the parent's surest "
+        f"detections learnt as extra particles, {', '.join(f'{p:g}' for p in pseudo)}"
+        + (f"; *clicks only*: the same case, clicks and budget without pseudo-labels, "
+           f"read back from `{args.baseline.name}` (an earlier run of this script)"
+           if baseline else "") + ".",
         "",
         "| case | clicks | region | F1 before | F1 after | ΔF1 | F1 after, best threshold "
-        "| F1 LoG | RMSE before | RMSE after | RMSE LoG | time (s) | steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        + ("| F1 after, clicks only " if baseline else "")
+        + "| F1 LoG | RMSE before | RMSE after | RMSE LoG | time (s) | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if baseline else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['case']}{' *' if r.get('reused') else ''} | {r['clicks']} | {r['draw'] + 1} "
             f"| {r['f1_before']:.3f} "
             f"| {r['f1_after']:.3f} | {r['f1_after'] - r['f1_before']:+.3f} "
-            f"| {r['f1_after_best_threshold']:.3f} | {r['f1_log']:.3f} "
+            f"| {r['f1_after_best_threshold']:.3f} "
+            + (f"| {baseline[_key(r)]['f1_after']:.3f} " if _key(r) in baseline else
+               "| – " if baseline else "")
+            + f"| {r['f1_log']:.3f} "
             f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} | {r['rmse_log']:.2f} "
             f"| {r['finetune_s']:.0f} | {r['steps']} |")
     if any(r.get("reused") for r in rows):
@@ -245,6 +259,10 @@ def _markdown(rows: list[dict], cases: list[Case], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key(row: dict) -> tuple:
+    return row["case"], row["clicks"], row["draw"]
+
+
 def main() -> None:
     """Run the benchmark and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -257,6 +275,11 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, default=None, metavar="LOG",
                         help="rows printed (stderr) by an interrupted run of this script: "
                              "measured again only where missing")
+    parser.add_argument("--pseudo-labels", type=float, default=None,
+                        help="share of the parent's detections taken as pseudo-labels "
+                             "(default: the fine-tuning default)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="JSON",
+                        help="rows of an earlier run (its .json) shown next to these")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-finetune.md")
     args = parser.parse_args()
     if args.quick:
@@ -274,9 +297,11 @@ def main() -> None:
         for n in args.clicks:
             for draw in range(args.draws if n == 10 else 1):
                 row = earlier.get((case.name, n, draw))
-                rows.append(dict(row, reused=True) if row else _measure(case, n, args.budget,
-                                                                        draw))
-    args.out.write_text(_markdown(rows, cases, args))
+                rows.append(dict(row, reused=True) if row else _measure(
+                    case, n, args.budget, draw, args.pseudo_labels))
+    baseline = ({_key(r): r for r in json.loads(args.baseline.read_text())}
+                if args.baseline else None)
+    args.out.write_text(_markdown(rows, cases, args, baseline))
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {args.out}")
 
