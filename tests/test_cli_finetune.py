@@ -32,11 +32,26 @@ def test_finetune_writes_a_model_that_detect_loads(stack, tmp_path, capsys):
     assert card["name"] == "mine" and card["parent"]["name"] == "fluorescence"
     assert card["training"]["clicks"] == 6 and card["training"]["steps"] == 3
     assert card["training"]["command"].startswith("napari-denodet finetune ")
+    assert "--pseudo-labels 0.5" in card["training"]["command"]
+    assert card["training"]["settings"]["pseudo_labels"] == 0.5
     assert "wrote" in capsys.readouterr().out
     assert main(["detect", str(stack / "cells.tif"), "--model", str(model),
                  "--out", str(tmp_path / "out")]) == 0
     points = read_points(tmp_path / "out" / "cells_points.csv")
     assert len(points) > 0 and points.score.min() >= load_model(model).threshold
+
+
+def test_pseudo_label_share_is_checked_and_recorded(stack, tmp_path, capsys):
+    args = ["finetune", str(stack / "cells.tif"), "--points", str(stack / "clicks.csv"),
+            "--steps", "2"]
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--pseudo-labels", "1.5", "--out", str(tmp_path / "no.pt")])
+    assert refused.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "no.pt").exists()
+    assert main([*args, "--pseudo-labels", "0", "--out", str(tmp_path / "clicks.pt")]) == 0
+    card = json.loads((tmp_path / "clicks.json").read_text())
+    assert card["training"]["settings"]["pseudo_labels"] == 0.0
+    assert "--pseudo-labels 0 " in card["training"]["command"]
 
 
 @pytest.mark.parametrize(("clicks", "message"), [

@@ -228,9 +228,9 @@ def test_complete_region_teaches_the_unclicked_area_as_background(shifted, monke
     seen = []
     original = module.positive_unlabelled_loss
 
-    def spy(logits, positive, negative, prior, ignore=None):
+    def spy(logits, positive, negative, prior):
         seen.append(int(negative.sum()))
-        return original(logits, positive, negative, prior, ignore)
+        return original(logits, positive, negative, prior)
 
     monkeypatch.setattr(module, "positive_unlabelled_loss", spy)
     for complete in (False, True):

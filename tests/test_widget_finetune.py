@@ -66,6 +66,9 @@ def test_fine_tune_then_save_and_detect(make_napari_viewer, qtbot, sim, tmp_path
     assert saved == tmp_path / "mine.pt"
     card = load_model(saved).card
     assert card["parent"]["name"] == "fluorescence" and card["training"]["binning"] == 2
+    assert card["training"]["settings"]["pseudo_labels"] == 0.5  # the box is ticked
+    widget._keep.value = False
+    assert widget._job().pseudo_labels == 0.0
 
     name = widget.use_for_detect()
     _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")

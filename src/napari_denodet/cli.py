@@ -36,6 +36,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -190,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="expected particles per frame (default: estimated)")
     ft.add_argument("--bin", type=_positive_int, default=1, metavar="N",
                     help="average N x N pixels first (use the same --bin for detect)")
+    ft.add_argument("--pseudo-labels", type=_share, default=0.5, metavar="SHARE",
+                    help="share of the starting model's detections (surest first) learnt "
+                         "as particles too (default 0.5; 0: the clicks alone)")
     ft.add_argument("--complete-region", action="store_true",
                     help="every particle in the area the clicks cover is clicked: the rest "
                          "of that area is learnt as background")
@@ -436,7 +446,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
             clicks[name] = bin_points(clicks[name], args.bin)
     settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget,
                                 particles_per_frame=args.particles_per_frame,
-                                complete_region=args.complete_region)
+                                complete_region=args.complete_region,
+                                pseudo_labels=args.pseudo_labels)
     if args.steps:
         settings = replace(settings, steps=args.steps)
     binned = bin_image(image, args.bin)
@@ -461,7 +472,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         PROG, "finetune", str(args.image), "--points", str(args.points),
         *(["--negatives", str(args.negatives)] if args.negatives else []),
         "--model", str(args.model), "--steps", str(settings.steps), "--bin", str(args.bin),
-        "--seed", str(args.seed), "--out", out.name,
+        "--seed", str(args.seed), "--pseudo-labels", f"{args.pseudo_labels:g}",
+        "--out", out.name,
         *(["--complete-region"] if args.complete_region else []),
         *(["--time-budget", f"{args.time_budget:g}"] if args.time_budget else []),
         *(["--particles-per-frame", f"{args.particles_per_frame:g}"]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -51,6 +52,7 @@ class FinetuneJob:
     steps: int
     time_budget: float | None
     binning: int
+    pseudo_labels: float = 0.5
 
 
 def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None,
@@ -65,7 +67,8 @@ def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None
     positives = bin_points(positives, job.binning)
     if negatives is not None:
         negatives = bin_points(negatives, job.binning)
-    settings = FinetuneSettings(steps=job.steps, time_budget=job.time_budget)
+    settings = FinetuneSettings(steps=job.steps, time_budget=job.time_budget,
+                                pseudo_labels=job.pseudo_labels)
     result = yield from finetune(model, image, positives, negatives, settings, stop=stop)
     result.model.card["training"]["binning"] = job.binning
     return result
@@ -153,6 +156,11 @@ class FinetuneWidget(Container):
         self._steps = SpinBox(label="steps", min=1, max=100_000, value=300)
         self._budget = FloatSpinBox(label="time budget (s, 0 = none)", min=0, max=36_000,
                                     value=60)
+        self._keep = CheckBox(text="keep the model's surest detections", value=True,
+                              tooltip="Learn the starting model's surest half of detections "
+                                      "as particles too, so that it does not forget the ones "
+                                      "you did not click. Untick when its detections are "
+                                      "mostly wrong.")
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
         self._status = Label(value="")
@@ -163,7 +171,8 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             self._image, self._clicks, self._new_clicks, self._negatives, self._counts,
             self._model, self._model_file, self._binning, self._steps, self._budget,
-            self._start, self._stop, self._status, self._save_path, self._save, self._use])
+            self._keep, self._start, self._stop, self._status, self._save_path, self._save,
+            self._use])
         self.native.layout().addWidget(self.plot)
         self.worker = None
         self.result = None
@@ -242,7 +251,8 @@ class FinetuneWidget(Container):
             model = session.get(self._model.value) or self._model.value
         budget = float(self._budget.value) or None
         return FinetuneJob(model=model, steps=int(self._steps.value), time_budget=budget,
-                           binning=int(self._binning.value))
+                           binning=int(self._binning.value),
+                           pseudo_labels=0.5 if self._keep.value else 0.0)
 
     def start(self, _=None, start_thread: bool = True):
         """Check the inputs on the GUI thread, copy the clicks, then fine-tune in a worker."""

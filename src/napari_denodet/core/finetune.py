@@ -110,9 +110,6 @@ class FinetuneSettings:
         Share of the parent's detections (at its threshold, the highest scores first)
         taken as extra positives, so that training on a few clicks does not unlearn the
         particles the parent already finds (0 uses the clicks alone).
-    pseudo_mode : str
-        ``"positive"``: the pseudo-labels are learnt as particles; ``"ignore"``: they
-        are only kept out of the background term.
     average : float
         Decay of an exponential moving average of the weights kept during training
         and returned instead of the last step's weights (0 keeps the last step).
@@ -137,7 +134,6 @@ class FinetuneSettings:
     train_encoder: bool = True
     freeze_norm: bool = True
     pseudo_labels: float = 0.5
-    pseudo_mode: str = "positive"
     average: float = 0.0
     check_every: int = 50
     seed: int = 0
@@ -150,9 +146,9 @@ class FinetuneSettings:
             raise InputError(None, f"the time budget must be > 0 s, got {self.time_budget}")
         if not 0 < self.blind_spot_fraction < 0.5:
             raise InputError(None, "the blind-spot fraction must be in (0, 0.5)")
-        if self.pseudo_mode not in ("positive", "ignore"):
-            raise InputError(None, f"pseudo_mode must be 'positive' or 'ignore', got "
-                                   f"{self.pseudo_mode!r}")
+        if not 0 <= self.pseudo_labels <= 1:
+            raise InputError(None, f"the pseudo-label share must be in [0, 1], got "
+                                   f"{self.pseudo_labels}")
         if not 0 <= self.average < 1:
             raise InputError(None, f"the weight average's decay must be in [0, 1), got "
                                    f"{self.average}")
@@ -381,20 +377,17 @@ def _augment(patch: np.ndarray, pos: np.ndarray, neg: np.ndarray, k: int, flip: 
 
 
 def _batch(frames, size, settings, rng):
-    patches, positives, negatives, ignored = [], [], [], []
+    patches, positives, negatives = [], [], []
     n_click = int(round(settings.batch_size * settings.click_patch_fraction))
     n_click = min(max(n_click, 1), settings.batch_size)
     for i in range(settings.batch_size):
         patch, pos, neg, pseudo = _draw_patch(frames, size, i < n_click, rng)
-        n = len(pos)
-        patch, both, neg = _augment(patch, np.concatenate([pos, pseudo]), neg,
-                                    int(rng.integers(4)), rng.random() < 0.5)
-        pos, pseudo = (both, both[:0]) if settings.pseudo_mode == "positive" else (
-            both[:n], both[n:])
+        # Pseudo-labels are learnt as particles, like the clicks.
+        patch, pos, neg = _augment(patch, np.concatenate([pos, pseudo]), neg,
+                                   int(rng.integers(4)), rng.random() < 0.5)
         patches.append(patch)
         positives.append(np.column_stack([np.full(len(pos), i), pos]))
         negatives.append(np.column_stack([np.full(len(neg), i), neg]))
-        ignored.append(np.column_stack([np.full(len(pseudo), i), pseudo]))
     stacked = np.stack(patches).astype(np.float32)
     noisy = torch.from_numpy(np.ascontiguousarray(stacked[:, :1]))
     region = torch.from_numpy(stacked[:, 1] > 0.5)
@@ -402,7 +395,7 @@ def _batch(frames, size, settings, rng):
     def centres(parts):
         return torch.from_numpy(np.concatenate(parts).astype(np.float32)).reshape(-1, 3)
 
-    return noisy, centres(positives), centres(negatives), region, centres(ignored)
+    return noisy, centres(positives), centres(negatives), region
 
 
 def blind_spot_mask(noisy: Tensor, fraction: float,
@@ -464,7 +457,7 @@ def _disk_mask(points: Tensor, shape: tuple[int, int, int], radius: float) -> Te
 
 
 def positive_unlabelled_loss(logits: Tensor, positive: Tensor, negative: Tensor,
-                             prior: float, ignore: Tensor | None = None) -> Tensor:
+                             prior: float) -> Tensor:
     """Class-balanced non-negative PU risk of a heatmap.
 
     Parameters
@@ -477,8 +470,6 @@ def positive_unlabelled_loss(logits: Tensor, positive: Tensor, negative: Tensor,
         ``(B, H, W)`` bool, known background pixels.
     prior : float
         Share of particle pixels among the unlabelled pixels.
-    ignore : Tensor, optional
-        ``(B, H, W)`` bool, pixels left out of every term.
 
     Returns
     -------
@@ -487,7 +478,7 @@ def positive_unlabelled_loss(logits: Tensor, positive: Tensor, negative: Tensor,
         estimated from unlabelled pixels with the positives' share removed, clipped at
         zero (non-negative PU), and from the known negatives where there are any.
     """
-    unlabelled = ~(positive | negative) if ignore is None else ~(positive | negative | ignore)
+    unlabelled = ~(positive | negative)
     loss_as_positive = F.softplus(-logits)
     loss_as_negative = F.softplus(logits)
     zero = logits.sum() * 0.0
@@ -594,29 +585,6 @@ def _add_pseudo_labels(frames: list[_Frame], candidates: pd.DataFrame, threshold
             near = np.hypot(*(mine[:, None, :] - known[None, :, :]).transpose(2, 0, 1))
             mine = mine[near.min(axis=1) > CALIBRATION_GATE]
         frame.pseudo = mine
-
-
-def parent_agreement(frames: list[_Frame], candidates: pd.DataFrame,
-                     threshold: float) -> float:
-    """Share of the parent's detections in the clicked area that match a click.
-
-    The clicked area (:func:`clicked_area`) is where the user looked; a parent whose
-    detections there are mostly clicked is trusted for pseudo-labels elsewhere. NaN when
-    the parent finds nothing in the area.
-    """
-    found = matched = 0
-    kept = candidates[candidates[SCORE] >= threshold]
-    for i, frame in enumerate(frames):
-        clicks = np.concatenate([frame.positives, frame.heldout])
-        area = clicked_area(clicks, frame.image.shape)
-        mine = kept[kept[FRAME] == i][[Y, X]].to_numpy(np.float64)
-        iy = np.clip(np.round(mine[:, 0]).astype(int), 0, area.shape[0] - 1)
-        ix = np.clip(np.round(mine[:, 1]).astype(int), 0, area.shape[1] - 1)
-        mine = mine[area[iy, ix]]
-        found += len(mine)
-        if len(mine) and len(clicks):
-            matched += len(match_points(mine, clicks, CALIBRATION_GATE)[0])
-    return matched / found if found else float("nan")
 
 
 def _click_tables(frames: list[_Frame], attribute: str) -> pd.DataFrame:
@@ -785,7 +753,7 @@ def finetune(
 def _step(network, optimiser, frames, size, settings, localisation, prior_per_pixel, rng,
           generator, device) -> dict:
     # The batch and its labels are made on the CPU (seeded), then moved to the device.
-    noisy, positives, negatives, region, ignored = _batch(frames, size, settings, rng)
+    noisy, positives, negatives, region = _batch(frames, size, settings, rng)
     masked, mask = blind_spot_mask(noisy, settings.blind_spot_fraction, generator)
     b = len(noisy)
     shape = (b, size, size)
@@ -795,10 +763,8 @@ def _step(network, optimiser, frames, size, settings, localisation, prior_per_pi
     negative = _disk_mask(negatives, shape, NEGATIVE_RADIUS) | (
         region & ~_disk_mask(positives, shape, CLICK_CLEARANCE))
     negative &= ~positive
-    # The parent's sure detections, when not taken as positives, are left out of the loss.
-    ignore = _disk_mask(ignored, shape, CLICK_CLEARANCE) & ~positive & ~negative
-    noisy, masked, mask, positive, negative, positives, ignore = (
-        t.to(device) for t in (noisy, masked, mask, positive, negative, positives, ignore))
+    noisy, masked, mask, positive, negative, positives = (
+        t.to(device) for t in (noisy, masked, mask, positive, negative, positives))
     k, flip = int(rng.integers(1, 4)), bool(rng.random() < 0.5)
     use_consistency = settings.consistency_weight > 0
     inputs = torch.cat([masked, _transform(masked, k, flip)]) if use_consistency else masked
@@ -813,7 +779,7 @@ def _step(network, optimiser, frames, size, settings, localisation, prior_per_pi
         len(positives), 1)
     unlabelled = pixels - float(positive.sum()) - float(negative.sum())
     prior = max(particle_pixels - float(positive.sum()), 0.0) / max(unlabelled, 1.0)
-    pu = positive_unlabelled_loss(logits[:b], positive, negative, prior, ignore)
+    pu = positive_unlabelled_loss(logits[:b], positive, negative, prior)
     js, euclid = local_terms(logits[:b], positives, localisation["radius"],
                              localisation["temperature"])
     detection = pu + settings.local_weight * (js + euclid)
@@ -893,8 +859,10 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
         "benchmark": None,
         "training": {
             "data": "the user's own image, weakly supervised: blind-spot denoising, "
-                    "positive-unlabelled detection from clicked centres, flip/rotation "
-                    "consistency",
+                    "positive-unlabelled detection from clicked centres"
+                    + (f" and the parent's surest {settings.pseudo_labels:.0%} of detections"
+                       if settings.pseudo_labels > 0 else "")
+                    + ", flip/rotation consistency",
             "clicks": int(n_positives),
             "negatives": int(n_negatives),
             "frames": [int(f) for f in frames],
