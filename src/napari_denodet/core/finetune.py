@@ -134,7 +134,7 @@ class FinetuneSettings:
     train_encoder: bool = True
     freeze_norm: bool = True
     pseudo_labels: float = 0.5
-    average: float = 0.0
+    average: float = 0.98
     check_every: int = 50
     seed: int = 0
 
