@@ -33,6 +33,7 @@ abandons it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -582,8 +583,9 @@ def _add_pseudo_labels(frames: list[_Frame], candidates: pd.DataFrame, threshold
         mine = found[found[FRAME] == i][[Y, X]].to_numpy(np.float64)
         known = np.concatenate([frame.positives, frame.heldout, frame.negatives])
         if len(mine) and len(known):
-            near = np.hypot(*(mine[:, None, :] - known[None, :, :]).transpose(2, 0, 1))
-            mine = mine[near.min(axis=1) > CALIBRATION_GATE]
+            from scipy.spatial.distance import cdist
+
+            mine = mine[cdist(mine, known).min(axis=1) > CALIBRATION_GATE]
         frame.pseudo = mine
 
 
@@ -726,8 +728,10 @@ def finetune(
         yield FinetuneProgress("train", step, settings.steps, elapsed, metrics)
         out_of_time = settings.time_budget is not None and elapsed >= settings.time_budget
         if len(heldout) and (step % settings.check_every == 0 or step == settings.steps):
-            check = _check(network, frames, heldout, localisation, settings.freeze_norm,
-                           torch_device)
+            # The check judges the weights that would be returned (the average, if any).
+            with _swapped(trained, averaged):
+                check = _check(network, frames, heldout, localisation, settings.freeze_norm,
+                               torch_device)
             history[-1].update(check)
             yield FinetuneProgress("check", step, settings.steps, elapsed, check)
         if out_of_time or (stop is not None and stop.is_set()):
@@ -796,6 +800,24 @@ def _step(network, optimiser, frames, size, settings, localisation, prior_per_pi
     return {"loss": loss.item(), "detection": detection.item(), "pu": pu.item(),
             "js": js.item(), "euclid": euclid.item(), "denoising": denoising.item(),
             "consistency": consistency.item(), "prior": prior}
+
+
+@contextlib.contextmanager
+def _swapped(parameters: list[Tensor], values: list[Tensor] | None):
+    # Give `parameters` the `values` for the duration of the block (no-op without values).
+    if values is None:
+        yield
+        return
+    kept = [p.detach().clone() for p in parameters]
+    with torch.no_grad():
+        for p, v in zip(parameters, values, strict=True):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, k in zip(parameters, kept, strict=True):
+                p.copy_(k)
 
 
 def _train_mode(network: torch.nn.Module, freeze_norm: bool) -> None:
