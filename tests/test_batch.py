@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from helpers import drain
 from napari_denodet.cli import main
 from napari_denodet.core import batch
 from napari_denodet.core.batch import (
@@ -53,15 +54,6 @@ def inputs(tmp_path_factory) -> Path:
 
 def _good(folder: Path) -> list[Path]:
     return sorted(folder.glob("cells*.tif"))
-
-
-def _drain(generator):
-    steps = []
-    while True:
-        try:
-            steps.append(next(generator))
-        except StopIteration as stop:
-            return steps, stop.value
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -178,7 +170,7 @@ def test_batch_on_a_local_cluster_records_every_file_and_survives_a_broken_one(i
                                                                              tmp_path):
     out = tmp_path / "out"
     paths = expand_inputs([inputs])
-    steps, result = _drain(run_batch(paths, out, DetectSettings(), n_workers=2))
+    result, steps = drain(run_batch(paths, out, DetectSettings(), n_workers=2))
     assert [s.step for s in steps] == [1, 2, 3, 4] and {s.total for s in steps} == {4}
     assert result.about["scheduler"] == "local" and result.about["workers"] == 2
     assert result.about["torch_threads"] >= 1
@@ -212,7 +204,7 @@ def test_a_rerun_skips_finished_files_without_starting_a_cluster(inputs, tmp_pat
         raise AssertionError("a cluster was started for finished files")
 
     monkeypatch.setattr(batch, "dask_client", no_cluster)
-    steps, result = _drain(run_batch(_good(inputs), tmp_path, settings))
+    result, steps = drain(run_batch(_good(inputs), tmp_path, settings))
     assert [r["status"] for r in result.records] == ["skipped"] * 3
     assert len(steps) == 3
     assert pd.read_csv(tmp_path / "manifest.csv").status.tolist() == ["skipped"] * 3

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import drain
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.finetune import (
     FinetuneSettings,
@@ -22,15 +23,6 @@ from napari_denodet.core.models import load_model
 from napari_denodet.core.points import points_table
 from napari_denodet.core.predict import detect, run
 from napari_denodet.core.simulate import simulate_timelapse
-
-
-def drain(generator):
-    progress = []
-    while True:
-        try:
-            progress.append(next(generator))
-        except StopIteration as stop:
-            return stop.value, progress
 
 
 @pytest.fixture(scope="module")

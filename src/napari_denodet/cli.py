@@ -365,6 +365,15 @@ def _detect_on_dask(paths: list[Path], args: argparse.Namespace, settings) -> in
     return EXIT_FAILURE if result.failed else 0
 
 
+def _model_out(out: Path, overwrite: bool) -> Path:
+    # Where a train or finetune run writes its model: a .pt file, never replaced silently.
+    if out.suffix != ".pt":
+        raise InputError(out, "model files end in .pt")
+    if out.exists() and not overwrite:
+        raise InputError(out, "already exists; use --overwrite or another --out")
+    return out
+
+
 def _run_train(args: argparse.Namespace) -> int:
     import shlex
 
@@ -372,11 +381,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from napari_denodet.core.network import NetworkConfig
     from napari_denodet.core.train import TrainSettings, model_card, train
 
-    out: Path = args.out
-    if out.suffix != ".pt":
-        raise InputError(out, "model files end in .pt")
-    if out.exists() and not args.overwrite:
-        raise InputError(out, "already exists; use --overwrite or another --out")
+    out = _model_out(args.out, args.overwrite)
     if args.resume and args.checkpoint is None:
         raise InputError(None, "--resume needs --checkpoint")
     patch = args.patch_size or (128 if args.scenario == "micrograph" else 96)
@@ -425,11 +430,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from napari_denodet.core.points import FRAME
     from napari_denodet.core.resample import bin_image, bin_points
 
-    out: Path = args.out
-    if out.suffix != ".pt":
-        raise InputError(out, "model files end in .pt")
-    if out.exists() and not args.overwrite:
-        raise InputError(out, "already exists; use --overwrite or another --out")
+    out = _model_out(args.out, args.overwrite)
     model = load_model(args.model)
     image = read_image(args.image, axes=args.axes)
     if image.ndim == 3 and args.bin > 1:
