@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import drain
 from napari_denodet.core.train import (
     Sample,
     TrainSettings,
@@ -15,15 +16,6 @@ from napari_denodet.core.train import (
 
 TINY = dict(steps=4, batch_size=2, patch_size=32, eval_every=2, warmup_fraction=0.25,
             validation_patches=2)
-
-
-def _drain(gen):
-    reports = []
-    try:
-        while True:
-            reports.append(next(gen))
-    except StopIteration as stop:
-        return reports, stop.value
 
 
 @pytest.mark.parametrize("scenario", ["fluorescence", "microtubule", "micrograph"])
@@ -71,7 +63,7 @@ def test_validation_set_is_fixed_and_spans_the_snr_range():
 
 def test_training_reports_every_step_and_is_reproducible():
     s = TrainSettings(**TINY)
-    reports, result = _drain(train(s))
+    result, reports = drain(train(s))
     steps = [r.step for r in reports if r.stage == "train"]
     assert steps == [1, 2, 3, 4]
     assert [r.step for r in reports if r.stage == "validate"] == [2, 4]
@@ -80,14 +72,14 @@ def test_training_reports_every_step_and_is_reproducible():
     assert reports[-2].metrics["gamma"] == 0.5
     assert 0.1 <= result.threshold <= 0.95
     assert not result.network.training
-    _, again = _drain(train(s))
+    again, _ = drain(train(s))
     for p, q in zip(result.network.parameters(), again.network.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
 def test_stopped_run_resumes_to_the_same_model(tmp_path):
     s = TrainSettings(**TINY)
-    _, whole = _drain(train(s))
+    whole, _ = drain(train(s))
     ckpt = tmp_path / "run.ckpt"
     gen = train(s, checkpoint=ckpt, checkpoint_every=2)
     for report in gen:
@@ -95,7 +87,7 @@ def test_stopped_run_resumes_to_the_same_model(tmp_path):
             break
     gen.close()  # the user pressed stop after step 2
     assert ckpt.exists()
-    _, resumed = _drain(train(s, checkpoint=ckpt, checkpoint_every=2, resume=True))
+    resumed, _ = drain(train(s, checkpoint=ckpt, checkpoint_every=2, resume=True))
     for p, q in zip(whole.network.parameters(), resumed.network.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
     other = TrainSettings(**{**TINY, "seed": 1})
@@ -106,15 +98,37 @@ def test_stopped_run_resumes_to_the_same_model(tmp_path):
 def test_a_short_run_learns_to_detect():
     s = TrainSettings(steps=60, batch_size=4, patch_size=48, eval_every=20,
                       snr_range=(6.0, 10.0), scenario="vesicle", validation_patches=4)
-    _, result = _drain(train(s))
+    result, _ = drain(train(s))
     first, last = result.history[0], result.history[-1]
     assert last["val_loss"] < first["val_loss"]
     assert last["val_f1"] > 0.5
 
 
+def test_settling_steps_freeze_the_normalisation_and_lower_the_learning_rate(tmp_path):
+    s = TrainSettings(**{**TINY, "steps": 6, "settle_fraction": 0.5})
+    assert s.settle_start == 3
+    ckpt = tmp_path / "run.ckpt"
+    gen = train(s, checkpoint=ckpt, checkpoint_every=3)
+    reports = []
+    for report in gen:
+        reports.append(report)
+        if report.stage == "train" and report.step == 3:
+            break
+    at_settle = torch.load(ckpt, weights_only=False)["network"]
+    result, rest = drain(gen)
+    lr = {r.step: r.metrics["lr"] for r in reports + rest if r.stage == "train"}
+    assert lr[4] == pytest.approx(0.1 * lr[3]) and lr[6] == lr[4]
+    final = result.network.state_dict()
+    means = [k for k in final if k.endswith("running_mean")]
+    assert means and all(at_settle[k].abs().sum() > 0 for k in means)  # batch stats moved
+    assert all(torch.equal(final[k], at_settle[k]) for k in means)  # then stayed frozen
+    weights = [k for k in final if k.endswith("weight")]
+    assert any(not torch.equal(final[k], at_settle[k]) for k in weights)  # still training
+
+
 def test_model_card_records_how_to_reproduce():
     s = TrainSettings(**TINY)
-    _, result = _drain(train(s))
+    result, _ = drain(train(s))
     card = model_card(result, "tiny", "napari-denodet train --steps 4")
     assert card["training"]["command"] == "napari-denodet train --steps 4"
     assert card["training"]["settings"]["steps"] == 4
@@ -127,3 +141,5 @@ def test_bad_settings_are_refused():
         TrainSettings(scenario="bacteria")
     with pytest.raises(ValueError, match="patch_size"):
         TrainSettings(patch_size=8)
+    with pytest.raises(ValueError, match="settle_fraction"):
+        TrainSettings(warmup_fraction=0.5, settle_fraction=0.6)

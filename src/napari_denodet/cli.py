@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SNRs drawn log-uniformly (default 0.8 40; micrographs 0.03 0.6)")
     tr.add_argument("--variant", choices=("joint", "cascaded"), default="joint",
                     help="joint DENODET (default) or the cascaded cDENODET baseline")
+    tr.add_argument("--settle-fraction", type=_share, default=0.2, metavar="SHARE",
+                    help="last share of the steps trained with batch-norm statistics frozen "
+                         "at a tenth of the learning rate (default 0.2)")
     tr.add_argument("--eval-every", type=_positive_int, default=250)
     tr.add_argument("--name", default=None, help="model name in the card (default: file stem)")
     tr.add_argument("--checkpoint", type=Path, default=None,
@@ -389,6 +392,7 @@ def _run_train(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, patch_size=patch,
                              learning_rate=args.learning_rate, gamma=args.gamma,
                              seed=args.seed, eval_every=args.eval_every,
+                             settle_fraction=args.settle_fraction,
                              snr_range=tuple(args.snr_range) if args.snr_range else None,
                              network=NetworkConfig(variant=args.variant))
     last = {}
@@ -410,6 +414,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "--batch-size", str(settings.batch_size), "--patch-size", str(settings.patch_size),
         "--learning-rate", f"{settings.learning_rate:g}", "--gamma", f"{settings.gamma:g}",
         "--seed", str(settings.seed), "--eval-every", str(settings.eval_every),
+        "--settle-fraction", f"{settings.settle_fraction:g}",
         "--snr-range", *(f"{v:g}" for v in settings.snr),
         *(["--variant", args.variant] if args.variant != "joint" else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)

@@ -52,7 +52,7 @@ from napari_denodet.core.errors import InputError
 from napari_denodet.core.losses import gaussian_heatmap, local_terms
 from napari_denodet.core.metrics import GATE, match_points
 from napari_denodet.core.models import Model
-from napari_denodet.core.network import STRIDE
+from napari_denodet.core.network import STRIDE, train_mode
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 from napari_denodet.core.predict import choose_device, detect, run
@@ -707,7 +707,7 @@ def finetune(
     if settings.pseudo_labels > 0:
         _add_pseudo_labels(frames, parent_candidates, model.threshold, settings.pseudo_labels)
     network = copy.deepcopy(model.network).to(torch_device)
-    _train_mode(network, settings.freeze_norm)
+    train_mode(network, settings.freeze_norm)
     trained = [p for name, p in network.named_parameters()
                if settings.train_encoder or not name.startswith("enc")]
     optimiser = torch.optim.Adam(trained, lr=settings.learning_rate)
@@ -820,21 +820,13 @@ def _swapped(parameters: list[Tensor], values: list[Tensor] | None):
                 p.copy_(k)
 
 
-def _train_mode(network: torch.nn.Module, freeze_norm: bool) -> None:
-    network.train()
-    if freeze_norm:
-        for module in network.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
 def _check(network, frames, heldout, localisation, freeze_norm, device) -> dict:
     # Held-out clicks: recall at the threshold calibrated on the training clicks.
     network.eval()
     try:
         candidates = _candidates(network, frames, localisation, device)
     finally:
-        _train_mode(network, freeze_norm)
+        train_mode(network, freeze_norm)
     threshold, _ = calibrate_threshold(candidates, _click_tables(frames, "positives"))
     kept = candidates[candidates[SCORE] >= threshold]
     matched = _matched(kept, heldout, CALIBRATION_GATE)

@@ -299,6 +299,19 @@ def build_network(config: NetworkConfig) -> nn.Module:
     return CascadedDenodet(config) if config.variant == "cascaded" else Denodet(config)
 
 
+def train_mode(network: nn.Module, freeze_norm: bool = False) -> None:
+    """Put ``network`` in training mode, its batch norms frozen if asked.
+
+    Frozen batch norms use their running statistics, as at inference, while every
+    weight still trains: the network adapts to the statistics it will be run with.
+    """
+    network.train()
+    if freeze_norm:
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Count the trainable parameters of ``model``.
 
