@@ -1,0 +1,37 @@
+"""Copy a trained model into the package under a bundled name.
+
+Usage::
+
+    .venv/bin/python scripts/bundle_model.py runs/fluorescence3.pt fluorescence
+
+The weights are saved unchanged; the card's ``name`` becomes NAME and the ``--out`` of
+its reproducing command becomes ``NAME.pt``, so the card describes the bundled file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from napari_denodet.core.models import load_model, save_model
+
+MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_denodet" / "models"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="trained MODEL.pt (its card beside it)")
+    parser.add_argument("name", help="bundled name, e.g. fluorescence")
+    args = parser.parse_args()
+    model = load_model(args.model)
+    card = dict(model.card, name=args.name)
+    command = shlex.split(card["training"]["command"])
+    command[command.index("--out") + 1] = f"{args.name}.pt"
+    card["training"] = dict(card["training"], command=shlex.join(command))
+    out = save_model(MODELS / f"{args.name}.pt", model.network, card, overwrite=True)
+    print(f"bundled {args.model} as {out}")
+
+
+if __name__ == "__main__":
+    main()
