@@ -94,6 +94,19 @@ def test_bundled_models_load_by_name_with_complete_cards():
         assert 0.05 <= model.threshold <= 0.95
 
 
+def test_bundled_cards_commands_give_their_recorded_settings():
+    # A changed default would otherwise make a card's command train another model.
+    import shlex
+
+    from napari_denodet.cli import build_parser, train_settings
+
+    for name in bundled_models():
+        training = load_model(name).card["training"]
+        args = build_parser().parse_args(shlex.split(training["command"])[1:])
+        assert args.out.name == f"{name}.pt"
+        assert train_settings(args).to_dict() == training["settings"]
+
+
 @pytest.mark.parametrize(("snr", "least_f1"), [(2.0, 0.8), (7.0, 0.9), (30.0, 0.9)])
 def test_bundled_fluorescence_model_finds_dim_and_bright_particles(snr, least_f1):
     # A model trained only up to SNR 10 found nothing at SNR 30: bright spots are real.

@@ -381,20 +381,12 @@ def _run_train(args: argparse.Namespace) -> int:
     import shlex
 
     from napari_denodet.core.models import save_model
-    from napari_denodet.core.network import NetworkConfig
-    from napari_denodet.core.train import TrainSettings, model_card, train
+    from napari_denodet.core.train import model_card, train
 
     out = _model_out(args.out, args.overwrite)
     if args.resume and args.checkpoint is None:
         raise InputError(None, "--resume needs --checkpoint")
-    patch = args.patch_size or (128 if args.scenario == "micrograph" else 96)
-    settings = TrainSettings(scenario=args.scenario, steps=args.steps,
-                             batch_size=args.batch_size, patch_size=patch,
-                             learning_rate=args.learning_rate, gamma=args.gamma,
-                             seed=args.seed, eval_every=args.eval_every,
-                             settle_fraction=args.settle_fraction,
-                             snr_range=tuple(args.snr_range) if args.snr_range else None,
-                             network=NetworkConfig(variant=args.variant))
+    settings = train_settings(args)
     last = {}
 
     def describe(progress):
@@ -488,6 +480,21 @@ def _run_finetune(args: argparse.Namespace) -> int:
     print(f"wrote {out} and {out.with_suffix('.json')} ({result.steps_done} steps in "
           f"{result.wall_time:.0f} s, threshold {result.model.threshold:.2f})")
     return 0
+
+
+def train_settings(args: argparse.Namespace):
+    """Return the :class:`TrainSettings` of parsed ``train`` arguments."""
+    from napari_denodet.core.network import NetworkConfig
+    from napari_denodet.core.train import TrainSettings
+
+    patch = args.patch_size or (128 if args.scenario == "micrograph" else 96)
+    return TrainSettings(scenario=args.scenario, steps=args.steps,
+                         batch_size=args.batch_size, patch_size=patch,
+                         learning_rate=args.learning_rate, gamma=args.gamma,
+                         seed=args.seed, eval_every=args.eval_every,
+                         settle_fraction=args.settle_fraction,
+                         snr_range=tuple(args.snr_range) if args.snr_range else None,
+                         network=NetworkConfig(variant=args.variant))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
