@@ -97,7 +97,8 @@ def benchmark_cells(models, frames, scenarios, snrs, densities):
                     _, _, t = _tune(lambda _p, vp=vpred: vp, [None], val.truth, THRESHOLDS)
                     tpred, denoised = _network_candidates(model, test.noisy)
                     s = score_detections(tpred[tpred.score >= t], test.truth)
-                    row[name] = {"f1": s.f1, "rmse": s.rmse, "threshold": t}
+                    row[name] = {"f1": s.f1, "rmse": s.rmse, "threshold": t,
+                                 "psnr": psnr(test.clean, denoised)}
                     if name == "DENODET":
                         d = score_detections(tpred[tpred.score >= model.threshold], test.truth)
                         row["DENODET default threshold"] = {"f1": d.f1, "rmse": d.rmse,
@@ -266,8 +267,8 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
              "stack. 'DENODET default threshold' is the bundled model at its own calibrated "
              "threshold, untuned. F1 and RMSE (px) use Hungarian matching with a 5 px gate.",
              "",
-             "", "Models compared (each reproducible by its command; the ablation and the "
-             "cascade are not bundled):", "",
+             "", "Models compared (each reproducible by its command; only DENODET is "
+             "bundled):", "",
              *[f"- {name}: `{command}`" for name, command in commands.items()], "",
              *targets_section(rows, speed, snr_ranges),
              "## F1 per scenario, SNR and density", ""]
@@ -291,14 +292,25 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
         sel = [r for r in rows if r["snr"] == snr]
         lines.append(f"| {snr:g} | " + " | ".join(
             _fmt(float(np.mean([r[m]["f1"] for r in sel]))) for m in methods) + " |")
+    nets = [m for m in methods if "psnr" in rows[0].get(m, {})]
     lines += ["", "## Denoising (PSNR, dB, against the clean stack)", "",
-              "| scenario | SNR | density | noisy | Gaussian (tuned σ) | DENODET |",
-              "|---|---|---|---|---|---|"]
+              "| scenario | SNR | density | noisy | Gaussian (tuned σ) | "
+              + " | ".join(nets) + " |", "|" + "---|" * (5 + len(nets))]
     for r in rows:
         p = r["psnr"]
         lines.append(f"| {r['scenario']} | {r['snr']:g} | {r['density']} | "
                      f"{_fmt(p['noisy'], 2)} | {_fmt(p['gaussian'], 2)} "
-                     f"(σ={p['gaussian_sigma']:g}) | {_fmt(p['DENODET'], 2)} |")
+                     f"(σ={p['gaussian_sigma']:g}) | "
+                     + " | ".join(_fmt(r[m]["psnr"], 2) for m in nets) + " |")
+    lines += ["", "Mean PSNR per SNR:", "",
+              "| SNR | noisy | Gaussian (tuned σ) | " + " | ".join(nets) + " |",
+              "|" + "---|" * (3 + len(nets))]
+    for snr in sorted({r["snr"] for r in rows}):
+        sel = [r for r in rows if r["snr"] == snr]
+        lines.append(f"| {snr:g} | {np.mean([r['psnr']['noisy'] for r in sel]):.2f} | "
+                     f"{np.mean([r['psnr']['gaussian'] for r in sel]):.2f} | "
+                     + " | ".join(f"{np.mean([r[m]['psnr'] for r in sel]):.2f}"
+                                  for m in nets) + " |")
     lines += ["", "## Speed on 512 x 512 frames (median of 5 interleaved runs, same run)", "",
               "| method | frames/s | ratio to LoG |", "|---|---|---|"]
     for name, fps in speed.items():
@@ -318,6 +330,8 @@ def main():
     parser.add_argument("--model", default="fluorescence")
     parser.add_argument("--ablation", type=Path, default=None)
     parser.add_argument("--cascaded", type=Path, default=None)
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
+                        help="another model to score beside the bundled one (repeatable)")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="one scenario, SNR 2 and 4")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -327,6 +341,9 @@ def main():
         models["detection only (γ=0)"] = load_model(args.ablation)
     if args.cascaded:
         models["cDENODET"] = load_model(args.cascaded)
+    for item in args.compare:
+        label, _, path = item.partition("=")
+        models[label] = load_model(path)
     scenarios = ("vesicle",) if args.quick else SCENARIOS
     snrs = (2.0, 4.0) if args.quick else SNRS
     rows = benchmark_cells(models, args.frames, scenarios, snrs, DENSITIES)
