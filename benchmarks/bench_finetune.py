@@ -233,9 +233,9 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
             f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} | {r['rmse_log']:.2f} "
             f"| {r['finetune_s']:.0f} | {r['steps']} |")
     if any(r.get("reused") for r in rows):
-        lines += ["", "Rows marked * were measured by an earlier invocation of this same "
-                      "script (interrupted later by a crash in the LoG baseline of another "
-                      "case) and read back with `--reuse`; their figures are rounded to 3 "
+        lines += ["", "Rows marked * were measured by an earlier run of this script, with the "
+                      "same code path and model for their case, and read back with "
+                      f"`--reuse {args.reuse.name}`; their figures are rounded to 3 "
                       "decimals."]
     lines += ["", "## Targets (from 10 clicks; mean over the click regions drawn)", ""]
     for name in dict.fromkeys(r["case"] for r in rows):

@@ -9,6 +9,7 @@ from napari_denodet.core.localize import (
     detect_points,
     find_peaks,
     local_dsnt,
+    merge_shallow_peaks,
     window_probabilities,
 )
 
@@ -129,6 +130,48 @@ def test_min_distance_suppresses_close_peaks(distance, min_distance, expected):
     peaks = find_peaks(logits, floor=0.5, min_distance=min_distance)
     assert len(peaks) == expected
     assert peaks[0].tolist() == [0, 10, 5]  # the higher one always survives
+
+
+def _probability_logits(prob: torch.Tensor) -> torch.Tensor:
+    # (B, H, W) logits of a probability map given as (H, W) or (B, H, W).
+    prob = prob if prob.ndim == 3 else prob[None]
+    return torch.logit(prob.clamp(1e-6, 1 - 1e-6)).float()
+
+
+def _ridge(spread: float) -> torch.Tensor:
+    # Two sigma-`spread` bumps 5 px apart along x on a sigma-1 profile across y: with
+    # spread 2 a comet-like ridge (a 12 % dip), with spread 1 two round particles.
+    y, x = torch.arange(20.0)[:, None], torch.arange(20.0)[None]
+    along = sum(torch.exp(-((x - c) ** 2) / (2 * spread**2)) for c in (7.5, 12.5))
+    return 0.9 * torch.exp(-((y - 10) ** 2) / 2) * along / along.max()
+
+
+def test_a_ridge_with_two_maxima_is_one_particle_two_blobs_stay_two():
+    logits = _probability_logits(_ridge(2.0))
+    peaks = find_peaks(logits, floor=0.1, min_distance=2)
+    assert len(peaks) == 2  # min_distance alone cannot tell a ridge from two particles
+    assert len(merge_shallow_peaks(logits, peaks, ratio=0.75)) == 1
+    assert len(merge_shallow_peaks(logits, peaks, ratio=0.0)) == 2
+    logits = _probability_logits(_ridge(1.0))
+    peaks = find_peaks(logits, floor=0.1, min_distance=2)
+    assert len(merge_shallow_peaks(logits, peaks, ratio=0.75)) == len(peaks) == 2
+
+
+def test_merging_keeps_the_higher_peak_and_respects_the_reach():
+    logits = _probability_logits(torch.full((2, 20, 30), 0.6))  # no dip anywhere
+    logits[0, 10, 9] = 3.0  # the second peak of frame 0 is the higher one
+    peaks = torch.tensor([[0, 10, 5], [0, 10, 9], [1, 10, 5], [1, 10, 25]])
+    kept = merge_shallow_peaks(logits, peaks, ratio=0.75)
+    # Frame 0: the lower peak goes. Frame 1: 20 px apart, beyond the reach, both stay.
+    assert kept.tolist() == [[0, 10, 9], [1, 10, 5], [1, 10, 25]]
+    assert len(merge_shallow_peaks(logits, peaks[:0], ratio=0.75)) == 0
+
+
+def test_detect_points_merges_only_when_asked():
+    logits = _probability_logits(_ridge(2.0))
+    assert len(detect_points(logits, floor=0.1)["score"]) == 2
+    one = detect_points(logits, floor=0.1, merge_ratio=0.75)
+    assert len(one["score"]) == 1 and abs(float(one["y"][0]) - 10.0) < 0.1
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ class Model:
     @property
     def localisation(self) -> dict:
         """Keyword arguments of peak finding and local DSNT the model was calibrated with."""
-        settings = {"radius": 2, "temperature": 1.0, "min_distance": 3}
+        settings = {"radius": 2, "temperature": 1.0, "min_distance": 3, "merge_ratio": 0.0}
         settings.update(self.card.get("localisation") or {})
         return settings
 

@@ -404,6 +404,7 @@ def detect(
     radius: int = 2,
     min_distance: int = 3,
     temperature: float = 1.0,
+    merge_ratio: float = 0.0,
     frames: Sequence[int] | None = None,
     out: Any = None,
 ) -> Generator[DetectProgress, None, DetectionResult]:
@@ -441,6 +442,9 @@ def detect(
         Half-width of the peak suppression window.
     temperature : float
         Softmax temperature of the local DSNT.
+    merge_ratio : float
+        Merge shallow double peaks (see
+        :func:`~napari_denodet.core.localize.merge_shallow_peaks`); 0 keeps every peak.
     frames : (int, int), optional
         ``(start, stop)`` range of a stack's frames to process, stop excluded.
     out : array_like, optional
@@ -491,6 +495,7 @@ def detect(
         "radius": radius,
         "min_distance": min_distance,
         "temperature": temperature,
+        "merge_ratio": merge_ratio,
     }
 
     n_frames = stop - start
