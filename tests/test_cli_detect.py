@@ -60,11 +60,16 @@ def test_existing_results_are_not_overwritten(stack_file, tmp_path, capsys):
     assert not (tmp_path / "cells_denoised.tif").exists()
 
 
-def test_binning_maps_coordinates_back_to_full_resolution(tmp_path):
+# 35 px particles: 17.5 px radius, 2 x the middle of the micrograph model's 5-15 px.
+@pytest.mark.parametrize("binning", [["--bin", "2"], ["--diameter", "35"]])
+def test_binning_maps_coordinates_back_to_full_resolution(tmp_path, capsys, binning):
     sim = simulate_micrograph(shape=(256, 256), snr=5.0, density="low", radius=8.0, seed=5)
     write_tiff(tmp_path / "mic.tif", sim.noisy)
-    assert main(["detect", str(tmp_path / "mic.tif"), "--out", str(tmp_path), "--bin", "2",
-                 "--all-candidates", "--star", "--box-size", "32"]) == 0
+    assert main(["detect", str(tmp_path / "mic.tif"), "--out", str(tmp_path), *binning,
+                 "--model", "micrograph", "--all-candidates", "--star", "--box-size",
+                 "32"]) == 0
+    if binning[0] == "--diameter":
+        assert "binning 2 x 2" in capsys.readouterr().err
     points = read_points(tmp_path / "mic_points.csv")
     assert "frame" not in points.columns
     assert points.y.max() > 128  # full-resolution coordinates, not binned ones
@@ -80,6 +85,7 @@ def test_binning_maps_coordinates_back_to_full_resolution(tmp_path):
         (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["--device", "cuda"], "cuda"),
         (["--star"], "single micrographs"),
+        (["--diameter", "100"], "records no particle radius"),
     ],
 )
 def test_detect_errors_are_one_line(stack_file, tmp_path, capsys, argv, needle):

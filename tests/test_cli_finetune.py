@@ -73,13 +73,15 @@ def test_existing_model_is_not_overwritten(stack, tmp_path, capsys):
     assert (tmp_path / "m.pt").read_bytes() == b"mine"
 
 
-def test_binned_micrograph_clicks_are_mapped_to_binned_pixels(tmp_path):
+# 35 px particles: 17.5 px radius, 2 x the middle of the micrograph model's 5-15 px.
+@pytest.mark.parametrize("binning", [["--bin", "2"], ["--diameter", "35"]])
+def test_binned_micrograph_clicks_are_mapped_to_binned_pixels(tmp_path, binning):
     sim = simulate_micrograph(shape=(128, 128), snr=0.3, seed=5)
     full = np.repeat(np.repeat(sim.noisy, 2, axis=0), 2, axis=1)  # a 2x "full-res" image
     write_tiff(tmp_path / "mic.tif", full)
     write_points(tmp_path / "picks.csv", unbin_points(sim.truth.iloc[:5][["y", "x"]], 2))
     assert main(["finetune", str(tmp_path / "mic.tif"), "--points",
-                 str(tmp_path / "picks.csv"), "--model", "micrograph", "--bin", "2",
+                 str(tmp_path / "picks.csv"), "--model", "micrograph", *binning,
                  "--steps", "2", "--out", str(tmp_path / "mic.pt")]) == 0
     card = load_model(tmp_path / "mic.pt").card
     assert card["training"]["binning"] == 2 and card["invert"] is True

@@ -174,12 +174,21 @@ def test_calibration_splits_the_scores_and_keeps_the_clicks():
     candidates = pd.concat([noise, particles], ignore_index=True)
     clicks = particles.iloc[:10][["y", "x"]]
     threshold, facts = calibrate_threshold(candidates, clicks)
-    assert threshold <= 0.7 and facts["click_recall"] == 1.0
-    assert (noise.score >= threshold).mean() < 0.02
+    # Every click is found above Otsu's split: the threshold rises to the least sure one.
+    assert facts["otsu"] < 0.7 and facts["click_recall"] == 1.0
+    assert threshold == pytest.approx(particles.score.iloc[:10].min())
+    assert (noise.score >= threshold).sum() == 0
+    # Raising stops where fewer than half the expected particles would remain.
+    surest = particles.sort_values("score", ascending=False)
+    capped, facts = calibrate_threshold(candidates, surest.iloc[:10][["y", "x"]],
+                                        expected=50)
+    assert facts["all_clicks"] == pytest.approx(surest.score.iloc[9])
+    assert capped == pytest.approx(surest.score.iloc[24])
+    assert (candidates.score >= capped).sum() == 25
     # Clicks on faint particles pull the threshold down until half of them are kept.
     faint = noise.iloc[:10][["y", "x"]]
     low, facts = calibrate_threshold(candidates, faint)
-    assert low < threshold and facts["click_recall"] >= 0.5
+    assert low < facts["otsu"] and facts["click_recall"] >= 0.5
 
 
 def test_pseudo_labels_are_the_parents_surest_detections_away_from_clicks():

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,23 @@ def test_bundled_fluorescence_model_finds_dim_and_bright_particles(snr, least_f1
     kept = points[points.score >= model.threshold]
     assert len(sim.truth) > 50
     assert score_detections(kept, sim.truth).f1 > least_f1
+
+
+@pytest.mark.parametrize(("diameter", "binning"),
+                         [(10.0, 1), (30.0, 2), (108.0, 6), (200.0, 12)])
+def test_binning_brings_particles_to_the_trained_radius(diameter, binning):
+    # The micrograph model was trained on radii of 5-15 px: middle sqrt(75) = 8.7 px.
+    model = load_model("micrograph")
+    assert model.bin_for_diameter(diameter) == binning
+    radius = diameter / 2 / binning
+    for other in (binning - 1, binning + 1):
+        if other >= 1:  # no neighbouring bin is nearer on a log scale
+            assert abs(np.log(radius / 75 ** 0.5)) <= abs(np.log(diameter / 2 / other
+                                                                 / 75 ** 0.5))
+
+
+def test_binning_needs_a_particle_size_and_a_positive_diameter():
+    with pytest.raises(ValueError, match="records no particle radius"):
+        load_model("fluorescence").bin_for_diameter(100.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        load_model("micrograph").bin_for_diameter(0.0)

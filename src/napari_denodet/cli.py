@@ -126,9 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--all-candidates", action="store_true",
                      help="keep every candidate with its score instead of thresholding")
     det.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    det.add_argument("--bin", type=_positive_int, default=1, metavar="N",
-                     help="average N x N pixels before detection (micrographs); "
-                          "coordinates are mapped back to full-resolution pixels")
+    det_bin = det.add_mutually_exclusive_group()
+    det_bin.add_argument("--bin", type=_positive_int, default=1, metavar="N",
+                         help="average N x N pixels before detection (micrographs); "
+                              "coordinates are mapped back to full-resolution pixels")
+    det_bin.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
+                         help="particle diameter in full-resolution pixels: bin so that "
+                              "particles take the size the model was trained on "
+                              "(micrograph models; replaces --bin)")
     det.add_argument("--batch-size", type=_positive_int, default=None,
                      help="frames per forward pass (default: chosen for the device)")
     det.add_argument("--axes", default=None, help="axes of the inputs, e.g. TYX, when their "
@@ -198,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop training after this many seconds")
     ft.add_argument("--particles-per-frame", type=_positive_float, default=None,
                     help="expected particles per frame (default: estimated)")
-    ft.add_argument("--bin", type=_positive_int, default=1, metavar="N",
-                    help="average N x N pixels first (use the same --bin for detect)")
+    ft_bin = ft.add_mutually_exclusive_group()
+    ft_bin.add_argument("--bin", type=_positive_int, default=1, metavar="N",
+                        help="average N x N pixels first (use the same --bin for detect)")
+    ft_bin.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
+                        help="particle diameter in full-resolution pixels: bin as the model "
+                             "card asks for that size (replaces --bin)")
     ft.add_argument("--pseudo-labels", type=_share, default=0.5, metavar="SHARE",
                     help="share of the starting model's detections (surest first) learnt "
                          "as particles too (default 0.5; 0: the clicks alone)")
@@ -293,7 +302,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bin_for(model, diameter: float) -> int:
+    # The binning that brings particles of `diameter` px to the model's trained size.
+    try:
+        factor = model.bin_for_diameter(diameter)
+    except ValueError as exc:
+        raise InputError(None, f"--diameter: {exc}") from None
+    print(f"binning {factor} x {factor}: {diameter:g} px particles become "
+          f"{diameter / factor:.1f} px", file=sys.stderr)
+    return factor
+
+
 def _run_detect(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from napari_denodet.core.batch import DetectSettings, expand_inputs, without_outputs
     from napari_denodet.core.models import load_model
     from napari_denodet.core.predict import choose_device
@@ -303,7 +325,9 @@ def _run_detect(args: argparse.Namespace) -> int:
                               binning=args.bin, batch_size=args.batch_size, axes=args.axes,
                               star=args.star, box_size=args.box_size, denoised=args.denoised,
                               overwrite=args.overwrite)
-    load_model(settings.model)  # fail before any work on a bad model
+    model = load_model(settings.model)  # fail before any work on a bad model
+    if args.diameter is not None:
+        settings = replace(settings, binning=_bin_for(model, args.diameter))
     if args.scheduler is None:  # a remote cluster may have devices that this machine lacks
         choose_device(settings.device)
     paths = without_outputs(expand_inputs(args.inputs), args.out)
@@ -429,6 +453,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     out = _model_out(args.out, args.overwrite)
     model = load_model(args.model)
+    if args.diameter is not None:
+        args.bin = _bin_for(model, args.diameter)
     image = read_image(args.image, axes=args.axes)
     if image.ndim == 3 and args.bin > 1:
         raise InputError(args.image, "--bin is for single micrographs, not stacks")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -72,6 +73,43 @@ class Model:
     def invert(self) -> bool:
         """Whether the model expects dark particles (they are inverted before it)."""
         return bool(self.card.get("invert", False))
+
+    def bin_for_diameter(self, diameter: float) -> int:
+        """Return the binning that brings particles of ``diameter`` px to the trained size.
+
+        The card's ``particle_size.radius_px`` is the range of radii the model was
+        trained on; the bin maps the particle radius closest (on a log scale) to the
+        middle of that range, ``sqrt(low x high)`` (8.7 px for 5-15 px).
+
+        Parameters
+        ----------
+        diameter : float
+            Particle diameter in full-resolution pixels.
+
+        Returns
+        -------
+        int
+            The bin factor, at least 1.
+
+        Raises
+        ------
+        ValueError
+            The diameter is not positive, or the card records no particle radius (a
+            fluorescence model: set the bin by hand, usually 1).
+        """
+        radii = (self.card.get("particle_size") or {}).get("radius_px")
+        if not radii:
+            raise ValueError(f"model {self.card.get('name') or self.source} records no "
+                             "particle radius; give the binning instead")
+        if not math.isfinite(diameter) or diameter <= 0:
+            raise ValueError(f"particle diameter must be positive, got {diameter:g}")
+        middle = math.sqrt(radii[0] * radii[-1])
+        best = max(1, int(diameter / 2 / middle))
+        # The larger of the two neighbouring integers if it is nearer on a log scale.
+        if abs(math.log(diameter / 2 / (best + 1) / middle)) < abs(
+                math.log(diameter / 2 / best / middle)):
+            best += 1
+        return best
 
 
 def bundled_models() -> list[str]:
