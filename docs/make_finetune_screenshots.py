@@ -47,7 +47,7 @@ clicks = tune.new_annotation_layer()
 clicks.data = nearest
 clicks.size = 60
 tune._model.value = "micrograph"
-tune._binning.value = 8
+tune._binning.value = 6  # what `--diameter 108` gives for the micrograph model
 viewer.camera.center = (2048, 2048)
 viewer.camera.zoom = 0.5
 pump()

@@ -178,13 +178,17 @@ def test_calibration_splits_the_scores_and_keeps_the_clicks():
     assert facts["otsu"] < 0.7 and facts["click_recall"] == 1.0
     assert threshold == pytest.approx(particles.score.iloc[:10].min())
     assert (noise.score >= threshold).sum() == 0
-    # Raising stops where fewer than half the expected particles would remain.
+    # Raising stops where fewer than RAISE_KEEPS of the expected particles remain.
+    from napari_denodet.core.finetune import RAISE_KEEPS
+
+    keep = int(np.ceil(RAISE_KEEPS * 50))
+    assert 10 < keep < 50
     surest = particles.sort_values("score", ascending=False)
     capped, facts = calibrate_threshold(candidates, surest.iloc[:10][["y", "x"]],
                                         expected=50)
     assert facts["all_clicks"] == pytest.approx(surest.score.iloc[9])
-    assert capped == pytest.approx(surest.score.iloc[24])
-    assert (candidates.score >= capped).sum() == 25
+    assert capped == pytest.approx(surest.score.iloc[keep - 1])
+    assert (candidates.score >= capped).sum() == keep
     # Clicks on faint particles pull the threshold down until half of them are kept.
     faint = noise.iloc[:10][["y", "x"]]
     low, facts = calibrate_threshold(candidates, faint)
