@@ -246,20 +246,3 @@ def test_complete_region_teaches_the_unclicked_area_as_background(shifted, monke
         # No false detections were given: known background comes only from the area.
         assert (sum(seen) > 0) == complete, (complete, seen)
 
-
-def test_parent_threshold_rises_only_when_the_clicks_say_its_scores_run_high():
-    from napari_denodet.core.finetune import parent_threshold_for
-
-    rng = np.random.default_rng(1)
-    model = load_model("micrograph")  # card threshold 0.4
-    noise = points_table(rng.uniform(0, 3000, 300), rng.uniform(0, 3000, 300),
-                         score=rng.uniform(0.40, 0.50, 300))
-    particles = points_table(rng.uniform(0, 3000, 60), rng.uniform(0, 3000, 60),
-                             score=rng.uniform(0.55, 0.60, 60))
-    candidates = pd.concat([noise, particles], ignore_index=True)
-    raised = parent_threshold_for(model, candidates, particles.iloc[:10][["y", "x"]])
-    assert 0.5 < raised <= particles.score.iloc[:10].min()
-    # Clicks the parent scores low leave its own threshold in place.
-    faint = noise.iloc[:10][["y", "x"]]
-    assert parent_threshold_for(model, candidates.assign(score=candidates.score - 0.3),
-                                faint) == model.threshold

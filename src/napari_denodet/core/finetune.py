@@ -515,14 +515,16 @@ def _transform(x: Tensor, k: int, flip: bool) -> Tensor:
 # --------------------------------------------------------------------------- calibration
 
 
+def _frame_coords(table: pd.DataFrame) -> np.ndarray:
+    # (frame x 1e6, y, x): points on different frames lie far apart.
+    frame = table[FRAME].to_numpy(np.float64) if FRAME in table.columns else 0.0
+    return np.column_stack([np.broadcast_to(frame * 1e6, len(table)),
+                            table[Y].to_numpy(np.float64), table[X].to_numpy(np.float64)])
+
+
 def _matched(found: pd.DataFrame, clicks: pd.DataFrame, gate: float) -> int:
     # Clicks with a detection within `gate` px on the same frame (one-to-one).
-    def coords(table):
-        frame = table[FRAME].to_numpy(np.float64) if FRAME in table.columns else 0.0
-        return np.column_stack([np.broadcast_to(frame * 1e6, len(table)),
-                                table[Y].to_numpy(np.float64), table[X].to_numpy(np.float64)])
-
-    return len(match_points(coords(found), coords(clicks), gate=gate)[0])
+    return len(match_points(_frame_coords(found), _frame_coords(clicks), gate=gate)[0])
 
 
 def _click_scores(candidates: pd.DataFrame, positives: pd.DataFrame, gate: float) -> np.ndarray:
@@ -530,21 +532,11 @@ def _click_scores(candidates: pd.DataFrame, positives: pd.DataFrame, gate: float
     # where there is none).
     from scipy.spatial import cKDTree
 
-    out = np.zeros(len(positives))
-    frames = (positives[FRAME].to_numpy() if FRAME in positives.columns
-              else np.zeros(len(positives)))
-    found = (candidates[FRAME].to_numpy() if FRAME in candidates.columns
-             else np.zeros(len(candidates)))
-    for frame in np.unique(frames):
-        mine = candidates[found == frame]
-        if mine.empty:
-            continue
-        tree = cKDTree(mine[[Y, X]].to_numpy(np.float64))
-        score = mine[SCORE].to_numpy(np.float64)
-        rows = np.flatnonzero(frames == frame)
-        near = tree.query_ball_point(positives.iloc[rows][[Y, X]].to_numpy(np.float64), gate)
-        out[rows] = [score[n].max() if n else 0.0 for n in near]
-    return out
+    if candidates.empty:
+        return np.zeros(len(positives))
+    score = candidates[SCORE].to_numpy(np.float64)
+    near = cKDTree(_frame_coords(candidates)).query_ball_point(_frame_coords(positives), gate)
+    return np.array([score[n].max() if n else 0.0 for n in near])
 
 
 def calibrate_threshold(candidates: pd.DataFrame, positives: pd.DataFrame,
@@ -618,34 +610,6 @@ def calibrate_threshold(candidates: pd.DataFrame, positives: pd.DataFrame,
         threshold = round(max(threshold - 0.025, 0.1), 3)
     return threshold, {"otsu": otsu, "all_clicks": all_clicks,
                        "click_recall": recall(threshold)}
-
-
-def parent_threshold_for(model: Model, candidates: pd.DataFrame,
-                         positives: pd.DataFrame) -> float:
-    """Return the starting model's threshold on the user's data, for pseudo-labels and prior.
-
-    The card's threshold, raised to :func:`calibrate_threshold` of the parent's own
-    candidates when the clicks say its scores run high on this data (the bundled
-    micrograph model on EMPIAR-10017 binned 6x: all 1424 detections above its 0.4 are
-    half false, the clicks put the split near 0.55; the pseudo-labels and the class
-    prior then come from about 870 detections, and F1 after fine-tuning from 10 clicks
-    rose from 0.80 to 0.82 on one region).
-
-    Parameters
-    ----------
-    model : Model
-        The starting model.
-    candidates : pandas.DataFrame
-        Its candidates on the clicked frames.
-    positives : pandas.DataFrame
-        The clicks on those frames.
-
-    Returns
-    -------
-    float
-        The threshold, never below the card's.
-    """
-    return max(model.threshold, calibrate_threshold(candidates, positives)[0])
 
 
 def _candidates(network, frames: list[_Frame], localisation: dict,
@@ -785,11 +749,9 @@ def finetune(
     localisation = model.localisation
 
     parent_candidates = _candidates(model.network, frames, localisation, torch_device)
-    parent_threshold = parent_threshold_for(model, parent_candidates, pd.concat(
-        [_click_tables(frames, "positives"), _click_tables(frames, "heldout")]))
-    prior_per_pixel = _estimate_prior(parent_candidates, parent_threshold, frames, settings)
+    prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
     if settings.pseudo_labels > 0:
-        _add_pseudo_labels(frames, parent_candidates, parent_threshold, settings.pseudo_labels)
+        _add_pseudo_labels(frames, parent_candidates, model.threshold, settings.pseudo_labels)
     network = copy.deepcopy(model.network).to(torch_device)
     train_mode(network, settings.freeze_norm)
     trained = [p for name, p in network.named_parameters()
