@@ -29,7 +29,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_denodet._reader import POINTS_STYLE
-from napari_denodet._widgets import session
+from napari_denodet._widgets import BINNING_TIP, session
 from napari_denodet.core.points import SCORE, coordinates
 
 if TYPE_CHECKING:
@@ -134,7 +134,8 @@ class DetectWidget(Container):
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._first = SpinBox(label="first frame", min=0, max=10**7, value=0)
         self._last = SpinBox(label="last frame (0 = all)", min=0, max=10**7, value=0)
-        self._binning = SpinBox(label="binning", min=1, max=16, value=1)
+        self._binning = SpinBox(label="binning", min=1, max=16, value=1,
+                                tooltip=BINNING_TIP)
         self._threshold = FloatSlider(label="score threshold", min=0.0, max=1.0, step=0.01,
                                       value=0.5)
         self._run = PushButton(text="Detect")

@@ -34,7 +34,7 @@ from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from napari_denodet._widgets import session
+from napari_denodet._widgets import BINNING_TIP, session
 from napari_denodet.core.points import points_table
 
 if TYPE_CHECKING:
@@ -152,7 +152,8 @@ class FinetuneWidget(Container):
                                choices=lambda _w=None: [*session.names(), *bundled_models(),
                                                         FROM_FILE])
         self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
-        self._binning = SpinBox(label="binning", min=1, max=16, value=1)
+        self._binning = SpinBox(label="binning", min=1, max=16, value=1,
+                                tooltip=BINNING_TIP)
         self._steps = SpinBox(label="steps", min=1, max=100_000, value=300)
         self._budget = FloatSpinBox(label="time budget (s, 0 = none)", min=0, max=36_000,
                                     value=60)
