@@ -27,7 +27,7 @@ from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import load_model
 from napari_denodet.core.points import SCORE, points_table
 from napari_denodet.core.predict import detect, run
-from napari_denodet.core.resample import bin_image
+from napari_denodet.core.resample import bin_image, bin_points
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -48,9 +48,7 @@ def main() -> None:
     rows = []
     for factor in args.bins:
         image = bin_image(full, factor)
-        offset = (factor - 1) / 2
-        truth = points_table((picks["Y-Coordinate"] - offset) / factor,
-                             (picks["X-Coordinate"] - offset) / factor)
+        truth = bin_points(points_table(picks["Y-Coordinate"], picks["X-Coordinate"]), factor)
         started = time.perf_counter()
         points = run(detect(image, model.network, invert=model.invert,
                             **model.localisation)).points

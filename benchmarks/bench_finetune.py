@@ -47,7 +47,7 @@ from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import load_model
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 from napari_denodet.core.predict import detect, run
-from napari_denodet.core.resample import bin_image
+from napari_denodet.core.resample import bin_image, bin_points
 from napari_denodet.core.simulate import simulate_micrograph, simulate_timelapse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,12 +93,9 @@ def _cases(quick: bool) -> list[Case]:
         diameter = float(table["Diameter"].median())  # 108 px
         factor = load_model("micrograph").bin_for_diameter(diameter)
         image = bin_image(np.asarray(read_image(jpg)), factor)
-        offset = (factor - 1) / 2
-        truth = points_table((table["Y-Coordinate"] - offset) / factor,
-                             (table["X-Coordinate"] - offset) / factor,
-                             frame=np.zeros(len(table), int))
-        edge = float(np.min([truth[Y], truth[X], image.shape[0] - 1 - truth[Y],
-                             image.shape[1] - 1 - truth[X]])) * factor
+        truth = bin_points(points_table(table["Y-Coordinate"], table["X-Coordinate"],
+                                        frame=np.zeros(len(table), int)), factor)
+        edge = float(edge_distance(truth, image.shape).min()) * factor
         cases.append(Case(
             f"real micrograph EMPIAR-10017, bin {factor}", image[None], truth, "micrograph",
             f"4096^2 JPEG binned to {image.shape[0]}^2 (the bin the model card gives for "
@@ -127,11 +124,20 @@ def _outside(table: pd.DataFrame, centre, radius) -> pd.DataFrame:
     return table[~inside.to_numpy()]
 
 
+def edge_distance(table: pd.DataFrame, shape) -> np.ndarray:
+    """Distance (px) of each point of ``table`` to the nearest edge of a ``shape`` image."""
+    h, w = shape[-2:]
+    return np.asarray(np.minimum.reduce([table[Y], table[X], h - 1 - table[Y],
+                                         w - 1 - table[X]]))
+
+
+def away_from_edge(table: pd.DataFrame, shape, margin: float) -> pd.DataFrame:
+    """The part of ``table`` at least ``margin`` px from every edge."""
+    return table[edge_distance(table, shape) >= margin]
+
+
 def _annotated(case: Case, table: pd.DataFrame) -> pd.DataFrame:
-    """The part of ``table`` at least ``case.margin`` px from every edge."""
-    h, w = case.image.shape[-2:]
-    edge = np.minimum.reduce([table[Y], table[X], h - 1 - table[Y], w - 1 - table[X]])
-    return table[np.asarray(edge >= case.margin)]
+    return away_from_edge(table, case.image.shape, case.margin)
 
 
 def _inside(table: pd.DataFrame, centre, radius) -> pd.DataFrame:

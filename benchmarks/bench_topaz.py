@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench_finetune import away_from_edge
 
 from napari_denodet.core.io import read_image
 from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import load_model
-from napari_denodet.core.points import SCORE, X, Y, points_table
+from napari_denodet.core.points import SCORE, points_table
 from napari_denodet.core.predict import detect, run
 from napari_denodet.core.resample import bin_image, unbin_points
 
@@ -46,14 +47,8 @@ DATA = REPO.parent / "shared" / "data"
 GATE = 40.0  # full-resolution px
 
 
-def _annotated(table: pd.DataFrame, shape, margin: float) -> pd.DataFrame:
-    h, w = shape
-    edge = np.minimum.reduce([table[Y], table[X], h - 1 - table[Y], w - 1 - table[X]])
-    return table[np.asarray(edge >= margin)]
-
-
 def _f1(points, truth, threshold, shape, margin):
-    kept = _annotated(points[points[SCORE] >= threshold], shape, margin)
+    kept = away_from_edge(points[points[SCORE] >= threshold], shape, margin)
     return score_detections(kept, truth, gate=GATE)
 
 
@@ -101,7 +96,7 @@ def main() -> None:
     truth = points_table(picks["Y-Coordinate"], picks["X-Coordinate"])
     diameter = float(picks["Diameter"].median())
     margin = diameter
-    truth = _annotated(truth, full.shape, margin)
+    truth = away_from_edge(truth, full.shape, margin)
     rows = []
 
     model = load_model("micrograph")

@@ -314,20 +314,17 @@ def _bin_for(model, diameter: float) -> int:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from napari_denodet.core.batch import DetectSettings, expand_inputs, without_outputs
     from napari_denodet.core.models import load_model
     from napari_denodet.core.predict import choose_device
 
+    model = load_model(str(args.model))  # fail before any work on a bad model
+    binning = args.bin if args.diameter is None else _bin_for(model, args.diameter)
     settings = DetectSettings(model=str(args.model), threshold=args.threshold,
                               all_candidates=args.all_candidates, device=args.device,
-                              binning=args.bin, batch_size=args.batch_size, axes=args.axes,
+                              binning=binning, batch_size=args.batch_size, axes=args.axes,
                               star=args.star, box_size=args.box_size, denoised=args.denoised,
                               overwrite=args.overwrite)
-    model = load_model(settings.model)  # fail before any work on a bad model
-    if args.diameter is not None:
-        settings = replace(settings, binning=_bin_for(model, args.diameter))
     if args.scheduler is None:  # a remote cluster may have devices that this machine lacks
         choose_device(settings.device)
     paths = without_outputs(expand_inputs(args.inputs), args.out)
