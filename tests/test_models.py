@@ -142,3 +142,42 @@ def test_binning_needs_a_particle_size_and_a_positive_diameter():
         load_model("fluorescence").bin_for_diameter(100.0)
     with pytest.raises(ValueError, match="must be positive"):
         load_model("micrograph").bin_for_diameter(0.0)
+
+
+def _card_benchmarks_script():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "card_benchmarks.py"
+    spec = importlib.util.spec_from_file_location("card_benchmarks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bundled_cards_carry_the_committed_benchmark_figures():
+    # The card's benchmark field is what a user reads first: it must be the measured
+    # figures of the committed reports, refreshed by scripts/card_benchmarks.py.
+    card_benchmarks = _card_benchmarks_script()
+    figures = card_benchmarks.card_figures()
+    assert set(figures) == {"fluorescence", "micrograph"}
+    for name, benchmark in figures.items():
+        assert load_model(name).card["benchmark"] == benchmark
+    per_snr = figures["fluorescence"]["per_snr"]
+    assert set(per_snr) == {"1", "2", "4", "7"}
+    assert all(0 < v["f1"] <= 1 and v["rmse_px"] > 0 for v in per_snr.values())
+
+
+def test_card_figures_are_means_over_the_cells_of_one_snr():
+    card_benchmarks = _card_benchmarks_script()
+
+    def cell(snr, f1, rmse):
+        scores = {"f1": f1, "rmse": rmse, "psnr": 30.0}
+        return {"snr": snr, "DENODET": scores, "DENODET default threshold": scores,
+                "LoG": {"f1": f1 / 2}}
+
+    report = {"rows": [cell(1.0, 0.4, 1.0), cell(1.0, 0.6, 2.0), cell(2.0, 0.9, 0.5)]}
+    per_snr = card_benchmarks.detection_figures(report)["per_snr"]
+    assert per_snr["1"] == {"f1": 0.5, "f1_default_threshold": 0.5, "rmse_px": 1.5,
+                            "psnr_db": 30.0, "f1_log": 0.25, "cells": 2}
+    assert per_snr["2"]["f1"] == 0.9 and per_snr["2"]["cells"] == 1
