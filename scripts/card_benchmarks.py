@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from napari_denodet.core.models import load_model, save_model, resolve_model_path
+from napari_denodet.core.models import load_model, resolve_model_path, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTION = REPO / "docs" / "benchmarks.json"
@@ -72,7 +72,7 @@ def finetune_before_figures(rows: list[dict], model_cases: list[str]) -> dict:
 
 
 def card_figures() -> dict[str, dict]:
-    """The ``benchmark`` field of each bundled model, from the committed reports."""
+    """Return the ``benchmark`` field of each bundled model, from the committed reports."""
     figures = {}
     if DETECTION.is_file():
         figures["fluorescence"] = detection_figures(json.loads(DETECTION.read_text()))
@@ -84,6 +84,7 @@ def card_figures() -> dict[str, dict]:
 
 
 def main() -> None:
+    """Write the figures into the bundled cards."""
     for name, benchmark in card_figures().items():
         model = load_model(name)
         save_model(resolve_model_path(name), model.network,
