@@ -33,3 +33,13 @@ def test_train_refuses_a_settle_share_out_of_range(tmp_path, share, capsys):
     assert main([*ARGS[:-2], "--settle-fraction", share, "--out", str(out)]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_with_the_papers_instance_norm_records_and_reproduces_it(tmp_path):
+    out = tmp_path / "instance.pt"
+    assert main([*ARGS, "--norm", "instance", "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["network"]["norm"] == "instance"
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--norm") + 1] == "instance"
+    assert load_model(out).network.config.norm == "instance"
