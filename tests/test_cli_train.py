@@ -43,3 +43,12 @@ def test_train_with_the_papers_instance_norm_records_and_reproduces_it(tmp_path)
     command = shlex.split(card["training"]["command"])
     assert command[command.index("--norm") + 1] == "instance"
     assert load_model(out).network.config.norm == "instance"
+
+
+def test_train_with_the_papers_denoising_loss_records_it(tmp_path):
+    out = tmp_path / "dice.pt"
+    assert main([*ARGS, "--denoising-loss", "dice-bce", "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["settings"]["denoising_loss"] == "dice-bce"
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--denoising-loss") + 1] == "dice-bce"

@@ -72,3 +72,26 @@ def test_detection_loss_without_particles_is_finite():
                                  torch.zeros(0, 3))
     assert torch.isfinite(loss) and parts["js"] == 0.0
     loss.backward()
+
+
+def test_papers_denoising_loss_prefers_the_closer_prediction_and_ignores_the_scale():
+    from napari_denodet.core.losses import denoising_loss
+
+    torch.manual_seed(0)
+    clean = torch.zeros(2, 1, 32, 32)
+    clean[:, :, 10:14, 10:14] = 8.0
+    clean += 0.1 * torch.randn_like(clean)
+    near = clean + 0.2 * torch.randn_like(clean)
+    far = clean + 1.5 * torch.randn_like(clean)
+    loss = lambda d, c: float(denoising_loss(d, c, "dice-bce"))  # noqa: E731
+    assert loss(near, clean) < loss(far, clean)
+    # Both images are mapped to [0, 1] by the clean patch's range: units do not matter.
+    assert loss(3.0 * near + 5.0, 3.0 * clean + 5.0) == pytest.approx(loss(near, clean),
+                                                                      rel=1e-4)
+
+
+def test_unknown_denoising_loss_is_refused():
+    from napari_denodet.core.losses import denoising_loss
+
+    with pytest.raises(ValueError, match="unknown denoising loss"):
+        denoising_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), "l2")

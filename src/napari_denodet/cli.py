@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--overwrite", action="store_true")
     det.set_defaults(run=_run_detect)
 
+    from napari_denodet.core.losses import DENOISING_LOSSES
     from napari_denodet.core.network import NORMS
     from napari_denodet.core.train import TRAIN_SCENARIOS
 
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SNRs drawn log-uniformly (default 0.8 40; micrographs 0.03 0.6)")
     tr.add_argument("--variant", choices=("joint", "cascaded"), default="joint",
                     help="joint DENODET (default) or the cascaded cDENODET baseline")
+    tr.add_argument("--denoising-loss", choices=DENOISING_LOSSES, default="l1",
+                    help="l1 to the clean patch (default) or the paper's soft Dice + "
+                         "balanced BCE")
     tr.add_argument("--norm", choices=NORMS, default="batch",
                     help="normalisation after each convolution: batch (default; folds "
                          "into the convolutions, tiles agree) or instance (the paper's)")
@@ -434,7 +438,9 @@ def _run_train(args: argparse.Namespace) -> int:
         "--settle-fraction", f"{settings.settle_fraction:g}",
         "--snr-range", *(f"{v:g}" for v in settings.snr),
         *(["--variant", args.variant] if args.variant != "joint" else []),
-        *(["--norm", args.norm] if args.norm != "batch" else []), "--out", out.name])
+        *(["--norm", args.norm] if args.norm != "batch" else []),
+        *(["--denoising-loss", settings.denoising_loss]
+          if settings.denoising_loss != "l1" else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
     save_model(out, result.network, card, overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "
@@ -522,7 +528,8 @@ def train_settings(args: argparse.Namespace):
                          seed=args.seed, eval_every=args.eval_every,
                          settle_fraction=args.settle_fraction,
                          snr_range=tuple(args.snr_range) if args.snr_range else None,
-                         network=NetworkConfig(variant=args.variant, norm=args.norm))
+                         network=NetworkConfig(variant=args.variant, norm=args.norm),
+                         denoising_loss=args.denoising_loss)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,6 +165,60 @@ def detection_loss(logits: Tensor, centres: Tensor, lam: float = 1.0, radius: in
     return loss, {"bce": dense.item(), "js": js.item(), "euclid": euclid.item()}
 
 
-def denoising_loss(denoised: Tensor, clean: Tensor) -> Tensor:
-    """L1 distance to the clean image, both in the input's normalised units."""
-    return F.l1_loss(denoised, clean)
+#: Denoising losses :func:`denoising_loss` knows: ours (L1) and the paper's (eq. 1).
+DENOISING_LOSSES = ("l1", "dice-bce")
+
+
+def dice_bce_loss(denoised: Tensor, clean: Tensor, delta: float = 1.0,
+                  eps: float = 1e-6) -> Tensor:
+    """Return the paper's denoising loss: soft Dice + ``delta`` x balanced BCE (eq. 1).
+
+    Dice and cross-entropy need images in [0, 1]. Both images are mapped there by the
+    clean patch's own range (its minimum to 0, its maximum to 1), so the network's output
+    stays in normalised units and maps back to the input's intensities at inference; a
+    prediction outside the clean range is clipped, where this loss gives no gradient.
+
+    Parameters
+    ----------
+    denoised, clean : Tensor
+        ``(B, 1, H, W)`` in normalised units.
+    delta : float
+        Weight of the balanced BCE term (the paper's delta).
+    eps : float
+        The paper's smoothing constant of the Dice ratio.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    dims = tuple(range(1, clean.ndim))
+    lo = clean.amin(dim=dims, keepdim=True)
+    scale = (clean.amax(dim=dims, keepdim=True) - lo).clamp(min=eps)
+    r = (clean - lo) / scale
+    p = ((denoised - lo) / scale).clamp(1e-4, 1.0 - 1e-4)
+    dice = 1.0 - (2.0 * (p * r).sum(dims) + eps) / (p.sum(dims) + r.sum(dims) + eps)
+    return dice.mean() + delta * balanced_bce(torch.logit(p), r)
+
+
+def denoising_loss(denoised: Tensor, clean: Tensor, kind: str = "l1") -> Tensor:
+    """Denoising loss of the joint network.
+
+    Parameters
+    ----------
+    denoised, clean : Tensor
+        ``(B, 1, H, W)`` in the input's normalised units.
+    kind : {"l1", "dice-bce"}
+        ``"l1"``: mean absolute difference (the bundled models). ``"dice-bce"``: the
+        paper's soft Dice + balanced BCE (:func:`dice_bce_loss`).
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    if kind == "l1":
+        return F.l1_loss(denoised, clean)
+    if kind == "dice-bce":
+        return dice_bce_loss(denoised, clean)
+    raise ValueError(f"unknown denoising loss {kind!r}; choose one of {DENOISING_LOSSES}")
