@@ -108,6 +108,23 @@ def test_bundled_cards_commands_give_their_recorded_settings():
         assert train_settings(args).to_dict() == training["settings"]
 
 
+def test_bundled_cards_localisation_is_what_training_writes_today():
+    # Retraining by the card's command must give the card's inference settings too.
+    import shlex
+    from types import SimpleNamespace
+
+    from napari_denodet.cli import build_parser, train_settings
+    from napari_denodet.core.train import model_card
+
+    for name in bundled_models():
+        card = load_model(name).card
+        args = build_parser().parse_args(shlex.split(card["training"]["command"])[1:])
+        settings = train_settings(args)
+        result = SimpleNamespace(settings=settings, history=[], threshold=card["threshold"],
+                                 wall_time=0.0)
+        assert model_card(result, name, "")["localisation"] == card["localisation"]
+
+
 @pytest.mark.parametrize(("snr", "least_f1"), [(2.0, 0.8), (7.0, 0.9), (30.0, 0.9)])
 def test_bundled_fluorescence_model_finds_dim_and_bright_particles(snr, least_f1):
     # A model trained only up to SNR 10 found nothing at SNR 30: bright spots are real.
