@@ -110,7 +110,7 @@ def markdown(rows, args, specialist) -> str:
         "Each figure is F1 on the whole annotated area of the case's image (same images, "
         "gates and edge margins as [benchmarks-finetune.md](benchmarks-finetune.md)). "
         "'best' means at the threshold that maximises F1 against the very truth it is "
-        "scored on, so every column but the first is an upper bound. *All clicked*: the "
+        "scored on, so every 'best' column is an upper bound. *All clicked*: the "
         "bundled model fine-tuned with every true particle as a click and the image taken as "
         f"completely annotated ({args.budget:g} s budget), scored on the particles it was "
         "trained on. *Specialist*: a model trained with clean images on simulated "
