@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -328,7 +329,7 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
              "one run on this machine's CPU "
              f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}).", "",
-             f"Command: `{' '.join(sys.argv)}`", "",
+             f"Command: `{shlex.join(sys.argv)}`", "",
              "Fine-tuning from clicks is measured separately in "
              "[benchmarks-finetune.md](benchmarks-finetune.md) "
              "(`benchmarks/bench_finetune.py`), speed and memory at scale in "
