@@ -141,6 +141,24 @@ def test_bundled_fluorescence_model_finds_dim_and_bright_particles(snr, least_f1
     assert score_detections(kept, sim.truth).f1 > least_f1
 
 
+def test_bundled_microtubule_model_localises_comets_better_than_the_general_one():
+    # Why it ships (models.md, "One general model or one per scenario").
+    from napari_denodet.core.metrics import score_detections
+    from napari_denodet.core.predict import detect, run
+    from napari_denodet.core.simulate import simulate_timelapse
+
+    sim = simulate_timelapse("microtubule", snr=7, density="mid", frames=2, shape=(256, 256),
+                             seed=4_400_000_001)
+    scores = {}
+    for name in ("microtubule", "fluorescence"):
+        model = load_model(name)
+        points = run(detect(sim.noisy, model.network, **model.localisation)).points
+        scores[name] = score_detections(points[points.score >= model.threshold], sim.truth)
+    assert len(sim.truth) > 100
+    assert scores["microtubule"].f1 > 0.9
+    assert scores["microtubule"].rmse < 0.8 * scores["fluorescence"].rmse
+
+
 @pytest.mark.parametrize(("diameter", "binning"),
                          [(10.0, 1), (30.0, 2), (108.0, 6), (200.0, 12)])
 def test_binning_brings_particles_to_the_trained_radius(diameter, binning):
