@@ -61,7 +61,8 @@ def test_manifest_validates_from_a_built_wheel(tmp_path):
     assert "valid" in result.stdout
 
 
-@pytest.mark.parametrize(("command", "ndim"), [("vesicle_timelapse", 3), ("micrograph", 2)])
+@pytest.mark.parametrize(("command", "ndim"), [("vesicle_timelapse", 3), ("comet_timelapse", 3),
+                                              ("micrograph", 2)])
 def test_sample_data_comes_with_its_truth(command, ndim):
     from napari_denodet import _sample_data
 

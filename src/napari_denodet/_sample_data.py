@@ -30,6 +30,16 @@ def vesicle_timelapse() -> list[tuple]:
     ]
 
 
+def comet_timelapse() -> list[tuple]:
+    """Return a simulated microtubule plus-end comet time-lapse (SNR 4) and its truth."""
+    sim = simulate_timelapse("microtubule", snr=4.0, density="mid", frames=20,
+                             shape=(256, 256), seed=2026)
+    return [
+        (sim.noisy, {"name": "comets (simulated)", "colormap": "gray"}, "image"),
+        _truth_layer(sim, "comets truth"),
+    ]
+
+
 def micrograph() -> list[tuple]:
     """Return a simulated binned cryo-EM micrograph and its particle centres."""
     sim = simulate_micrograph(shape=(768, 768), snr=0.2, density="mid", radius=10.0,
