@@ -265,10 +265,11 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
             f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} | {r['rmse_log']:.2f} "
             f"| {r['finetune_s']:.0f} | {r['steps']} |")
     if any(r.get("reused") for r in rows):
+        rounded = ("" if args.reuse.suffix == ".json" else
+                   "; their figures are rounded to 3 decimals")
         lines += ["", "Rows marked * were measured by an earlier run of this script, with the "
                       "same code path and model for their case, and read back with "
-                      f"`--reuse {args.reuse.name}`; their figures are rounded to 3 "
-                      "decimals."]
+                      f"`--reuse {args.reuse.name}`{rounded}."]
     lines += ["", "## Targets (from 10 clicks; mean over the click regions drawn)", ""]
     for name in dict.fromkeys(r["case"] for r in rows):
         ten = [r for r in rows if r["case"] == name and r["clicks"] == 10]
@@ -305,8 +306,10 @@ def main() -> None:
                         help="click regions drawn for 10 clicks (one for other counts)")
     parser.add_argument("--quick", action="store_true", help="small images, 10 clicks, 5 s")
     parser.add_argument("--reuse", type=Path, default=None, metavar="LOG",
-                        help="rows printed (stderr) by an interrupted run of this script: "
-                             "measured again only where missing")
+                        help="rows of an earlier run (its .json, or the lines an interrupted "
+                             "run printed on stderr): measured again only where missing")
+    parser.add_argument("--remeasure", default=None, metavar="TEXT",
+                        help="with --reuse: measure the cases whose name contains TEXT again")
     parser.add_argument("--pseudo-labels", type=float, default=None,
                         help="share of the parent's detections taken as pseudo-labels "
                              "(default: the fine-tuning default)")
@@ -322,10 +325,13 @@ def main() -> None:
     cases = [c for c in _cases(args.quick) if args.only is None or args.only in c.name]
     earlier = {}
     if args.reuse:
-        for line in args.reuse.read_text().splitlines():
-            if line.startswith("{"):
-                row = json.loads(line)
-                earlier[(row["case"], row["clicks"], row["draw"])] = row
+        # The rows of an earlier report (.json), or the lines an interrupted run printed.
+        text = args.reuse.read_text()
+        found = (json.loads(text) if args.reuse.suffix == ".json" else
+                 [json.loads(line) for line in text.splitlines() if line.startswith("{")])
+        for row in found:
+            if args.remeasure is None or args.remeasure not in row["case"]:
+                earlier[_key(row)] = {k: v for k, v in row.items() if k != "reused"}
     rows = []
     for case in cases:
         for n in args.clicks:

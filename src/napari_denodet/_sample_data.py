@@ -20,24 +20,23 @@ def _truth_layer(sim, name: str) -> tuple:
     )
 
 
+def _timelapse_sample(scenario: str, label: str) -> list[tuple]:
+    sim = simulate_timelapse(scenario, snr=4.0, density="mid", frames=20, shape=(256, 256),
+                             seed=2026)
+    return [
+        (sim.noisy, {"name": f"{label} (simulated)", "colormap": "gray"}, "image"),
+        _truth_layer(sim, f"{label} truth"),
+    ]
+
+
 def vesicle_timelapse() -> list[tuple]:
     """Return a simulated vesicle time-lapse (SNR 4, mid density) and its truth."""
-    sim = simulate_timelapse("vesicle", snr=4.0, density="mid", frames=20,
-                             shape=(256, 256), seed=2026)
-    return [
-        (sim.noisy, {"name": "vesicles (simulated)", "colormap": "gray"}, "image"),
-        _truth_layer(sim, "vesicles truth"),
-    ]
+    return _timelapse_sample("vesicle", "vesicles")
 
 
 def comet_timelapse() -> list[tuple]:
     """Return a simulated microtubule plus-end comet time-lapse (SNR 4) and its truth."""
-    sim = simulate_timelapse("microtubule", snr=4.0, density="mid", frames=20,
-                             shape=(256, 256), seed=2026)
-    return [
-        (sim.noisy, {"name": "comets (simulated)", "colormap": "gray"}, "image"),
-        _truth_layer(sim, "comets truth"),
-    ]
+    return _timelapse_sample("microtubule", "comets")
 
 
 def micrograph() -> list[tuple]:

@@ -438,7 +438,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "--settle-fraction", f"{settings.settle_fraction:g}",
         "--snr-range", *(f"{v:g}" for v in settings.snr),
         *(["--variant", args.variant] if args.variant != "joint" else []),
-        *(["--norm", args.norm] if args.norm != "batch" else []),
+        *(["--norm", settings.network.norm] if settings.network.norm != "batch" else []),
         *(["--denoising-loss", settings.denoising_loss]
           if settings.denoising_loss != "l1" else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
