@@ -216,3 +216,18 @@ def test_card_figures_are_means_over_the_cells_of_one_snr():
     assert per_snr["1"] == {"f1": 0.5, "f1_default_threshold": 0.5, "rmse_px": 1.5,
                             "psnr_db": 30.0, "f1_log": 0.25, "cells": 2}
     assert per_snr["2"]["f1"] == 0.9 and per_snr["2"]["cells"] == 1
+
+
+def test_training_temperature_is_read_from_the_training_record_not_the_localisation():
+    from napari_denodet.core.models import Model
+
+    trained = {"training": {"settings": {"temperature": 1.0}},
+               "localisation": {"temperature": 0.6}}
+    finetuned = {"training": {"settings": {"steps": 300}, "parent_training": {
+        "settings": {"steps": 40}, "parent_training": trained["training"]}},
+        "localisation": {"temperature": 0.6}}
+    assert Model(network=None, card=trained, source="a").training_temperature == 1.0
+    assert Model(network=None, card=finetuned, source="b").training_temperature == 1.0
+    assert Model(network=None, card={}, source="c").training_temperature == 1.0
+    assert load_model("fluorescence").localisation["temperature"] == 0.6
+    assert load_model("fluorescence").training_temperature == 1.0

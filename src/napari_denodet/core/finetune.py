@@ -747,6 +747,9 @@ def finetune(
                      settings.complete_region)
     size = _patch_size(frames, settings.patch_size)
     localisation = model.localisation
+    # The local loss terms keep the temperature the parent was trained with; the card's
+    # localisation temperature is for inference only.
+    loss_window = (localisation["radius"], model.training_temperature)
 
     parent_candidates = _candidates(model.network, frames, localisation, torch_device)
     prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
@@ -763,7 +766,7 @@ def finetune(
     train_started = time.perf_counter()
     step = 0
     for step in range(1, settings.steps + 1):
-        metrics = _step(network, optimiser, frames, size, settings, localisation,
+        metrics = _step(network, optimiser, frames, size, settings, loss_window,
                         prior_per_pixel, rng, generator, torch_device)
         if averaged is not None:
             with torch.no_grad():
@@ -801,7 +804,7 @@ def finetune(
                           wall_time=time.perf_counter() - started)
 
 
-def _step(network, optimiser, frames, size, settings, localisation, prior_per_pixel, rng,
+def _step(network, optimiser, frames, size, settings, loss_window, prior_per_pixel, rng,
           generator, device) -> dict:
     # The batch and its labels are made on the CPU (seeded), then moved to the device.
     noisy, positives, negatives, region = _batch(frames, size, settings, rng)
@@ -831,8 +834,7 @@ def _step(network, optimiser, frames, size, settings, localisation, prior_per_pi
     unlabelled = pixels - float(positive.sum()) - float(negative.sum())
     prior = max(particle_pixels - float(positive.sum()), 0.0) / max(unlabelled, 1.0)
     pu = positive_unlabelled_loss(logits[:b], positive, negative, prior)
-    js, euclid = local_terms(logits[:b], positives, localisation["radius"],
-                             localisation["temperature"])
+    js, euclid = local_terms(logits[:b], positives, *loss_window)
     detection = pu + settings.local_weight * (js + euclid)
 
     consistency = logits.sum() * 0.0

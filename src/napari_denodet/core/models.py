@@ -70,6 +70,22 @@ class Model:
         return settings
 
     @property
+    def training_temperature(self) -> float:
+        """Softmax temperature its local DSNT loss terms were trained with.
+
+        The card's ``localisation`` holds the temperature used at inference, which may
+        differ; fine-tuning trains with this one. Read from the training settings (those
+        of the first ancestor that records one, for a fine-tuned model), else 1.
+        """
+        training = self.card.get("training") or {}
+        while training:
+            temperature = (training.get("settings") or {}).get("temperature")
+            if temperature is not None:
+                return float(temperature)
+            training = training.get("parent_training") or {}
+        return 1.0
+
+    @property
     def invert(self) -> bool:
         """Whether the model expects dark particles (they are inverted before it)."""
         return bool(self.card.get("invert", False))
