@@ -182,3 +182,15 @@ def test_which_results_go_to_disk(monkeypatch, tmp_path, data, limit, on_disk):
         data = np.memmap(tmp_path / "raw", dtype=np.float32, mode="w+", shape=(2, 8, 8))
     monkeypatch.setattr(detect_module, "IN_MEMORY_LIMIT", limit)
     assert detect_module.keeps_denoised_on_disk(data, data.shape) is on_disk
+
+
+def test_model_choice_says_what_each_bundled_model_is_for(make_napari_viewer):
+    from napari_denodet.core.models import bundled_model_purposes, bundled_models
+
+    widget = _widget(make_napari_viewer())
+    tip = widget._model.tooltip
+    purposes = bundled_model_purposes()
+    assert set(purposes) == set(bundled_models())
+    assert "cryo-EM" in purposes["micrograph"] and "microtubule" in purposes["microtubule"]
+    for name, purpose in purposes.items():
+        assert f"{name}: {purpose}" in tip

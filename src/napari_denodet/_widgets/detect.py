@@ -123,13 +123,15 @@ class DetectWidget(Container):
     """Dock widget: choose an image layer and a model, detect, tune the threshold."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from napari_denodet.core.models import bundled_models
+        from napari_denodet.core.models import bundled_model_purposes, bundled_models
         from napari_denodet.core.predict import available_devices
 
         self._viewer = viewer
         self._image = ComboBox(label="image", choices=self._image_layers)
         self._model = ComboBox(label="model", choices=lambda _w=None: [
-            *session.names(), *bundled_models(), FROM_FILE])
+            *session.names(), *bundled_models(), FROM_FILE], tooltip="\n".join(
+            [f"{name}: {purpose}" for name, purpose in bundled_model_purposes().items()]
+            + [f"{FROM_FILE} a model you trained or fine-tuned (.pt)"]))
         self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._first = SpinBox(label="first frame", min=0, max=10**7, value=0)

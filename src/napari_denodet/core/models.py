@@ -136,6 +136,26 @@ def bundled_models() -> list[str]:
     return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
 
 
+def bundled_model_purposes() -> dict[str, str]:
+    """Return what each bundled model was trained on, from its card (no weights loaded).
+
+    Returns
+    -------
+    dict
+        Bundled name -> the card's training data, e.g. ``"simulated binned cryo-EM
+        micrographs"``; an empty string where the card says nothing.
+    """
+    purposes = {}
+    for name in bundled_models():
+        card_path = _bundled_path(name).with_suffix(".json")
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            card = {}
+        purposes[name] = str((card.get("training") or {}).get("data") or "")
+    return purposes
+
+
 def _bundled_path(name: str) -> Path:
     return Path(str(resources.files("napari_denodet") / "models" / f"{name}.pt"))
 
