@@ -20,6 +20,7 @@ MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_denodet" / "model
 
 
 def main() -> None:
+    """Copy the model and rename it in its card."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="trained MODEL.pt (its card beside it)")
     parser.add_argument("name", help="bundled name, e.g. fluorescence")

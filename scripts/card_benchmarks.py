@@ -39,20 +39,19 @@ def detection_figures(report: dict, model: str = "fluorescence") -> dict:
     of that scenario's cells.
     """
     if model == "fluorescence":
-        cells = [(r, r["DENODET"], r["DENODET default threshold"]["f1"])
-                 for r in report["rows"]]
+        cells = [(r, r["DENODET"]) for r in report["rows"]]
     else:
-        cells = [(r, r[BUNDLED], r[BUNDLED]["f1_default"]) for r in report["rows"]
+        cells = [(r, r[BUNDLED]) for r in report["rows"]
                  if r.get(BUNDLED, {}).get("model") == model]
     per_snr = {}
-    for snr in sorted({r["snr"] for r, _, _ in cells}):
+    for snr in sorted({r["snr"] for r, _ in cells}):
         mine = [c for c in cells if c[0]["snr"] == snr]
         per_snr[f"{snr:g}"] = {
-            "f1": _r(mean(e["f1"] for _, e, _ in mine)),
-            "f1_default_threshold": _r(mean(d for _, _, d in mine)),
-            "rmse_px": _r(mean(e["rmse"] for _, e, _ in mine)),
-            "psnr_db": _r(mean(e["psnr"] for _, e, _ in mine)),
-            "f1_log": _r(mean(r["LoG"]["f1"] for r, _, _ in mine)),
+            "f1": _r(mean(e["f1"] for _, e in mine)),
+            "f1_default_threshold": _r(mean(e["f1_default"] for _, e in mine)),
+            "rmse_px": _r(mean(e["rmse"] for _, e in mine)),
+            "psnr_db": _r(mean(e["psnr"] for _, e in mine)),
+            "f1_log": _r(mean(r["LoG"]["f1"] for r, _ in mine)),
             "cells": len(mine),
         }
     return {

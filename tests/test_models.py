@@ -207,8 +207,8 @@ def test_card_figures_are_means_over_the_cells_of_one_snr():
     card_benchmarks = _card_benchmarks_script()
 
     def cell(snr, f1, rmse):
-        scores = {"f1": f1, "rmse": rmse, "psnr": 30.0}
-        return {"snr": snr, "DENODET": scores, "DENODET default threshold": scores,
+        return {"snr": snr, "DENODET": {"f1": f1, "rmse": rmse, "psnr": 30.0,
+                                        "f1_default": f1},
                 "LoG": {"f1": f1 / 2}}
 
     report = {"rows": [cell(1.0, 0.4, 1.0), cell(1.0, 0.6, 2.0), cell(2.0, 0.9, 0.5)]}
