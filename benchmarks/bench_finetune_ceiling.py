@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def markdown(rows, args, specialist) -> str:
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only). Every "
         "figure was measured in that one run.",
         "",
-        f"Command: `{' '.join(sys.argv)}`",
+        f"Command: `{shlex.join(sys.argv)}`",
         "",
         "Each figure is F1 on the whole annotated area of the case's image (same images, "
         "gates and edge margins as [benchmarks-finetune.md](benchmarks-finetune.md)). "
