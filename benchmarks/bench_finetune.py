@@ -190,16 +190,22 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     rng = np.random.default_rng(SEED + 1000 * draw + n)
     parent = load_model(case.model)
     clicks, centre, radius = _region(case, n, rng)
-    before = _scores(case, _network_points(parent, case.image), parent.threshold, centre,
-                     radius)
+    parent_points = _network_points(parent, case.image)
+    before = _scores(case, parent_points, parent.threshold, centre, radius)
     image = case.image if len(case.image) > 1 else case.image[0]
     positives = clicks if image.ndim == 3 else clicks[[Y, X]]
     started = time.perf_counter()
-    settings = FinetuneSettings(time_budget=budget)
+    settings = FinetuneSettings(time_budget=budget, mode="weights")
     if pseudo_labels is not None:
         settings = replace(settings, pseudo_labels=pseudo_labels)
     result = run(finetune(parent, image, positives, settings=settings))
     seconds = time.perf_counter() - started
+    # The "threshold" mode: the parent's weights, the threshold from the clicked area.
+    started = time.perf_counter()
+    recalibrated = run(finetune(parent, image, positives,
+                                settings=replace(settings, mode="threshold"))).model
+    threshold_s = time.perf_counter() - started
+    only = _scores(case, parent_points, recalibrated.threshold, centre, radius)
     tuned = result.model
     tuned_points = _network_points(tuned, case.image)
     after = _scores(case, tuned_points, tuned.threshold, centre, radius)
@@ -214,6 +220,8 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
         "f1_before": before.f1, "rmse_before": before.rmse,
         "f1_after": after.f1, "rmse_after": after.rmse, "f1_after_best_threshold": best_after,
         "threshold_after": tuned.threshold, "steps": result.steps_done,
+        "model": case.model, "f1_threshold_only": only.f1, "rmse_threshold_only": only.rmse,
+        "threshold_only": recalibrated.threshold, "threshold_only_s": threshold_s,
         "pseudo_labels": settings.pseudo_labels,
         "finetune_s": seconds,
         "f1_log": log.f1, "rmse_log": log.rmse, "log_sigma": sigma, "log_threshold": threshold,
@@ -249,39 +257,56 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
            if baseline else "") + ".",
         "",
         "| case | clicks | region | F1 before | F1 after | ΔF1 | F1 after, best threshold "
+        "| F1 threshold only "
         + ("| F1 after, clicks only " if baseline else "")
-        + "| F1 LoG | RMSE before | RMSE after | RMSE LoG | time (s) | steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if baseline else ""),
+        + "| F1 LoG | RMSE before | RMSE after | RMSE threshold only | RMSE LoG | time (s) "
+        "| steps | time, threshold only (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if baseline else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['case']}{' *' if r.get('reused') else ''} | {r['clicks']} | {r['draw'] + 1} "
             f"| {r['f1_before']:.3f} "
             f"| {r['f1_after']:.3f} | {r['f1_after'] - r['f1_before']:+.3f} "
-            f"| {r['f1_after_best_threshold']:.3f} "
+            f"| {r['f1_after_best_threshold']:.3f} | {_f(r, 'f1_threshold_only', 3)} "
             + (f"| {baseline[_key(r)]['f1_after']:.3f} " if _key(r) in baseline else
                "| – " if baseline else "")
             + f"| {r['f1_log']:.3f} "
-            f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} | {r['rmse_log']:.2f} "
-            f"| {r['finetune_s']:.0f} | {r['steps']} |")
+            f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} "
+            f"| {_f(r, 'rmse_threshold_only', 2)} | {r['rmse_log']:.2f} "
+            f"| {r['finetune_s']:.0f} | {r['steps']} | {_f(r, 'threshold_only_s', 1)} |")
     if any(r.get("reused") for r in rows):
         rounded = ("" if args.reuse.suffix == ".json" else
                    "; their figures are rounded to 3 decimals")
         lines += ["", "Rows marked * were measured by an earlier run of this script, with the "
                       "same code path and model for their case, and read back with "
                       f"`--reuse {args.reuse.name}`{rounded}."]
-    lines += ["", "## Targets (from 10 clicks; mean over the click regions drawn)", ""]
+    modes = advised_modes(rows)
+    lines += ["", "## Mode advised per model", "",
+              "Mean F1 from 10 clicks over the model's cases (each the mean of its "
+              "regions); the better mode is written into the bundled card "
+              "(`scripts/card_benchmarks.py`) and is what `--mode auto` does:", ""]
+    for model, (mode, weights, only) in modes.items():
+        lines.append(f"- `{model}`: weights and threshold {weights:.3f}, threshold only "
+                     + (f"{only:.3f}" if only is not None else "not measured")
+                     + f": **{mode}**.")
+    lines += ["", "## Targets (from 10 clicks, in the advised mode; mean over the click "
+                  "regions drawn)", ""]
     for name in dict.fromkeys(r["case"] for r in rows):
         ten = [r for r in rows if r["case"] == name and r["clicks"] == 10]
         if not ten:
             continue
+        mode = modes[_model_of(ten[0])][0]
+        column = "f1_threshold_only" if mode == "threshold" else "f1_after"
         before, after, log = (float(np.mean([r[k] for r in ten]))
-                              for k in ("f1_before", "f1_after", "f1_log"))
-        seconds = max(r["finetune_s"] for r in ten)
+                              for k in ("f1_before", column, "f1_log"))
+        seconds = max(r["threshold_only_s" if mode == "threshold" else "finetune_s"]
+                      for r in ten)
         low = before < 0.7
         gain_ok = (after - before >= 0.2) if low else (after >= before)
         lines.append(
-            f"- {name}: at most {seconds:.0f} s "
+            f"- {name} ({mode}): at most {seconds:.0f} s "
             f"({'within' if seconds <= 60 else 'over'} 60 s); F1 {before:.3f} → {after:.3f} "
             + ("(starts below 0.7: needs +0.2, " if low else "(starts high: must not drop, ")
             + f"{'met' if gain_ok else 'not met'}); LoG tuned on the same clicks {log:.3f}: "
@@ -290,6 +315,38 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
     lines += [f"- **{c.name}**: {c.note}; starts from the bundled `{c.model}` model."
               for c in cases]
     return "\n".join(lines) + "\n"
+
+
+def _f(row: dict, key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f}" if row.get(key) is not None else "–"
+
+
+def _model_of(row: dict) -> str:
+    # Rows of earlier runs do not name their model; the case name tells it.
+    return row.get("model") or ("micrograph" if "micrograph" in row["case"] else
+                                "fluorescence")
+
+
+def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
+    """Per model: the better fine-tuning mode from 10 clicks, and both mean F1s.
+
+    The mean is over the model's cases, each case the mean of its 10-click regions.
+    Threshold only is advised when it is higher; rows without it count as weights.
+    """
+    found = {}
+    for model in dict.fromkeys(_model_of(r) for r in rows):
+        cases = {}
+        for r in rows:
+            if _model_of(r) == model and r["clicks"] == 10:
+                cases.setdefault(r["case"], []).append(r)
+        weights = float(np.mean([np.mean([r["f1_after"] for r in c]) for c in cases.values()]))
+        if not all(r.get("f1_threshold_only") is not None for c in cases.values() for r in c):
+            found[model] = ("weights", weights, None)
+            continue
+        only = float(np.mean([np.mean([r["f1_threshold_only"] for r in c])
+                              for c in cases.values()]))
+        found[model] = ("threshold" if only > weights else "weights", weights, only)
+    return found
 
 
 def _key(row: dict) -> tuple:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_detection import BUNDLED  # noqa: E402
+from bench_finetune import advised_modes  # noqa: E402
 
 from napari_denodet.core.models import load_model, resolve_model_path, save_model  # noqa: E402
 
@@ -101,13 +102,38 @@ def card_figures() -> dict[str, dict]:
     return figures
 
 
+def finetune_advice() -> dict[str, dict]:
+    """Return the ``finetune`` field of each model the fine-tuning benchmark started from."""
+    if not FINETUNE.is_file():
+        return {}
+    advice = {}
+    for name, (mode, weights, only) in advised_modes(json.loads(FINETUNE.read_text())).items():
+        advice[name] = {
+            "mode": mode,
+            "source": "docs/benchmarks-finetune.md (benchmarks/bench_finetune.py)",
+            "f1_10_clicks": {"weights": _r(weights),
+                             "threshold": None if only is None else _r(only)},
+            "protocol": "mean F1 from 10 clicks (one completely clicked region) over the "
+                        "benchmark's domain-shift cases for this model; the higher mode is "
+                        "what fine-tuning does under mode 'auto'",
+        }
+    return advice
+
+
 def main() -> None:
-    """Write the figures into the bundled cards."""
-    for name, benchmark in card_figures().items():
+    """Write the figures (and the fine-tuning advice) into the bundled cards."""
+    figures, advice = card_figures(), finetune_advice()
+    for name in dict.fromkeys([*figures, *advice]):
         model = load_model(name)
-        save_model(resolve_model_path(name), model.network,
-                   dict(model.card, benchmark=benchmark), overwrite=True)
-        print(f"{name}: benchmark figures written to its card")
+        card = dict(model.card)
+        if name in figures:
+            card["benchmark"] = figures[name]
+        if name in advice:
+            card["finetune"] = advice[name]
+        save_model(resolve_model_path(name), model.network, card, overwrite=True)
+        print(f"{name}: benchmark figures"
+              + (f" and fine-tuning advice ({advice[name]['mode']})" if name in advice else "")
+              + " written to its card")
 
 
 if __name__ == "__main__":

@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--pseudo-labels", type=_share, default=0.5, metavar="SHARE",
                     help="share of the starting model's detections (surest first) learnt "
                          "as particles too (default 0.5; 0: the clicks alone)")
+    ft.add_argument("--mode", choices=("auto", "weights", "threshold"), default="auto",
+                    help="weights: train the network, then recalibrate its threshold; "
+                         "threshold: keep the weights and recalibrate the threshold from "
+                         "the clicked area (every particle in it clicked); auto (default): "
+                         "what the model card advises, else weights")
     ft.add_argument("--complete-region", action="store_true",
                     help="every particle in the area the clicks cover is clicked: the rest "
                          "of that area is learnt as background")
@@ -479,12 +484,16 @@ def _run_finetune(args: argparse.Namespace) -> int:
     settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget,
                                 particles_per_frame=args.particles_per_frame,
                                 complete_region=args.complete_region,
-                                pseudo_labels=args.pseudo_labels)
+                                pseudo_labels=args.pseudo_labels, mode=args.mode)
     if args.steps:
         settings = replace(settings, steps=args.steps)
     binned = bin_image(image, args.bin)
 
     def describe(progress):
+        if progress.stage == "calibrate":
+            print(f"weights kept; threshold recalibrated from the clicked area: "
+                  f"{progress.metrics['threshold']:.2f}", file=sys.stderr)
+            return None
         if progress.stage == "check":
             print(f"step {progress.step}: held-out recall "
                   f"{progress.metrics['heldout_recall']:.2f} at threshold "
@@ -505,7 +514,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         *(["--negatives", str(args.negatives)] if args.negatives else []),
         "--model", str(args.model), "--steps", str(settings.steps), "--bin", str(args.bin),
         "--seed", str(args.seed), "--pseudo-labels", f"{args.pseudo_labels:g}",
-        "--out", out.name,
+        "--mode", card["training"]["mode"], "--out", out.name,
         *(["--complete-region"] if args.complete_region else []),
         *(["--time-budget", f"{args.time_budget:g}"] if args.time_budget else []),
         *(["--particles-per-frame", f"{args.particles_per_frame:g}"]

@@ -41,6 +41,15 @@ if TYPE_CHECKING:
     import napari
 
 FROM_FILE = "from file..."
+AUTO = "as the model advises"
+#: The "learn" box: what the user reads, and the core's fine-tuning mode.
+MODE_CHOICES = {AUTO: "auto", "weights and threshold": "weights",
+                "threshold only (every particle in the clicked area clicked)": "threshold"}
+MODE_TIP = ("Weights and threshold: train the network on your clicks, then set its "
+            "threshold. Threshold only: keep the network and set its threshold from the "
+            "area you clicked (click every particle there); takes seconds. As the model "
+            "advises: what its card says was measured better from 10 clicks, else "
+            "weights and threshold.")
 NONE = "(none)"
 
 
@@ -53,6 +62,7 @@ class FinetuneJob:
     time_budget: float | None
     binning: int
     pseudo_labels: float = 0.5
+    mode: str = "auto"
 
 
 def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None,
@@ -68,7 +78,7 @@ def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None
     if negatives is not None:
         negatives = bin_points(negatives, job.binning)
     settings = FinetuneSettings(steps=job.steps, time_budget=job.time_budget,
-                                pseudo_labels=job.pseudo_labels)
+                                pseudo_labels=job.pseudo_labels, mode=job.mode)
     result = yield from finetune(model, image, positives, negatives, settings, stop=stop)
     result.model.card["training"]["binning"] = job.binning
     return result
@@ -162,6 +172,8 @@ class FinetuneWidget(Container):
                                       "as particles too, so that it does not forget the ones "
                                       "you did not click. Untick when its detections are "
                                       "mostly wrong.")
+        self._mode = ComboBox(label="learn", choices=list(MODE_CHOICES), value=AUTO,
+                              tooltip=MODE_TIP)
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
         self._status = Label(value="")
@@ -172,8 +184,8 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             self._image, self._clicks, self._new_clicks, self._negatives, self._counts,
             self._model, self._model_file, self._binning, self._steps, self._budget,
-            self._keep, self._start, self._stop, self._status, self._save_path, self._save,
-            self._use])
+            self._keep, self._mode, self._start, self._stop, self._status, self._save_path,
+            self._save, self._use])
         self.native.layout().addWidget(self.plot)
         self.worker = None
         self.result = None
@@ -253,7 +265,8 @@ class FinetuneWidget(Container):
         budget = float(self._budget.value) or None
         return FinetuneJob(model=model, steps=int(self._steps.value), time_budget=budget,
                            binning=int(self._binning.value),
-                           pseudo_labels=0.5 if self._keep.value else 0.0)
+                           pseudo_labels=0.5 if self._keep.value else 0.0,
+                           mode=MODE_CHOICES[self._mode.value])
 
     def start(self, _=None, start_thread: bool = True):
         """Check the inputs on the GUI thread, copy the clicks, then fine-tune in a worker."""
@@ -301,7 +314,10 @@ class FinetuneWidget(Container):
         self._status.value = "stopping after this step..."
 
     def _progress(self, progress) -> None:
-        if progress.stage == "train":
+        if progress.stage == "calibrate":
+            self._status.value = (f"weights kept; threshold from the clicked area "
+                                  f"{progress.metrics['threshold']:.2f}")
+        elif progress.stage == "train":
             self.plot.add(progress.metrics["loss"])
             self._status.value = (f"step {progress.step}/{progress.total}, "
                                   f"{progress.elapsed:.0f} s")
@@ -314,8 +330,9 @@ class FinetuneWidget(Container):
         self._save.enabled = self._use.enabled = True
         self._status.value = (f"done: {result.steps_done} steps in {result.wall_time:.0f} s, "
                               f"threshold {result.model.threshold:.2f}")
-        show_info(f"Fine-tuned on '{self._image_name}': {result.steps_done} steps; "
-                  "use it for Detect or save it")
+        what = (f"{result.steps_done} steps" if result.steps_done else
+                "threshold recalibrated, weights kept")
+        show_info(f"Fine-tuned on '{self._image_name}': {what}; use it for Detect or save it")
 
     def _idle(self) -> None:
         self._start.enabled, self._stop.enabled = True, False
