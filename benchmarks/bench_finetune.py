@@ -146,6 +146,24 @@ def _inside(table: pd.DataFrame, centre, radius) -> pd.DataFrame:
     return table[inside.to_numpy()]
 
 
+def _threshold_only(case: Case, n: int, draw: int) -> dict:
+    """The threshold-only columns of a row: the parent, its threshold from the clicks."""
+    rng = np.random.default_rng(SEED + 1000 * draw + n)
+    parent = load_model(case.model)
+    clicks, centre, radius = _region(case, n, rng)
+    image = case.image if len(case.image) > 1 else case.image[0]
+    positives = clicks if image.ndim == 3 else clicks[[Y, X]]
+    started = time.perf_counter()
+    recalibrated = run(finetune(parent, image, positives,
+                                settings=FinetuneSettings(mode="threshold"))).model
+    seconds = time.perf_counter() - started
+    only = _scores(case, _network_points(parent, case.image), recalibrated.threshold,
+                   centre, radius)
+    return {"model": case.model, "f1_threshold_only": only.f1,
+            "rmse_threshold_only": only.rmse, "threshold_only": recalibrated.threshold,
+            "threshold_only_s": seconds}
+
+
 def _network_points(model, image):
     return run(detect(image, model.network, invert=model.invert, **model.localisation)).points
 
@@ -281,7 +299,10 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
                    "; their figures are rounded to 3 decimals")
         lines += ["", "Rows marked * were measured by an earlier run of this script, with the "
                       "same code path and model for their case, and read back with "
-                      f"`--reuse {args.reuse.name}`{rounded}."]
+                      f"`--reuse {args.reuse.name}`{rounded}"
+                      + ("; where that run had no threshold-only column, this run measured "
+                         "it (the parent's weights and clicks are the same)"
+                         if any(r.get("threshold_added") for r in rows) else "") + "."]
     modes = advised_modes(rows)
     lines += ["", "## Mode advised per model", "",
               "Mean F1 from 10 clicks over the model's cases (each the mean of its "
@@ -388,12 +409,17 @@ def main() -> None:
                  [json.loads(line) for line in text.splitlines() if line.startswith("{")])
         for row in found:
             if args.remeasure is None or args.remeasure not in row["case"]:
-                earlier[_key(row)] = {k: v for k, v in row.items() if k != "reused"}
+                earlier[_key(row)] = {k: v for k, v in row.items()
+                                      if k not in ("reused", "threshold_added")}
     rows = []
     for case in cases:
         for n in args.clicks:
             for draw in range(args.draws if n == 10 else 1):
                 row = earlier.get((case.name, n, draw))
+                if row and "f1_threshold_only" not in row:
+                    # An earlier run without the threshold-only mode: measure that alone
+                    # (the weights path is unchanged).
+                    row = dict(row, **_threshold_only(case, n, draw), threshold_added=True)
                 rows.append(dict(row, reused=True) if row else _measure(
                     case, n, args.budget, draw, args.pseudo_labels))
     baseline = ({_key(r): r for r in json.loads(args.baseline.read_text())}

@@ -85,3 +85,13 @@ def test_binned_micrograph_clicks_are_mapped_to_binned_pixels(tmp_path, binning)
                  "--steps", "2", "--out", str(tmp_path / "mic.pt")]) == 0
     card = load_model(tmp_path / "mic.pt").card
     assert card["training"]["binning"] == 2 and card["invert"] is True
+
+
+def test_threshold_mode_keeps_the_weights(stack, tmp_path, capsys):
+    out = tmp_path / "recalibrated.pt"
+    assert main(["finetune", str(stack / "cells.tif"), "--points", str(stack / "clicks.csv"),
+                 "--mode", "threshold", "--out", str(out)]) == 0
+    card = load_model(out).card
+    assert card["training"]["mode"] == "threshold" and card["training"]["steps"] == 0
+    assert "--mode threshold" in card["training"]["command"]
+    assert "threshold recalibrated from the clicked area" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from napari_denodet.core.errors import InputError
 from napari_denodet.core.finetune import (
     FinetuneSettings,
     blind_spot_mask,
+    calibrate_from_area,
     calibrate_threshold,
     finetune,
     positive_unlabelled_loss,
@@ -246,3 +247,70 @@ def test_complete_region_teaches_the_unclicked_area_as_background(shifted, monke
         # No false detections were given: known background comes only from the area.
         assert (sum(seen) > 0) == complete, (complete, seen)
 
+
+
+def _field(rng, n_true=400, n_noise=1200, size=400):
+    # Particles everywhere at one density (scores 0.6-0.95) among noise peaks (0.05-0.7).
+    true = rng.uniform(0, size, (n_true, 2))
+    noise = rng.uniform(0, size, (n_noise, 2))
+    points = np.concatenate([true, noise])
+    score = np.concatenate([rng.uniform(0.6, 0.95, n_true), rng.uniform(0.05, 0.7, n_noise)])
+    return true, points_table(points[:, 0], points[:, 1], frame=np.zeros(len(points)),
+                              score=score)
+
+
+def test_area_calibration_counts_the_particles_of_the_clicked_area():
+    rng = np.random.default_rng(3)
+    true, candidates = _field(rng)
+    centre = np.array([200.0, 200.0])
+    clicks = true[np.argsort(np.hypot(*(true - centre).T))[:25]]  # a region, all clicked
+    threshold, facts = calibrate_from_area(candidates, [clicks], [(400, 400)])
+    assert facts["expected"] == pytest.approx(400, rel=0.35)  # the density of the clicks
+    assert threshold == pytest.approx((facts["in_area"] + facts["over_frames"]) / 2)
+    kept = candidates[candidates.score >= threshold]
+    found = score_detections(kept, points_table(true[:, 0], true[:, 1],
+                                                frame=np.zeros(len(true))))
+    # Otsu's split of these scores (0.5) keeps every noise peak above it.
+    assert found.f1 >= 0.85, (threshold, found)
+    assert score_detections(candidates[candidates.score >= 0.5], points_table(
+        true[:, 0], true[:, 1], frame=np.zeros(len(true)))).f1 < found.f1
+
+
+def test_area_calibration_needs_an_area():
+    _, candidates = _field(np.random.default_rng(0))
+    assert calibrate_from_area(candidates, [np.array([[10.0, 10], [20, 20]])],
+                               [(400, 400)]) == (None, {})
+
+
+def test_threshold_mode_keeps_the_weights_and_moves_the_threshold(shifted):
+    parent = load_model("fluorescence")
+    clicks = clicks_of(shifted.truth, 10)
+    result, progress = drain(finetune(parent, shifted.noisy, clicks,
+                                      settings=FinetuneSettings(mode="threshold")))
+    assert [p.stage for p in progress] == ["calibrate"]
+    assert result.steps_done == 0
+    tuned = dict(result.model.network.state_dict())
+    assert all(torch.equal(v, tuned[k]) for k, v in parent.network.state_dict().items())
+    card = result.model.card
+    assert card["training"]["mode"] == "threshold" and card["training"]["steps"] == 0
+    assert card["threshold"] == pytest.approx(progress[0].metrics["threshold"])
+    assert card["threshold"] != parent.threshold
+    assert card["parent"]["name"] == "fluorescence"
+
+
+def test_auto_mode_follows_the_card(shifted):
+    parent = load_model("fluorescence")
+    clicks = clicks_of(shifted.truth, 5)
+    advised = load_model("fluorescence")
+    advised.card["finetune"] = {"mode": "threshold"}
+    result, _ = drain(finetune(advised, shifted.noisy, clicks))
+    assert result.steps_done == 0 and result.model.card["training"]["mode"] == "threshold"
+    parent.card.pop("finetune", None)
+    result, _ = drain(finetune(parent, shifted.noisy, clicks,
+                               settings=FinetuneSettings(steps=2)))
+    assert result.steps_done == 2 and result.model.card["training"]["mode"] == "weights"
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(InputError, match="mode must be one of auto, weights, threshold"):
+        FinetuneSettings(mode="everything")

@@ -203,6 +203,17 @@ def test_bundled_cards_carry_the_committed_benchmark_figures():
     assert all(0 < v["f1"] <= 1 and v["rmse_px"] > 0 for v in per_snr.values())
 
 
+def test_bundled_cards_carry_the_advised_fine_tuning_mode():
+    # The mode `auto` follows is the better one of the committed fine-tuning benchmark.
+    advice = _card_benchmarks_script().finetune_advice()
+    assert {"fluorescence", "micrograph"} <= set(advice)
+    for name, field in advice.items():
+        assert load_model(name).card["finetune"] == field
+        figures = field["f1_10_clicks"]
+        better = "threshold" if (figures["threshold"] or 0) > figures["weights"] else "weights"
+        assert field["mode"] == better
+
+
 def test_card_figures_are_means_over_the_cells_of_one_snr():
     card_benchmarks = _card_benchmarks_script()
 

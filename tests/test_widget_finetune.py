@@ -69,6 +69,10 @@ def test_fine_tune_then_save_and_detect(make_napari_viewer, qtbot, sim, tmp_path
     assert card["training"]["settings"]["pseudo_labels"] == 0.5  # the box is ticked
     widget._keep.value = False
     assert widget._job().pseudo_labels == 0.0
+    assert widget._job().mode == "auto"
+    widget._mode.value = next(k for k, v in finetune_module.MODE_CHOICES.items()
+                              if v == "threshold")
+    assert widget._job().mode == "threshold"
 
     name = widget.use_for_detect()
     _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
@@ -77,6 +81,20 @@ def test_fine_tune_then_save_and_detect(make_napari_viewer, qtbot, sim, tmp_path
     with qtbot.waitSignal(worker.finished, timeout=120000):
         worker.start()
     assert "cells particles" in viewer.layers
+
+
+def test_threshold_only_keeps_the_weights_and_reports_the_threshold(make_napari_viewer,
+                                                                    qtbot, sim):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    _clicked(viewer, widget, sim)
+    widget._mode.value = next(k for k, v in finetune_module.MODE_CHOICES.items()
+                              if v == "threshold")
+    _run(qtbot, widget)
+    assert widget.result is not None and widget.result.steps_done == 0
+    assert widget.plot.values == []  # no training, no loss
+    assert widget._status.value.startswith("done: weights kept")
+    assert widget.result.model.card["training"]["mode"] == "threshold"
 
 
 def test_stop_keeps_the_model_trained_so_far(make_napari_viewer, qtbot, sim):

@@ -328,7 +328,8 @@ class FinetuneWidget(Container):
     def _finished(self, result) -> None:
         self.result = result
         self._save.enabled = self._use.enabled = True
-        self._status.value = (f"done: {result.steps_done} steps in {result.wall_time:.0f} s, "
+        done = (f"{result.steps_done} steps" if result.steps_done else "weights kept")
+        self._status.value = (f"done: {done} in {result.wall_time:.0f} s, "
                               f"threshold {result.model.threshold:.2f}")
         what = (f"{result.steps_done} steps" if result.steps_done else
                 "threshold recalibrated, weights kept")

@@ -105,13 +105,13 @@ class FinetuneSettings:
     consistency_weight : float
         Weight of the flip/rotation consistency term (the paper's lambda); 0 skips the
         second forward pass.
-    consistency_patches : int
+    consistency_patches : int, optional
         Patches of each batch whose flipped/rotated copy is run for the consistency
-        term. The copies cost a forward and backward pass each: all 8 halved the steps
-        done in a time budget, and with the steps went F1 (wide-PSF vesicles at SNR 2 on
-        a slow machine, 10 clicks, 45 s: 56-151 steps and F1 0.66-0.88, mean 0.78,
-        with all 8; 250-270 steps and 0.84, 0.83 in the first two regions without the
-        term).
+        term (None: all). The copies cost a forward and backward pass each: on a slow
+        machine all 8 halved the steps done in a 45 s budget, and F1 fell with the steps
+        (wide-PSF vesicles at SNR 2, 10 clicks: 56-151 steps, F1 0.66-0.88, mean 0.78;
+        without the term 250-270 steps and 0.84, 0.83 in the first two regions).
+        Fewer copies are not measured on the benchmark yet, so all is the default.
     local_weight : float
         Weight of the local JS + Euclidean terms on the clicks.
     blind_spot_fraction : float
@@ -154,7 +154,7 @@ class FinetuneSettings:
     learning_rate: float = 3e-4
     denoise_weight: float = 0.1
     consistency_weight: float = 0.1
-    consistency_patches: int = 2
+    consistency_patches: int | None = None
     local_weight: float = 0.3
     blind_spot_fraction: float = 1.0 / 64.0
     click_patch_fraction: float = 0.5
@@ -169,7 +169,7 @@ class FinetuneSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.consistency_patches < 0:
+        if self.consistency_patches is not None and self.consistency_patches < 0:
             raise InputError(None, "the consistency patches must be >= 0")
         if self.steps < 1 or self.batch_size < 1 or self.patch_size < 16:
             raise InputError(None, "steps and batch size must be >= 1 and the patch size "
@@ -945,7 +945,7 @@ def _step(network, optimiser, frames, size, settings, loss_window, prior_per_pix
     noisy, masked, mask, positive, negative, positives = (
         t.to(device) for t in (noisy, masked, mask, positive, negative, positives))
     k, flip = int(rng.integers(1, 4)), bool(rng.random() < 0.5)
-    c = min(settings.consistency_patches, b)
+    c = b if settings.consistency_patches is None else min(settings.consistency_patches, b)
     use_consistency = settings.consistency_weight > 0 and c > 0
     inputs = torch.cat([masked, _transform(masked[:c], k, flip)]) if use_consistency else masked
     denoised, logits = network(inputs)
