@@ -141,8 +141,8 @@ class FinetuneSettings:
         Steps between held-out checks (when enough clicks exist).
     mode : str
         One of :data:`MODES`. ``"threshold"`` trains nothing: it assumes every particle
-        in the area the clicks cover is clicked (as the LoG baseline's tuning does) and
-        takes about as long as one detection.
+        in the area the clicks cover is clicked (as the LoG baseline's tuning does),
+        does not use the negatives, and takes about as long as one detection.
     seed : int
         Seeds the patch sampling, masking and augmentation.
     """
