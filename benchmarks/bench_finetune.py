@@ -146,22 +146,24 @@ def _inside(table: pd.DataFrame, centre, radius) -> pd.DataFrame:
     return table[inside.to_numpy()]
 
 
-def _threshold_only(case: Case, n: int, draw: int) -> dict:
+def _threshold_only(case: Case, parent, positives, parent_points, centre, radius) -> dict:
     """The threshold-only columns of a row: the parent, its threshold from the clicks."""
-    rng = np.random.default_rng(SEED + 1000 * draw + n)
-    parent = load_model(case.model)
-    clicks, centre, radius = _region(case, n, rng)
     image = case.image if len(case.image) > 1 else case.image[0]
-    positives = clicks if image.ndim == 3 else clicks[[Y, X]]
     started = time.perf_counter()
     recalibrated = run(finetune(parent, image, positives,
                                 settings=FinetuneSettings(mode="threshold"))).model
     seconds = time.perf_counter() - started
-    only = _scores(case, _network_points(parent, case.image), recalibrated.threshold,
-                   centre, radius)
+    only = _scores(case, parent_points, recalibrated.threshold, centre, radius)
     return {"model": case.model, "f1_threshold_only": only.f1,
             "rmse_threshold_only": only.rmse, "threshold_only": recalibrated.threshold,
             "threshold_only_s": seconds}
+
+
+def _clicks(case: Case, n: int, draw: int):
+    """The clicks of a row (its region drawn from the row's seed), as finetune takes them."""
+    clicks, centre, radius = _region(case, n, np.random.default_rng(SEED + 1000 * draw + n))
+    positives = clicks if len(case.image) > 1 else clicks[[Y, X]]
+    return positives, centre, radius
 
 
 def _network_points(model, image):
@@ -205,13 +207,11 @@ def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
 
 def _measure(case: Case, n: int, budget: float, draw: int = 0,
              pseudo_labels: float | None = None) -> dict:
-    rng = np.random.default_rng(SEED + 1000 * draw + n)
     parent = load_model(case.model)
-    clicks, centre, radius = _region(case, n, rng)
+    positives, centre, radius = _clicks(case, n, draw)
     parent_points = _network_points(parent, case.image)
     before = _scores(case, parent_points, parent.threshold, centre, radius)
     image = case.image if len(case.image) > 1 else case.image[0]
-    positives = clicks if image.ndim == 3 else clicks[[Y, X]]
     started = time.perf_counter()
     settings = FinetuneSettings(time_budget=budget, mode="weights")
     if pseudo_labels is not None:
@@ -219,11 +219,7 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     result = run(finetune(parent, image, positives, settings=settings))
     seconds = time.perf_counter() - started
     # The "threshold" mode: the parent's weights, the threshold from the clicked area.
-    started = time.perf_counter()
-    recalibrated = run(finetune(parent, image, positives,
-                                settings=replace(settings, mode="threshold"))).model
-    threshold_s = time.perf_counter() - started
-    only = _scores(case, parent_points, recalibrated.threshold, centre, radius)
+    only = _threshold_only(case, parent, positives, parent_points, centre, radius)
     tuned = result.model
     tuned_points = _network_points(tuned, case.image)
     after = _scores(case, tuned_points, tuned.threshold, centre, radius)
@@ -238,8 +234,7 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
         "f1_before": before.f1, "rmse_before": before.rmse,
         "f1_after": after.f1, "rmse_after": after.rmse, "f1_after_best_threshold": best_after,
         "threshold_after": tuned.threshold, "steps": result.steps_done,
-        "model": case.model, "f1_threshold_only": only.f1, "rmse_threshold_only": only.rmse,
-        "threshold_only": recalibrated.threshold, "threshold_only_s": threshold_s,
+        **only,
         "pseudo_labels": settings.pseudo_labels,
         "finetune_s": seconds,
         "f1_log": log.f1, "rmse_log": log.rmse, "log_sigma": sigma, "log_threshold": threshold,
@@ -419,7 +414,11 @@ def main() -> None:
                 if row and "f1_threshold_only" not in row:
                     # An earlier run without the threshold-only mode: measure that alone
                     # (the weights path is unchanged).
-                    row = dict(row, **_threshold_only(case, n, draw), threshold_added=True)
+                    parent = load_model(case.model)
+                    positives, centre, radius = _clicks(case, n, draw)
+                    row = dict(row, **_threshold_only(
+                        case, parent, positives, _network_points(parent, case.image), centre,
+                        radius), threshold_added=True)
                 rows.append(dict(row, reused=True) if row else _measure(
                     case, n, args.budget, draw, args.pseudo_labels))
     baseline = ({_key(r): r for r in json.loads(args.baseline.read_text())}
