@@ -110,7 +110,7 @@ class FinetuneSettings:
         term (None: all). The copies cost a forward and backward pass each: on a slow
         machine all 8 halved the steps done in a 45 s budget, and F1 fell with the steps
         (wide-PSF vesicles at SNR 2, 10 clicks: 56-151 steps, F1 0.66-0.88, mean 0.78;
-        without the term 250-270 steps and 0.84, 0.83 in the first two regions).
+        without the term 269 and 254 steps and 0.842, 0.834 in the first two regions).
         Fewer copies are not measured on the benchmark yet, so all is the default.
     local_weight : float
         Weight of the local JS + Euclidean terms on the clicks.
