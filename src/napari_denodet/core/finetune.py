@@ -704,7 +704,7 @@ def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
     if settings.mode != "auto":
         return settings.mode
     advice = (model.card.get("finetune") or {}).get("mode")
-    return advice if advice in ("weights", "threshold") else "weights"
+    return advice if advice in MODES[1:] else "weights"
 
 
 def _candidates(network, frames: list[_Frame], localisation: dict,
