@@ -107,11 +107,12 @@ class FinetuneSettings:
         second forward pass.
     consistency_patches : int, optional
         Patches of each batch whose flipped/rotated copy is run for the consistency
-        term (None: all). The copies cost a forward and backward pass each: on a slow
-        machine all 8 halved the steps done in a 45 s budget, and F1 fell with the steps
-        (wide-PSF vesicles at SNR 2, 10 clicks: 56-151 steps, F1 0.66-0.88, mean 0.78;
-        without the term 269 and 254 steps and 0.842, 0.834 in the first two regions).
-        Fewer copies are not measured on the benchmark yet, so all is the default.
+        term (None: all). Each copy costs a forward and backward pass: with all 8, a
+        step took about twice as long, and on a slow machine the 45 s budget ended
+        after 120-170 steps instead of 300, and F1 fell with the steps. With 2, the 300
+        steps took 17-21 s instead of 26-41 s, and F1 from 10 clicks (mean of six
+        regions) was the same: 0.849 / 0.928 / 0.801 against 0.848 / 0.926 / 0.800
+        on wide-PSF vesicles at SNR 2 and 4 and the real micrograph.
     local_weight : float
         Weight of the local JS + Euclidean terms on the clicks.
     blind_spot_fraction : float
@@ -154,7 +155,7 @@ class FinetuneSettings:
     learning_rate: float = 3e-4
     denoise_weight: float = 0.1
     consistency_weight: float = 0.1
-    consistency_patches: int | None = None
+    consistency_patches: int | None = 2
     local_weight: float = 0.3
     blind_spot_fraction: float = 1.0 / 64.0
     click_patch_fraction: float = 0.5
