@@ -328,7 +328,7 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         low = before < 0.7
         gain_ok = (after - before >= 0.2) if low else (after >= before)
         lines.append(
-            f"- {name} ({mode}): at most {seconds:.0f} s "
+            f"- {name} ({mode}): at most {seconds:.{0 if seconds >= 10 else 1}f} s "
             f"({'within' if seconds <= 60 else 'over'} 60 s); F1 {before:.3f} → {after:.3f} "
             + ("(starts below 0.7: needs +0.2, " if low else "(starts high: must not drop, ")
             + f"{'met' if gain_ok else 'not met'}); LoG tuned on the same clicks {log:.3f}: "
