@@ -332,7 +332,8 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
             f"({'within' if seconds <= 60 else 'over'} 60 s); F1 {before:.3f} → {after:.3f} "
             + ("(starts below 0.7: needs +0.2, " if low else "(starts high: must not drop, ")
             + f"{'met' if gain_ok else 'not met'}); LoG tuned on the same clicks {log:.3f}: "
-            f"{'beaten' if after > log else 'not beaten'}.")
+            f"{'beaten' if after > log else 'not beaten'}"
+            f" (in {sum(r[column] > r['f1_log'] for r in ten)} of {len(ten)} regions).")
     lines += ["", "## Cases", ""]
     lines += [f"- **{c.name}**: {c.note}; starts from the bundled `{c.model}` model."
               for c in cases]
