@@ -95,3 +95,19 @@ def test_threshold_mode_keeps_the_weights(stack, tmp_path, capsys):
     assert card["training"]["mode"] == "threshold" and card["training"]["steps"] == 0
     assert "--mode threshold" in card["training"]["command"]
     assert "threshold recalibrated from the clicked area" in capsys.readouterr().err
+
+
+def test_scattered_clicks_get_a_warning(tmp_path, capsys):
+    sim = simulate_timelapse("vesicle", snr=5, density=2000, frames=1, shape=(128, 128),
+                             seed=12)
+    write_tiff(tmp_path / "dense.tif", np.clip(sim.noisy[0], 0, 65535).astype(np.uint16))
+    first = sim.truth.sort_values(["y", "x"])
+    write_points(tmp_path / "here_and_there.csv",
+                 first.iloc[np.linspace(0, len(first) - 1, 8).astype(int)][["y", "x"]])
+    out = tmp_path / "recalibrated.pt"
+    assert main(["finetune", str(tmp_path / "dense.tif"), "--points",
+                 str(tmp_path / "here_and_there.csv"), "--mode", "threshold",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "dense.tif: " in err and "does not look completely clicked" in err
+    assert load_model(out).card["training"]["unclicked_in_area"] > 2

@@ -13,11 +13,13 @@ from helpers import drain
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.finetune import (
     FinetuneSettings,
+    area_is_incomplete,
     blind_spot_mask,
     calibrate_from_area,
     calibrate_threshold,
     finetune,
     positive_unlabelled_loss,
+    unclicked_in_area,
 )
 from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import load_model
@@ -311,6 +313,50 @@ def test_auto_mode_follows_the_card(shifted):
     result, _ = drain(finetune(parent, shifted.noisy, clicks,
                                settings=FinetuneSettings(steps=2)))
     assert result.steps_done == 2 and result.model.card["training"]["mode"] == "weights"
+
+
+def scattered_clicks(truth: pd.DataFrame, n: int) -> pd.DataFrame:
+    """n particles of frame 0 spread over all of it (clicked here and there)."""
+    first = truth[truth.frame == 0].sort_values(["y", "x"])
+    return first.iloc[np.linspace(0, len(first) - 1, n).astype(int)][["frame", "y", "x"]]
+
+
+def test_unclicked_particles_tell_a_complete_area_from_scattered_clicks():
+    rng = np.random.default_rng(3)
+    true, candidates = _field(rng)
+    region = true[np.argsort(np.hypot(*(true - 200.0).T))[:25]]  # all clicked
+    scattered = true[rng.choice(len(true), 25, replace=False)]
+    complete = unclicked_in_area(candidates, [region], [(400, 400)])
+    spread = unclicked_in_area(candidates, [scattered], [(400, 400)])
+    assert not area_is_incomplete(complete, 25), complete
+    # About half the unclicked particles of the hull score above the median click: 93.
+    assert area_is_incomplete(spread, 25) and spread > 50, spread
+    # No area (two clicks): nothing to count.
+    assert unclicked_in_area(candidates, [region[:2]], [(400, 400)]) == 0
+
+
+def test_auto_mode_trains_when_the_area_is_not_completely_clicked(shifted):
+    advised = load_model("fluorescence")
+    advised.card["finetune"] = {"mode": "threshold"}
+    clicks = scattered_clicks(shifted.truth, 10)
+    result, progress = drain(finetune(advised, shifted.noisy, clicks,
+                                      settings=FinetuneSettings(steps=2)))
+    assert progress[0].stage == "note" and "training the network" in progress[0].metrics[
+        "message"]
+    assert result.steps_done == 2
+    training = result.model.card["training"]
+    assert training["mode"] == "weights"
+    assert training["unclicked_in_area"] == progress[0].metrics["unclicked"] > 2
+    # Asked for explicitly, threshold only still runs, after the same warning.
+    result, progress = drain(finetune(advised, shifted.noisy, clicks,
+                                      settings=FinetuneSettings(mode="threshold")))
+    assert [p.stage for p in progress] == ["note", "calibrate"]
+    assert "may come out too high" in progress[0].metrics["message"]
+    assert result.steps_done == 0
+    # A completely clicked region gives no note and keeps the advice.
+    result, progress = drain(finetune(advised, shifted.noisy, clicks_of(shifted.truth, 10)))
+    assert [p.stage for p in progress] == ["calibrate"]
+    assert result.model.card["training"]["unclicked_in_area"] <= 2
 
 
 def test_unknown_mode_is_refused():

@@ -137,3 +137,23 @@ def test_a_failed_run_leaves_the_clicks_alone(make_napari_viewer, qtbot, sim, mo
     assert shown and "Fine-tune failed" in shown[-1] and "no such model file" in shown[-1]
     np.testing.assert_array_equal(layer.data, before)
     assert widget.result is None
+
+
+def test_scattered_clicks_are_not_taken_as_a_complete_area(make_napari_viewer, qtbot,
+                                                           monkeypatch):
+    shown = []
+    monkeypatch.setattr(finetune_module, "show_info", shown.append)
+    sim = simulate_timelapse("vesicle", snr=5, density=2000, frames=1, shape=(128, 128),
+                             seed=12)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    viewer.add_image(sim.noisy[0], name="cells")
+    layer = widget.new_annotation_layer()
+    first = sim.truth.sort_values(["y", "x"])
+    for row in first.iloc[np.linspace(0, len(first) - 1, 8).astype(int)].itertuples():
+        layer.add([row.y, row.x])  # here and there over the whole image
+    widget._mode.value = next(k for k, v in finetune_module.MODE_CHOICES.items()
+                              if v == "threshold")
+    _run(qtbot, widget)
+    assert any("does not look completely clicked" in m for m in shown), shown
+    assert widget.result.model.card["training"]["unclicked_in_area"] > 2

@@ -490,6 +490,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
     binned = bin_image(image, args.bin)
 
     def describe(progress):
+        if progress.stage == "note":
+            print(f"{args.image}: {progress.metrics['message']}", file=sys.stderr)
+            return None
         if progress.stage == "calibrate":
             print(f"weights kept; threshold recalibrated from the clicked area: "
                   f"{progress.metrics['threshold']:.2f}", file=sys.stderr)

@@ -314,7 +314,9 @@ class FinetuneWidget(Container):
         self._status.value = "stopping after this step..."
 
     def _progress(self, progress) -> None:
-        if progress.stage == "calibrate":
+        if progress.stage == "note":
+            show_info(f"'{self._image_name}': {progress.metrics['message']}")
+        elif progress.stage == "calibrate":
             self._status.value = (f"weights kept; threshold from the clicked area "
                                   f"{progress.metrics['threshold']:.2f}")
         elif progress.stage == "train":
