@@ -724,15 +724,7 @@ def unclicked_in_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
     matched to a click (the nearest one within that distance). In a completely clicked
     area these are false detections that outrank half the clicked particles: few. Where
     the clicks are scattered over a frame, the area is most of it and they are many.
-
-    Parameters
-    ----------
-    candidates : pandas.DataFrame
-        Points table (``frame`` = position in ``clicks``, ``y``, ``x``, ``score``).
-    clicks : sequence of numpy.ndarray
-        Per frame, the ``(K, 2)`` clicked ``(y, x)``.
-    shapes : sequence of tuple of int
-        Per frame, its ``(H, W)``.
+    The parameters are those of :func:`calibrate_from_area`.
 
     Returns
     -------
