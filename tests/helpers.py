@@ -12,3 +12,12 @@ def drain(generator):
             yielded.append(next(generator))
         except StopIteration as stop:
             return stop.value, yielded
+
+
+def scattered(truth, n: int):
+    """n particles of frame 0 of a truth table spread over all of it (clicked here and
+    there, not a completely clicked area)."""
+    import numpy as np
+
+    first = truth[truth.frame == 0].sort_values(["y", "x"])
+    return first.iloc[np.linspace(0, len(first) - 1, n).astype(int)]

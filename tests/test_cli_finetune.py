@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import scattered
 from napari_denodet.cli import main
 from napari_denodet.core.io import read_points, write_points, write_tiff
 from napari_denodet.core.models import load_model
@@ -101,9 +102,7 @@ def test_scattered_clicks_get_a_warning(tmp_path, capsys):
     sim = simulate_timelapse("vesicle", snr=5, density=2000, frames=1, shape=(128, 128),
                              seed=12)
     write_tiff(tmp_path / "dense.tif", np.clip(sim.noisy[0], 0, 65535).astype(np.uint16))
-    first = sim.truth.sort_values(["y", "x"])
-    write_points(tmp_path / "here_and_there.csv",
-                 first.iloc[np.linspace(0, len(first) - 1, 8).astype(int)][["y", "x"]])
+    write_points(tmp_path / "here_and_there.csv", scattered(sim.truth, 8)[["y", "x"]])
     out = tmp_path / "recalibrated.pt"
     assert main(["finetune", str(tmp_path / "dense.tif"), "--points",
                  str(tmp_path / "here_and_there.csv"), "--mode", "threshold",

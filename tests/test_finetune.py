@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import drain
+from helpers import drain, scattered
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.finetune import (
     FinetuneSettings,
@@ -315,12 +315,6 @@ def test_auto_mode_follows_the_card(shifted):
     assert result.steps_done == 2 and result.model.card["training"]["mode"] == "weights"
 
 
-def scattered_clicks(truth: pd.DataFrame, n: int) -> pd.DataFrame:
-    """n particles of frame 0 spread over all of it (clicked here and there)."""
-    first = truth[truth.frame == 0].sort_values(["y", "x"])
-    return first.iloc[np.linspace(0, len(first) - 1, n).astype(int)][["frame", "y", "x"]]
-
-
 def test_unclicked_particles_tell_a_complete_area_from_scattered_clicks():
     rng = np.random.default_rng(3)
     true, candidates = _field(rng)
@@ -338,7 +332,7 @@ def test_unclicked_particles_tell_a_complete_area_from_scattered_clicks():
 def test_auto_mode_trains_when_the_area_is_not_completely_clicked(shifted):
     advised = load_model("fluorescence")
     advised.card["finetune"] = {"mode": "threshold"}
-    clicks = scattered_clicks(shifted.truth, 10)
+    clicks = scattered(shifted.truth, 10)[["frame", "y", "x"]]
     result, progress = drain(finetune(advised, shifted.noisy, clicks,
                                       settings=FinetuneSettings(steps=2)))
     assert progress[0].stage == "note" and "training the network" in progress[0].metrics[

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from helpers import scattered
 from napari_denodet._widgets import finetune as finetune_module
 from napari_denodet.core.models import load_model
 from napari_denodet.core.simulate import simulate_timelapse
@@ -149,8 +150,7 @@ def test_scattered_clicks_are_not_taken_as_a_complete_area(make_napari_viewer, q
     widget = _widget(viewer)
     viewer.add_image(sim.noisy[0], name="cells")
     layer = widget.new_annotation_layer()
-    first = sim.truth.sort_values(["y", "x"])
-    for row in first.iloc[np.linspace(0, len(first) - 1, 8).astype(int)].itertuples():
+    for row in scattered(sim.truth, 8).itertuples():
         layer.add([row.y, row.x])  # here and there over the whole image
     widget._mode.value = next(k for k, v in finetune_module.MODE_CHOICES.items()
                               if v == "threshold")
