@@ -310,6 +310,13 @@ def _half_spacing(points: np.ndarray) -> float:
     return float(np.mean(cKDTree(points).query(points, k=2)[0][:, 1])) / 2.0
 
 
+def _in_area(yx: np.ndarray, area: np.ndarray) -> np.ndarray:
+    # Which (y, x) points fall on a True pixel of ``area`` (rounded, clipped to it).
+    yy = np.clip(np.round(yx[:, 0]).astype(int), 0, area.shape[0] - 1)
+    xx = np.clip(np.round(yx[:, 1]).astype(int), 0, area.shape[1] - 1)
+    return area[yy, xx]
+
+
 def clicked_area(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Return the area the clicks cover: their convex hull grown by half their spacing.
 
@@ -697,9 +704,8 @@ def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
         if not area.any():
             continue
         mine = candidates[candidates[FRAME] == i]
-        yy = np.clip(np.round(mine[Y].to_numpy()).astype(int), 0, shape[0] - 1)
-        xx = np.clip(np.round(mine[X].to_numpy()).astype(int), 0, shape[1] - 1)
-        inside.append(mine[SCORE].to_numpy(np.float64)[area[yy, xx]])
+        inside.append(mine[SCORE].to_numpy(np.float64)[
+            _in_area(mine[[Y, X]].to_numpy(np.float64), area)])
         n_clicks += len(points)
         area_pixels += int(area.sum())
     if not n_clicks or candidates.empty:
@@ -747,9 +753,7 @@ def unclicked_in_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
         if not len(matched):
             continue
         to_click = cKDTree(points).query(yx)[0]
-        yy = np.clip(np.round(yx[:, 0]).astype(int), 0, shape[0] - 1)
-        xx = np.clip(np.round(yx[:, 1]).astype(int), 0, shape[1] - 1)
-        total += int(np.sum(area[yy, xx] & (to_click > gate)
+        total += int(np.sum(_in_area(yx, area) & (to_click > gate)
                             & (score >= np.median(matched))))
     return total
 
@@ -921,9 +925,9 @@ def finetune(
     prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
     mode = resolve_mode(settings, model)
     unclicked = None
+    clicks = [np.concatenate([f.positives, f.heldout]) for f in frames]
     if mode == "threshold":
         # The threshold-only mode rests on a completely clicked area: check it.
-        clicks = [np.concatenate([f.positives, f.heldout]) for f in frames]
         unclicked = unclicked_in_area(parent_candidates, clicks,
                                       [f.image.shape for f in frames])
         if area_is_incomplete(unclicked, sum(len(c) for c in clicks)):
@@ -939,10 +943,9 @@ def finetune(
                                    time.perf_counter() - started,
                                    {"message": message, "unclicked": unclicked})
     if mode == "threshold":
-        result = yield from _recalibrate(model, settings, frames, parent_candidates,
-                                         positives, negatives, prior_per_pixel, started)
-        result.model.card["training"]["unclicked_in_area"] = unclicked
-        return result
+        return (yield from _recalibrate(model, settings, frames, clicks, parent_candidates,
+                                        positives, negatives, prior_per_pixel, started,
+                                        unclicked))
     if settings.pseudo_labels > 0:
         _add_pseudo_labels(frames, parent_candidates, model.threshold, settings.pseudo_labels)
     network = copy.deepcopy(model.network).to(torch_device)
@@ -988,19 +991,16 @@ def finetune(
     card = finetune_card(model, replace(settings, mode=mode), n_positives=len(positives),
                          n_negatives=len(negatives), steps_done=step, threshold=threshold,
                          prior=prior_per_pixel, frames=[f.index for f in frames],
-                         wall_time=time.perf_counter() - started)
-    if unclicked is not None:
-        card["training"]["unclicked_in_area"] = unclicked
+                         wall_time=time.perf_counter() - started, unclicked=unclicked)
     result = Model(network=network, card=card, source=f"fine-tuned from {model.source}")
     return FinetunedModel(model=result, history=history, steps_done=step,
                           wall_time=time.perf_counter() - started)
 
 
-def _recalibrate(model, settings, frames, candidates, positives, negatives, prior,
-                 started) -> Generator[FinetuneProgress, None, FinetunedModel]:
+def _recalibrate(model, settings, frames, clicks, candidates, positives, negatives, prior,
+                 started, unclicked) -> Generator[FinetuneProgress, None, FinetunedModel]:
     # The "threshold" mode: the parent's weights, a threshold from the clicked area (or,
-    # without one, the rule used after training).
-    clicks = [np.concatenate([f.positives, f.heldout]) for f in frames]
+    # without one, the rule used after training). ``clicks``: per frame, all its clicks.
     threshold, facts = calibrate_from_area(candidates, clicks, [f.image.shape for f in frames])
     if threshold is None:
         threshold, facts = calibrate_threshold(
@@ -1013,7 +1013,7 @@ def _recalibrate(model, settings, frames, candidates, positives, negatives, prio
                          n_positives=len(positives), n_negatives=len(negatives),
                          steps_done=0, threshold=threshold, prior=prior,
                          frames=[f.index for f in frames],
-                         wall_time=time.perf_counter() - started)
+                         wall_time=time.perf_counter() - started, unclicked=unclicked)
     network = copy.deepcopy(model.network).cpu().eval()
     result = Model(network=network, card=card, source=f"recalibrated from {model.source}")
     return FinetunedModel(model=result, history=[], steps_done=0,
@@ -1107,7 +1107,8 @@ def _check(network, frames, heldout, localisation, freeze_norm, prior, device) -
 
 def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int,
                   n_negatives: int, steps_done: int, threshold: float, prior: float,
-                  frames: Sequence[int], wall_time: float) -> dict:
+                  frames: Sequence[int], wall_time: float,
+                  unclicked: int | None = None) -> dict:
     """Build the card of a fine-tuned model from its parent's card.
 
     Parameters
@@ -1128,6 +1129,9 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
         Frames fine-tuned on.
     wall_time : float
         Seconds taken.
+    unclicked : int, optional
+        :func:`unclicked_in_area` of the clicks, when the threshold mode was advised or
+        asked for (recorded as ``training.unclicked_in_area``).
 
     Returns
     -------
@@ -1158,6 +1162,7 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
             "settings": settings.to_dict(),
             "prior_particles_per_pixel": float(prior),
             "wall_time_s": round(float(wall_time), 1),
+            **({} if unclicked is None else {"unclicked_in_area": int(unclicked)}),
             "parent_training": parent.card.get("training"),
         },
     })
