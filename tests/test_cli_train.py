@@ -52,3 +52,44 @@ def test_train_with_the_papers_denoising_loss_records_it(tmp_path):
     assert card["training"]["settings"]["denoising_loss"] == "dice-bce"
     command = shlex.split(card["training"]["command"])
     assert command[command.index("--denoising-loss") + 1] == "dice-bce"
+
+
+def test_train_micrograph_fringe_and_blur_ranges_are_recorded(tmp_path):
+    out = tmp_path / "mic.pt"
+    args = ["train", "--scenario", "micrograph", "--steps", "2", "--batch-size", "1",
+            "--patch-size", "32", "--eval-every", "1", "--halo-range", "0", "0.8",
+            "--blur-range", "0.5", "2.5", "--out", str(out)]
+    assert main(args) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["settings"]["halo_range"] == [0.0, 0.8]
+    assert card["training"]["settings"]["blur_range"] == [0.5, 2.5]
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--halo-range") + 1:][:2] == ["0", "0.8"]
+    assert command[command.index("--blur-range") + 1:][:2] == ["0.5", "2.5"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scenario", "micrograph", "--blur-range", "2", "1"], "blur_range"),
+    (["--halo-range", "0", "0.5"], "micrographs only"),
+])
+def test_train_refuses_fringe_or_blur_that_does_not_fit(tmp_path, extra, message, capsys):
+    out = tmp_path / "m.pt"
+    assert main([*ARGS, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_with_wider_feature_maps_records_and_loads_them(tmp_path):
+    out = tmp_path / "wide.pt"
+    assert main([*ARGS, "--widths", "4", "8", "12", "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["network"]["widths"] == [4, 8, 12]
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--widths") + 1:][:3] == ["4", "8", "12"]
+    assert load_model(out).network.config.widths == (4, 8, 12)
+    # The paper's widths are the default and are not repeated in the command.
+    plain = tmp_path / "plain.pt"
+    assert main([*ARGS, "--out", str(plain)]) == 0
+    assert "--widths" not in json.loads(plain.with_suffix(".json").read_text())[
+        "training"]["command"]

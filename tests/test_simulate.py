@@ -198,3 +198,44 @@ def test_dispatch_and_bad_arguments():
         simulate_timelapse("vesicle", density="crowded")
     with pytest.raises(ValueError, match="snr"):
         simulate_micrograph(snr=0)
+
+
+def test_micrograph_halo_and_blur_default_to_the_plain_micrograph():
+    plain = simulate_micrograph(shape=(96, 96), snr=0.1, seed=4)
+    explicit = simulate_micrograph(shape=(96, 96), snr=0.1, seed=4, halo=0.0, blur=0.0)
+    np.testing.assert_array_equal(plain.noisy, explicit.noisy)
+    assert plain.params["halo"] == plain.params["blur"] == 0.0
+    # A range is drawn from, and recorded.
+    drawn = simulate_micrograph(shape=(96, 96), snr=0.1, seed=4, halo=(0.2, 0.6),
+                                blur=(1.0, 2.0))
+    assert 0.2 <= drawn.params["halo"] <= 0.6 and 1.0 <= drawn.params["blur"] <= 2.0
+
+
+def test_micrograph_halo_puts_a_bright_fringe_around_particles():
+    kwargs = dict(shape=(256, 256), snr=0.1, density="low", radius=8.0, seed=2, carbon=False,
+                  randomise=False)
+    plain, fringed = simulate_micrograph(**kwargs), simulate_micrograph(**kwargs, halo=0.6)
+    np.testing.assert_array_equal(plain.truth, fringed.truth)
+    yx = plain.truth[["y", "x"]].to_numpy()
+    distance = cKDTree(yx).query(np.stack(np.mgrid[0:256, 0:256], -1).reshape(-1, 2))[0]
+    ring = (distance.reshape(256, 256) > 9.5) & (distance.reshape(256, 256) < 14)
+    far = distance.reshape(256, 256) > 20
+    # Just outside a particle the fringed image is brighter than far from any particle;
+    # the plain one is not.
+    assert fringed.clean[ring].mean() > fringed.clean[far].mean() + 0.02
+    assert plain.clean[ring].mean() < plain.clean[far].mean() + 0.01
+
+
+def test_micrograph_blur_correlates_the_noise_and_keeps_the_snr_setting():
+    plain = simulate_micrograph(shape=(256, 256), snr=0.1, seed=6, radius=6.0)
+    blurred = simulate_micrograph(shape=(256, 256), snr=0.1, seed=6, radius=6.0, blur=2.0)
+    assert blurred.params["noise_sigma"] == plain.params["noise_sigma"]
+
+    def neighbour_correlation(noise):
+        return np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]
+
+    assert abs(neighbour_correlation(plain.noisy - plain.clean)) < 0.05
+    assert neighbour_correlation(blurred.noisy - blurred.clean) > 0.8
+    # Blurred noise is weaker per pixel: about 1 / (2 sqrt(pi) sigma) of the white noise.
+    ratio = np.std(blurred.noisy - blurred.clean) / np.std(plain.noisy - plain.clean)
+    assert ratio == pytest.approx(1 / (2 * np.sqrt(np.pi) * 2.0), rel=0.1)

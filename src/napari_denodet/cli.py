@@ -36,6 +36,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -180,10 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--norm", choices=NORMS, default="batch",
                     help="normalisation after each convolution: batch (default; folds "
                          "into the convolutions, tiles agree) or instance (the paper's)")
+    tr.add_argument("--widths", type=_positive_int, nargs=3, default=(8, 16, 32),
+                    metavar=("W1", "W2", "W3"),
+                    help="feature maps of the three encoder levels (default 8 16 32, the "
+                         "paper's)")
     tr.add_argument("--settle-fraction", type=_share, default=0.2, metavar="SHARE",
                     help="last share of the steps trained with batch-norm statistics frozen "
                          "at a tenth of the learning rate (default 0.2)")
     tr.add_argument("--eval-every", type=_positive_int, default=250)
+    tr.add_argument("--halo-range", type=_non_negative_float, nargs=2, default=(0.0, 0.0),
+                    metavar=("LOW", "HIGH"),
+                    help="micrographs: strength of the bright phase-contrast fringe around "
+                         "particles, drawn per patch (default 0 0: none)")
+    tr.add_argument("--blur-range", type=_non_negative_float, nargs=2, default=(0.0, 0.0),
+                    metavar=("LOW", "HIGH"),
+                    help="micrographs: width (px) of a Gaussian low-pass of the image, as in "
+                         "filtered exports, drawn per patch (default 0 0: none)")
     tr.add_argument("--name", default=None, help="model name in the card (default: file stem)")
     tr.add_argument("--checkpoint", type=Path, default=None,
                     help="training state file, written every --eval-every steps")
@@ -420,7 +439,10 @@ def _run_train(args: argparse.Namespace) -> int:
     out = _model_out(args.out, args.overwrite)
     if args.resume and args.checkpoint is None:
         raise InputError(None, "--resume needs --checkpoint")
-    settings = train_settings(args)
+    try:
+        settings = train_settings(args)
+    except ValueError as exc:  # settings that do not fit together, e.g. a reversed range
+        raise _UsageError(f"{PROG} train: {exc} (see --help)") from None
     last = {}
 
     def describe(progress):
@@ -444,8 +466,14 @@ def _run_train(args: argparse.Namespace) -> int:
         "--snr-range", *(f"{v:g}" for v in settings.snr),
         *(["--variant", args.variant] if args.variant != "joint" else []),
         *(["--norm", settings.network.norm] if settings.network.norm != "batch" else []),
+        *(["--widths", *map(str, settings.network.widths)]
+          if settings.network.widths != (8, 16, 32) else []),
         *(["--denoising-loss", settings.denoising_loss]
-          if settings.denoising_loss != "l1" else []), "--out", out.name])
+          if settings.denoising_loss != "l1" else []),
+        *(["--halo-range", *(f"{v:g}" for v in settings.halo_range)]
+          if max(settings.halo_range) > 0 else []),
+        *(["--blur-range", *(f"{v:g}" for v in settings.blur_range)]
+          if max(settings.blur_range) > 0 else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
     save_model(out, result.network, card, overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "
@@ -540,8 +568,11 @@ def train_settings(args: argparse.Namespace):
                          seed=args.seed, eval_every=args.eval_every,
                          settle_fraction=args.settle_fraction,
                          snr_range=tuple(args.snr_range) if args.snr_range else None,
-                         network=NetworkConfig(variant=args.variant, norm=args.norm),
-                         denoising_loss=args.denoising_loss)
+                         network=NetworkConfig(variant=args.variant, norm=args.norm,
+                                               widths=tuple(args.widths)),
+                         denoising_loss=args.denoising_loss,
+                         halo_range=tuple(args.halo_range),
+                         blur_range=tuple(args.blur_range))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -386,6 +386,8 @@ def simulate_micrograph(
     seed: int | None = 0,
     randomise: bool = True,
     carbon: bool | None = None,
+    halo: float | tuple[float, float] = 0.0,
+    blur: float | tuple[float, float] = 0.0,
 ) -> Simulation:
     """Simulate a binned cryo-EM micrograph.
 
@@ -408,6 +410,16 @@ def simulate_micrograph(
         Draw radius, texture, background gradients and carbon from ranges.
     carbon : bool or None
         Add a carbon edge (a darker region without particles); None draws it.
+    halo : float or (float, float)
+        Strength (0–1) of the bright fringe that phase contrast at defocus puts around
+        each particle: the particles' density minus that fraction of itself blurred over
+        half to one radius. A range is drawn from.
+    blur : float or (float, float)
+        Width (px) of a Gaussian low-pass applied to the noisy and the clean image, as
+        in micrographs exported filtered (JPEG/PNG previews) or binned after filtering:
+        the noise is then correlated over a few pixels. A range is drawn from. The SNR
+        is set before the low-pass. With the defaults (0) nothing is drawn, so a seed
+        gives the same micrograph as without these two arguments.
 
     Returns
     -------
@@ -459,12 +471,22 @@ def simulate_micrograph(
     footprint = signal > 0.05 * (signal.max() if signal.size else 1.0)
     power = float(np.mean(signal[footprint] ** 2)) if footprint.any() else 1.0
     sigma = float(np.sqrt(power / snr))
+    noise = rng.normal(0.0, sigma, (h, w))
+    # Drawn after everything else, so that the defaults leave the random stream as it was.
+    halo, blur = (float(rng.uniform(*v)) if isinstance(v, tuple) else float(v)
+                  for v in (halo, blur))
+    if halo > 0:
+        signal = signal - halo * ndimage.gaussian_filter(
+            signal, r_mean * float(rng.uniform(0.5, 1.0)), mode="nearest")
     clean = (background - signal).astype(np.float32)
-    noisy = (clean + rng.normal(0.0, sigma, (h, w))).astype(np.float32)
+    noisy = (clean + noise).astype(np.float32)
+    if blur > 0:
+        clean = ndimage.gaussian_filter(clean, blur, mode="reflect")
+        noisy = ndimage.gaussian_filter(noisy, blur, mode="reflect")
     truth = points_table(centres[:, 0], centres[:, 1], radius=radii)
     params = {"scenario": "micrograph", "snr": float(snr), "radius": r_mean,
               "coverage": coverage, "noise_sigma": sigma, "carbon": bool(carbon),
-              "count": len(centres)}
+              "count": len(centres), "halo": halo, "blur": blur}
     return Simulation(noisy=noisy, clean=clean, truth=truth, params=params)
 
 

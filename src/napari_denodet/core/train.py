@@ -81,6 +81,11 @@ class TrainSettings:
         The network's shape.
     denoising_loss : {"l1", "dice-bce"}
         L1 to the clean patch (default), or the paper's soft Dice + balanced BCE.
+    halo_range, blur_range : tuple of float
+        Micrographs only: the ranges each patch draws its phase-contrast fringe strength
+        and its low-pass width (px) from (``halo`` and ``blur`` of
+        :func:`~napari_denodet.core.simulate.simulate_micrograph`). ``(0, 0)``, the
+        default, simulates neither.
     """
 
     scenario: str = "fluorescence"
@@ -101,6 +106,8 @@ class TrainSettings:
     validation_patches: int = 16
     network: NetworkConfig = field(default_factory=NetworkConfig)
     denoising_loss: str = "l1"
+    halo_range: tuple[float, float] = (0.0, 0.0)
+    blur_range: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.scenario not in TRAIN_SCENARIOS:
@@ -115,6 +122,13 @@ class TrainSettings:
                 or min(self.warmup_fraction, self.settle_fraction) < 0.0:
             raise ValueError("warmup_fraction and settle_fraction must be >= 0 and sum "
                              "to at most 1")
+        for name in ("halo_range", "blur_range"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high:
+                raise ValueError(f"{name} must be two numbers 0 <= low <= high, got "
+                                 f"{(low, high)}")
+        if self.scenario != "micrograph" and max(*self.halo_range, *self.blur_range) > 0:
+            raise ValueError("halo_range and blur_range apply to micrographs only")
 
     @property
     def settle_start(self) -> int:
@@ -136,6 +150,7 @@ class TrainSettings:
         d = asdict(self)
         d["network"] = self.network.to_dict()
         d["snr_range"] = list(self.snr)
+        d["halo_range"], d["blur_range"] = list(self.halo_range), list(self.blur_range)
         return d
 
 
@@ -193,7 +208,8 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     size = settings.patch_size
     if settings.scenario == "micrograph":
         sim = simulate_micrograph(shape=(size, size), snr=snr, density=rng.uniform(0.05, 0.35),
-                                  seed=seed)
+                                  seed=seed, halo=_range(settings.halo_range),
+                                  blur=_range(settings.blur_range))
         noisy, clean = sim.noisy, sim.clean
     else:
         scenario = (settings.scenario if settings.scenario in SCENARIOS
@@ -204,6 +220,12 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     scale = frame_scale(noisy, invert=settings.invert)
     truth = sim.truth[["y", "x"]].to_numpy(dtype=np.float64)
     return Sample(scale.forward(noisy), scale.forward(clean), truth)
+
+
+def _range(bounds: tuple[float, float]) -> float | tuple[float, float]:
+    # A range to draw from, or its one value (nothing is drawn then).
+    low, high = bounds
+    return (float(low), float(high)) if high > low else float(low)
 
 
 def augment(sample: Sample, rng: np.random.Generator) -> Sample:
