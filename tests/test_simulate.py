@@ -205,6 +205,10 @@ def test_micrograph_halo_and_blur_default_to_the_plain_micrograph():
     explicit = simulate_micrograph(shape=(96, 96), snr=0.1, seed=4, halo=0.0, blur=0.0)
     np.testing.assert_array_equal(plain.noisy, explicit.noisy)
     assert plain.params["halo"] == plain.params["blur"] == 0.0
+    # A range whose ends are equal draws nothing either (training passes its ranges so).
+    empty = simulate_micrograph(shape=(96, 96), snr=0.1, seed=4, halo=(0.0, 0.0),
+                                blur=(0.0, 0.0))
+    np.testing.assert_array_equal(plain.noisy, empty.noisy)
     # A range is drawn from, and recorded.
     drawn = simulate_micrograph(shape=(96, 96), snr=0.1, seed=4, halo=(0.2, 0.6),
                                 blur=(1.0, 2.0))

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--norm", choices=NORMS, default="batch",
                     help="normalisation after each convolution: batch (default; folds "
                          "into the convolutions, tiles agree) or instance (the paper's)")
-    tr.add_argument("--widths", type=_positive_int, nargs=3, default=(8, 16, 32),
+    tr.add_argument("--widths", type=_positive_int, nargs=3, default=None,
                     metavar=("W1", "W2", "W3"),
                     help="feature maps of the three encoder levels (default 8 16 32, the "
                          "paper's)")
@@ -195,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="last share of the steps trained with batch-norm statistics frozen "
                          "at a tenth of the learning rate (default 0.2)")
     tr.add_argument("--eval-every", type=_positive_int, default=250)
-    tr.add_argument("--halo-range", type=_non_negative_float, nargs=2, default=(0.0, 0.0),
+    tr.add_argument("--halo-range", type=_non_negative_float, nargs=2, default=None,
                     metavar=("LOW", "HIGH"),
                     help="micrographs: strength of the bright phase-contrast fringe around "
                          "particles, drawn per patch (default 0 0: none)")
-    tr.add_argument("--blur-range", type=_non_negative_float, nargs=2, default=(0.0, 0.0),
+    tr.add_argument("--blur-range", type=_non_negative_float, nargs=2, default=None,
                     metavar=("LOW", "HIGH"),
                     help="micrographs: width (px) of a Gaussian low-pass of the image, as in "
                          "filtered exports, drawn per patch (default 0 0: none)")
@@ -466,14 +466,11 @@ def _run_train(args: argparse.Namespace) -> int:
         "--snr-range", *(f"{v:g}" for v in settings.snr),
         *(["--variant", args.variant] if args.variant != "joint" else []),
         *(["--norm", settings.network.norm] if settings.network.norm != "batch" else []),
-        *(["--widths", *map(str, settings.network.widths)]
-          if settings.network.widths != (8, 16, 32) else []),
+        *_repeated("--widths", args.widths),
         *(["--denoising-loss", settings.denoising_loss]
           if settings.denoising_loss != "l1" else []),
-        *(["--halo-range", *(f"{v:g}" for v in settings.halo_range)]
-          if max(settings.halo_range) > 0 else []),
-        *(["--blur-range", *(f"{v:g}" for v in settings.blur_range)]
-          if max(settings.blur_range) > 0 else []), "--out", out.name])
+        *_repeated("--halo-range", args.halo_range),
+        *_repeated("--blur-range", args.blur_range), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
     save_model(out, result.network, card, overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "
@@ -569,10 +566,19 @@ def train_settings(args: argparse.Namespace):
                          settle_fraction=args.settle_fraction,
                          snr_range=tuple(args.snr_range) if args.snr_range else None,
                          network=NetworkConfig(variant=args.variant, norm=args.norm,
-                                               widths=tuple(args.widths)),
+                                               **_given(widths=args.widths)),
                          denoising_loss=args.denoising_loss,
-                         halo_range=tuple(args.halo_range),
-                         blur_range=tuple(args.blur_range))
+                         **_given(halo_range=args.halo_range, blur_range=args.blur_range))
+
+
+def _repeated(flag: str, values) -> list[str]:
+    # A multi-value option as it was given, for the command a card records; [] if not.
+    return [] if values is None else [flag, *(f"{v:g}" for v in values)]
+
+
+def _given(**values) -> dict:
+    # The options given on the command line, as tuples; the others keep the core's default.
+    return {name: tuple(value) for name, value in values.items() if value is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

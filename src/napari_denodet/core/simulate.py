@@ -418,8 +418,9 @@ def simulate_micrograph(
         Width (px) of a Gaussian low-pass applied to the noisy and the clean image, as
         in micrographs exported filtered (JPEG/PNG previews) or binned after filtering:
         the noise is then correlated over a few pixels. A range is drawn from. The SNR
-        is set before the low-pass. With the defaults (0) nothing is drawn, so a seed
-        gives the same micrograph as without these two arguments.
+        is set before the low-pass. With the defaults (0), or a range whose ends are
+        equal, nothing is drawn, so a seed gives the same micrograph as without these
+        two arguments.
 
     Returns
     -------
@@ -473,8 +474,7 @@ def simulate_micrograph(
     sigma = float(np.sqrt(power / snr))
     noise = rng.normal(0.0, sigma, (h, w))
     # Drawn after everything else, so that the defaults leave the random stream as it was.
-    halo, blur = (float(rng.uniform(*v)) if isinstance(v, tuple) else float(v)
-                  for v in (halo, blur))
+    halo, blur = _drawn(halo, rng), _drawn(blur, rng)
     if halo > 0:
         signal = signal - halo * ndimage.gaussian_filter(
             signal, r_mean * float(rng.uniform(0.5, 1.0)), mode="nearest")
@@ -488,6 +488,14 @@ def simulate_micrograph(
               "coverage": coverage, "noise_sigma": sigma, "carbon": bool(carbon),
               "count": len(centres), "halo": halo, "blur": blur}
     return Simulation(noisy=noisy, clean=clean, truth=truth, params=params)
+
+
+def _drawn(value, rng) -> float:
+    # A number, or one drawn from a (low, high) range; an empty range draws nothing.
+    if not isinstance(value, tuple):
+        return float(value)
+    low, high = value
+    return float(rng.uniform(low, high)) if high > low else float(low)
 
 
 def _place_without_overlap(shape, radius, coverage, allowed, rng):

@@ -208,8 +208,8 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     size = settings.patch_size
     if settings.scenario == "micrograph":
         sim = simulate_micrograph(shape=(size, size), snr=snr, density=rng.uniform(0.05, 0.35),
-                                  seed=seed, halo=_range(settings.halo_range),
-                                  blur=_range(settings.blur_range))
+                                  seed=seed, halo=tuple(settings.halo_range),
+                                  blur=tuple(settings.blur_range))
         noisy, clean = sim.noisy, sim.clean
     else:
         scenario = (settings.scenario if settings.scenario in SCENARIOS
@@ -220,12 +220,6 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     scale = frame_scale(noisy, invert=settings.invert)
     truth = sim.truth[["y", "x"]].to_numpy(dtype=np.float64)
     return Sample(scale.forward(noisy), scale.forward(clean), truth)
-
-
-def _range(bounds: tuple[float, float]) -> float | tuple[float, float]:
-    # A range to draw from, or its one value (nothing is drawn then).
-    low, high = bounds
-    return (float(low), float(high)) if high > low else float(low)
 
 
 def augment(sample: Sample, rng: np.random.Generator) -> Sample:
