@@ -156,7 +156,10 @@ def _threshold_only(case: Case, parent, positives, parent_points, centre, radius
     recalibrated = run(finetune(parent, image, positives,
                                 settings=FinetuneSettings(mode="threshold"))).model
     seconds = time.perf_counter() - started
-    only = _scores(case, parent_points, recalibrated.threshold, centre, radius)
+    # The recalibrated card may score with the denoised output's blob term: detect again.
+    points = (parent_points if "blob" not in recalibrated.localisation
+              else _network_points(recalibrated, case.image))
+    only = _scores(case, points, recalibrated.threshold, centre, radius)
     return {"model": case.model, "f1_threshold_only": only.f1,
             "rmse_threshold_only": only.rmse, "threshold_only": recalibrated.threshold,
             "threshold_only_s": seconds}

@@ -54,13 +54,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from napari_denodet.core.errors import InputError
+from napari_denodet.core.localize import BlobScore, blob_response
 from napari_denodet.core.losses import gaussian_heatmap, local_terms
 from napari_denodet.core.metrics import GATE, match_points
 from napari_denodet.core.models import Model
 from napari_denodet.core.network import STRIDE, train_mode
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
-from napari_denodet.core.predict import choose_device, detect, run
+from napari_denodet.core.predict import DetectionResult, choose_device, detect, run
 
 #: Fewest clicked centres fine-tuning accepts.
 MIN_CLICKS = 2
@@ -150,6 +151,13 @@ class FinetuneSettings:
         One of :data:`MODES`. ``"threshold"`` trains nothing: it assumes every particle
         in the area the clicks cover is clicked (as the LoG baseline's tuning does),
         does not use the negatives, and takes about as long as one detection.
+    blob_weight, blob_sigma : float
+        In the ``"threshold"`` mode, the recalibrated model's scores break the peak
+        probability's ties by the blob response of its denoised output
+        (:class:`~napari_denodet.core.localize.BlobScore`, fitted on the clicked
+        frames' candidates): the most a score moves, and the filter's width in px.
+        A weight of 0 keeps the peak probability. 0.1 and 2 px were chosen on the
+        fine-tuning benchmark's regions 1-12 (docs/models.md).
     seed : int
         Seeds the patch sampling, masking and augmentation.
     """
@@ -173,6 +181,8 @@ class FinetuneSettings:
     average: float = 0.98
     check_every: int = 50
     mode: str = "auto"
+    blob_weight: float = 0.1
+    blob_sigma: float = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -191,6 +201,9 @@ class FinetuneSettings:
         if self.mode not in MODES:
             raise InputError(None, f"the fine-tuning mode must be one of "
                                    f"{', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.blob_weight <= 1 or not self.blob_sigma > 0:
+            raise InputError(None, f"the blob weight must be in [0, 1] and its sigma > 0, "
+                                   f"got {self.blob_weight} and {self.blob_sigma}")
         if not 0 <= self.average < 1:
             raise InputError(None, f"the weight average's decay must be in [0, 1), got "
                                    f"{self.average}")
@@ -777,12 +790,16 @@ def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
     return advice if advice in MODES[1:] else "weights"
 
 
+def _detections(network, frames: list[_Frame], localisation: dict,
+                device: torch.device) -> DetectionResult:
+    # Detection on the (already normalised) training frames, frame = position in list.
+    stack = np.stack([f.image for f in frames])
+    return run(detect(stack, network, device=str(device), **localisation))
+
+
 def _candidates(network, frames: list[_Frame], localisation: dict,
                 device: torch.device) -> pd.DataFrame:
-    # Detections on the (already normalised) training frames, frame = position in list.
-    stack = np.stack([f.image for f in frames])
-    result = run(detect(stack, network, device=str(device), **localisation))
-    return result.points
+    return _detections(network, frames, localisation, device).points
 
 
 def _add_pseudo_labels(frames: list[_Frame], candidates: pd.DataFrame, threshold: float,
@@ -916,12 +933,15 @@ def finetune(
     frames = _frames(image, positives, negatives, model.invert, held,
                      settings.complete_region)
     size = _patch_size(frames, settings.patch_size)
-    localisation = model.localisation
+    # Candidates are scored by their peak probability here: a parent's blob score was
+    # fitted on other data (the threshold mode fits its own).
+    localisation = {k: v for k, v in model.localisation.items() if k != "blob"}
     # The local loss terms keep the temperature the parent was trained with; the card's
     # localisation temperature is for inference only.
     loss_window = (localisation["radius"], model.training_temperature)
 
-    parent_candidates = _candidates(model.network, frames, localisation, torch_device)
+    parent_detections = _detections(model.network, frames, localisation, torch_device)
+    parent_candidates = parent_detections.points
     prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
     mode = resolve_mode(settings, model)
     unclicked = None
@@ -943,7 +963,7 @@ def finetune(
                                    time.perf_counter() - started,
                                    {"message": message, "unclicked": unclicked})
     if mode == "threshold":
-        return (yield from _recalibrate(model, settings, frames, clicks, parent_candidates,
+        return (yield from _recalibrate(model, settings, frames, clicks, parent_detections,
                                         positives, negatives, prior_per_pixel, started,
                                         unclicked))
     if settings.pseudo_labels > 0:
@@ -997,27 +1017,73 @@ def finetune(
                           wall_time=time.perf_counter() - started)
 
 
-def _recalibrate(model, settings, frames, clicks, candidates, positives, negatives, prior,
+def _recalibrate(model, settings, frames, clicks, detections, positives, negatives, prior,
                  started, unclicked) -> Generator[FinetuneProgress, None, FinetunedModel]:
-    # The "threshold" mode: the parent's weights, a threshold from the clicked area (or,
-    # without one, the rule used after training). ``clicks``: per frame, all its clicks.
-    threshold, facts = calibrate_from_area(candidates, clicks, [f.image.shape for f in frames])
+    # The "threshold" mode: the parent's weights, the blob score fitted on the frames'
+    # candidates and a threshold from the clicked area (or, without an area, the peak
+    # probability and the rule used after training). ``clicks``: per frame, all clicks.
+    candidates = detections.points
+    blob = fit_blob_score(detections, settings.blob_weight, settings.blob_sigma)
+    scored = candidates if blob is None else candidates.assign(score=blob.apply(
+        candidates[SCORE], blob_responses(detections, blob.sigma)))
+    threshold, facts = calibrate_from_area(scored, clicks, [f.image.shape for f in frames])
     if threshold is None:
+        blob = None
         threshold, facts = calibrate_threshold(
             candidates, pd.concat([_click_tables(frames, "positives"),
                                    _click_tables(frames, "heldout")]),
             expected=prior * _pixels(frames))
     elapsed = time.perf_counter() - started
-    yield FinetuneProgress("calibrate", 0, 0, elapsed, {"threshold": threshold, **facts})
+    yield FinetuneProgress("calibrate", 0, 0, elapsed,
+                           {"threshold": threshold, "blob_score": blob is not None, **facts})
     card = finetune_card(model, replace(settings, mode="threshold"),
                          n_positives=len(positives), n_negatives=len(negatives),
                          steps_done=0, threshold=threshold, prior=prior,
                          frames=[f.index for f in frames],
-                         wall_time=time.perf_counter() - started, unclicked=unclicked)
+                         wall_time=time.perf_counter() - started, unclicked=unclicked,
+                         blob=blob)
     network = copy.deepcopy(model.network).cpu().eval()
     result = Model(network=network, card=card, source=f"recalibrated from {model.source}")
     return FinetunedModel(model=result, history=[], steps_done=0,
                           wall_time=time.perf_counter() - started)
+
+
+def blob_responses(detections: DetectionResult, sigma: float) -> np.ndarray:
+    """Return the blob response of the denoised output at each detected point.
+
+    Parameters
+    ----------
+    detections : DetectionResult
+        A run of :func:`~napari_denodet.core.predict.detect` (its denoised frames, in
+        the input's scale, are normalised back as the network gave them).
+    sigma : float
+        Width of the blob filter, px.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)``, in the order of ``detections.points``.
+    """
+    denoised = np.asarray(detections.denoised)
+    denoised = denoised if denoised.ndim == 3 else denoised[None]
+    normalised = np.stack([s.forward(d) for s, d in zip(detections.scales, denoised,
+                                                         strict=True)])
+    points = detections.points
+    frame = (points[FRAME].to_numpy(np.int64) - detections.first_frame
+             if FRAME in points else np.zeros(len(points), np.int64))
+    return blob_response(normalised, frame, points[Y].to_numpy(np.float64),
+                         points[X].to_numpy(np.float64), sigma)
+
+
+def fit_blob_score(detections: DetectionResult, weight: float,
+                   sigma: float) -> BlobScore | None:
+    """Fit a :class:`~napari_denodet.core.localize.BlobScore` on a run's candidates.
+
+    Returns None for a weight of 0 or a run without candidates.
+    """
+    if weight <= 0 or detections.points.empty:
+        return None
+    return BlobScore.fit(blob_responses(detections, sigma), weight, sigma)
 
 
 def _step(network, optimiser, frames, size, settings, loss_window, prior_per_pixel, rng,
@@ -1108,7 +1174,7 @@ def _check(network, frames, heldout, localisation, freeze_norm, prior, device) -
 def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int,
                   n_negatives: int, steps_done: int, threshold: float, prior: float,
                   frames: Sequence[int], wall_time: float,
-                  unclicked: int | None = None) -> dict:
+                  unclicked: int | None = None, blob: BlobScore | None = None) -> dict:
     """Build the card of a fine-tuned model from its parent's card.
 
     Parameters
@@ -1132,15 +1198,23 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
     unclicked : int, optional
         :func:`unclicked_in_area` of the clicks, when the threshold mode was advised or
         asked for (recorded as ``training.unclicked_in_area``).
+    blob : BlobScore, optional
+        The score's blob term (``localisation.blob``); without it scores are the peak
+        probability, also when the parent had a blob term.
 
     Returns
     -------
     dict
-        The card: the parent's, with ``parent``, ``training`` and ``threshold`` replaced.
+        The card: the parent's, with ``parent``, ``training``, ``threshold`` and
+        ``localisation.blob`` replaced.
     """
     card = copy.deepcopy(parent.card)
     name = parent.card.get("name") or "model"
+    localisation = {k: v for k, v in (card.get("localisation") or {}).items() if k != "blob"}
+    if blob is not None:
+        localisation["blob"] = blob.to_dict()
     card.update({
+        "localisation": localisation,
         "name": f"{name}-finetuned",
         "parent": {"name": parent.card.get("name"), "source": parent.source,
                    "threshold": parent.threshold},

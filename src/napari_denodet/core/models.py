@@ -30,7 +30,7 @@ CARD_FIELDS = (
     "invert",          # particles darker than background (cryo-EM)
     "particle_size",   # the particle sizes (px) it was trained for
     "threshold",       # calibrated default score threshold
-    "localisation",    # window radius and softmax temperature of local DSNT
+    "localisation",    # local DSNT window and temperature; blob score term, if any
     "network",         # NetworkConfig as a dict
     "benchmark",       # measured figures (F1/RMSE per SNR), filled by the benchmark
     "deviations",      # where it departs from the paper, and why
@@ -64,7 +64,11 @@ class Model:
 
     @property
     def localisation(self) -> dict:
-        """Keyword arguments of peak finding and local DSNT the model was calibrated with."""
+        """Keyword arguments of :func:`~napari_denodet.core.predict.detect` it was calibrated with.
+
+        Peak finding and local DSNT settings, and ``blob`` (the score's blob term) for a
+        model whose threshold was recalibrated with one.
+        """
         settings = {"radius": 2, "temperature": 1.0, "min_distance": 3, "merge_ratio": 0.0}
         settings.update(self.card.get("localisation") or {})
         return settings

@@ -44,7 +44,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.io import load_block
-from napari_denodet.core.localize import detect_points
+from napari_denodet.core.localize import BlobScore, blob_response, detect_points
 from napari_denodet.core.network import STRIDE
 from napari_denodet.core.normalize import FrameScale, frame_scale
 from napari_denodet.core.points import points_table
@@ -272,8 +272,8 @@ class DetectionResult:
     points : pandas.DataFrame
         Points table (:mod:`napari_denodet.core.points`): ``frame`` (stacks only, the
         absolute frame index in the input), ``y``, ``x``, ``score`` and ``intensity``
-        (the denoised value at the rounded position). Every candidate with score at
-        least ``floor`` is kept; thresholds are applied afterwards.
+        (the denoised value at the rounded position). Every candidate whose peak
+        probability is at least ``floor`` is kept; thresholds are applied afterwards.
     scales : list of FrameScale
         Normalisation of each processed frame, in order.
     first_frame : int
@@ -356,19 +356,25 @@ class _Detections:
     x: list[np.ndarray]
     score: list[np.ndarray]
     intensity: list[np.ndarray]
+    blob: BlobScore | None = None
 
-    def add(self, found: dict[str, Tensor], first: int, denoised: np.ndarray) -> None:
-        # ``denoised``: the batch's (B, H, W) frames, in memory.
+    def add(self, found: dict[str, Tensor], first: int, denoised: np.ndarray,
+            normalised: np.ndarray) -> None:
+        # ``denoised``: the batch's (B, H, W) frames in the input's scale; ``normalised``:
+        # the same as the network gave them (for the blob score).
         b = found["batch"].cpu().numpy()
         y = found["y"].cpu().numpy().astype(np.float64)
         x = found["x"].cpu().numpy().astype(np.float64)
         height, width = denoised.shape[-2:]
         iy = np.clip(np.rint(y).astype(np.int64), 0, height - 1)
         ix = np.clip(np.rint(x).astype(np.int64), 0, width - 1)
+        score = found["score"].cpu().numpy().astype(np.float64)
+        if self.blob is not None:
+            score = self.blob.apply(score, blob_response(normalised, b, y, x, self.blob.sigma))
         self.frame.append(first + b)
         self.y.append(y)
         self.x.append(x)
-        self.score.append(found["score"].cpu().numpy().astype(np.float64))
+        self.score.append(score)
         self.intensity.append(denoised[b, iy, ix].astype(np.float64))
 
     def table(self, stack: bool) -> pd.DataFrame:
@@ -405,6 +411,7 @@ def detect(
     min_distance: int = 3,
     temperature: float = 1.0,
     merge_ratio: float = 0.0,
+    blob: dict | None = None,
     frames: Sequence[int] | None = None,
     out: Any = None,
 ) -> Generator[DetectProgress, None, DetectionResult]:
@@ -435,7 +442,7 @@ def detect(
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (:func:`choose_device`).
     floor : float
-        Lowest score (peak probability) kept.
+        Lowest peak probability kept (before any ``blob`` term).
     radius : int
         Half-width of the local DSNT window.
     min_distance : int
@@ -445,6 +452,10 @@ def detect(
     merge_ratio : float
         Merge shallow double peaks (see
         :func:`~napari_denodet.core.localize.merge_shallow_peaks`); 0 keeps every peak.
+    blob : dict, optional
+        The fields of a :class:`~napari_denodet.core.localize.BlobScore` (a card's
+        ``localisation.blob``): scores then combine the peak probability with the blob
+        response of the denoised output. Without it a score is the peak probability.
     frames : (int, int), optional
         ``(start, stop)`` range of a stack's frames to process, stop excluded.
     out : array_like, optional
@@ -483,6 +494,10 @@ def detect(
     ):
         if not isinstance(value, (int, np.integer)) or value < lowest:
             raise InputError(None, f"{name} must be an integer >= {lowest}, got {value!r}")
+    try:
+        blob_score = None if blob is None else BlobScore(**blob)
+    except (TypeError, ValueError) as error:
+        raise InputError(None, f"bad blob score settings {blob!r}: {error}") from None
     stack = len(shape) == 3
     height, width = shape[-2:]
     start, stop = _check_frames(frames, shape[0] if stack else 1, stack)
@@ -506,7 +521,7 @@ def detect(
         raise InputError(None, f"out has shape {tuple(np.shape(out))}; this run writes "
                                f"{expected}")
     scales: list[FrameScale] = []
-    found = _Detections([], [], [], [], [])
+    found = _Detections([], [], [], [], [], blob_score)
 
     def read(first: int, last: int) -> list[tuple[np.ndarray, FrameScale]]:
         block = load_block(image[first:last] if stack else image)
@@ -572,7 +587,7 @@ def _run_frames(
     out = np.empty(den.shape, dtype=np.float32)
     for i, (_, scale) in enumerate(normalised):
         out[i] = scale.inverse(den[i])
-    found.add(detect_points(logits[:, 0], **settings), first, out)
+    found.add(detect_points(logits[:, 0], **settings), first, out, den)
     return out
 
 
@@ -604,8 +619,9 @@ class _Stitched:
         self, scale: FrameScale, found: _Detections, index: int, settings: dict[str, Any]
     ) -> np.ndarray:
         # Detection on the stitched heatmap; returns the (1, H, W) denoised frame.
-        out = np.asarray(scale.inverse(self.denoised.cpu().numpy()), np.float32)[None]
-        found.add(detect_points(self.logits, **settings), index, out)
+        normalised = self.denoised.cpu().numpy()[None]
+        out = np.asarray(scale.inverse(normalised[0]), np.float32)[None]
+        found.add(detect_points(self.logits, **settings), index, out, normalised)
         return out
 
 
