@@ -57,6 +57,9 @@ LOG_FLOOR = {"fluorescence": 0.5, "micrograph": 0.0}
 # The threshold-only rule (calibrate_from_area) was chosen on the 10-click regions of the
 # first RULE_DRAWS draws; draws beyond them test it on regions it was not chosen on.
 RULE_DRAWS = 6
+# The threshold-only mode's blob score (its weight and sigma) was chosen on the first
+# BLOB_DRAWS draws; draws beyond them test both.
+BLOB_DRAWS = 12
 LOG_SIGMAS = {"fluorescence": (1.5, 2.0, 2.5, 3.0, 4.0), "micrograph": (3.0, 4.0, 5.0, 6.0, 8.0)}
 
 
@@ -305,7 +308,10 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
                       f"`--reuse {args.reuse.name}`{rounded}"
                       + ("; where that run had no threshold-only column, this run measured "
                          "it (the parent's weights and clicks are the same)"
-                         if any(r.get("threshold_added") for r in rows) else "") + "."]
+                         if any(r.get("threshold_added") for r in rows) else "")
+                      + ("; this run measured their threshold-only columns again (the "
+                         "parent's weights and the clicks are the same)"
+                         if args.threshold_again else "") + "."]
     modes = advised_modes(rows)
     lines += ["", "## Mode advised per model", "",
               "Mean F1 from 10 clicks over the model's cases (each the mean of its "
@@ -344,19 +350,23 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
 
 
 def _held_out(rows: list[dict]) -> list[str]:
-    """The section comparing the regions the threshold rule was chosen on with the rest."""
+    """The section comparing the regions the threshold-only mode was chosen on with the rest."""
     ten = [r for r in rows if r["clicks"] == 10 and r.get("f1_threshold_only") is not None]
     if not any(r["draw"] >= RULE_DRAWS for r in ten):
         return []
-    lines = ["", "## Regions the threshold rule was not chosen on", "",
-             f"The threshold-only rule was chosen on regions 1-{RULE_DRAWS} of each case "
-             f"(docs/models.md); regions {RULE_DRAWS + 1} and on were drawn after it. Mean "
-             "F1 from 10 clicks:", "",
+    lines = ["", "## Regions the threshold-only mode was not chosen on", "",
+             f"The threshold-only mode's area rule was chosen on regions 1-{RULE_DRAWS} of "
+             f"each case, and its blob score (weight and sigma) on regions 1-{BLOB_DRAWS} "
+             f"(docs/models.md); regions {BLOB_DRAWS + 1} and on were drawn after both. "
+             "Mean F1 from 10 clicks:", "",
              "| case | regions | F1 before | weights and threshold | threshold only "
              "| LoG |", "|---|---|---|---|---|---|"]
+    groups = ((f"1-{RULE_DRAWS} (rule and blob score chosen)", lambda d: d < RULE_DRAWS),
+              (f"{RULE_DRAWS + 1}-{BLOB_DRAWS} (blob score chosen)",
+               lambda d: RULE_DRAWS <= d < BLOB_DRAWS),
+              (f"{BLOB_DRAWS + 1}+ (held out)", lambda d: d >= BLOB_DRAWS))
     for name in dict.fromkeys(r["case"] for r in ten):
-        for label, part in ((f"1-{RULE_DRAWS} (rule chosen)", lambda d: d < RULE_DRAWS),
-                            (f"{RULE_DRAWS + 1}+ (held out)", lambda d: d >= RULE_DRAWS)):
+        for label, part in groups:
             chosen = [r for r in ten if r["case"] == name and part(r["draw"])]
             if chosen:
                 means = [float(np.mean([r[k] for r in chosen])) for k in
@@ -416,6 +426,9 @@ def main() -> None:
                              "run printed on stderr): measured again only where missing")
     parser.add_argument("--remeasure", default=None, metavar="TEXT",
                         help="with --reuse: measure the cases whose name contains TEXT again")
+    parser.add_argument("--threshold-again", action="store_true",
+                        help="with --reuse: measure the threshold-only columns of every "
+                             "reused row again (after a change to that mode alone)")
     parser.add_argument("--pseudo-labels", type=float, default=None,
                         help="share of the parent's detections taken as pseudo-labels "
                              "(default: the fine-tuning default)")
@@ -444,14 +457,14 @@ def main() -> None:
         for n in args.clicks:
             for draw in range(args.draws if n == 10 else 1):
                 row = earlier.get((case.name, n, draw))
-                if row and "f1_threshold_only" not in row:
-                    # An earlier run without the threshold-only mode: measure that alone
-                    # (the weights path is unchanged).
+                if row and (args.threshold_again or "f1_threshold_only" not in row):
+                    # An earlier run without the threshold-only mode, or before a change
+                    # to it: measure that alone (the weights path is unchanged).
                     parent = load_model(case.model)
                     positives, centre, radius = _clicks(case, n, draw)
                     row = dict(row, **_threshold_only(
                         case, parent, positives, _network_points(parent, case.image), centre,
-                        radius), threshold_added=True)
+                        radius), threshold_added="f1_threshold_only" not in row)
                 rows.append(dict(row, reused=True) if row else _measure(
                     case, n, args.budget, draw, args.pseudo_labels))
     baseline = ({_key(r): r for r in json.loads(args.baseline.read_text())}

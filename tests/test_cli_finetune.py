@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import scattered
@@ -95,7 +96,19 @@ def test_threshold_mode_keeps_the_weights(stack, tmp_path, capsys):
     card = load_model(out).card
     assert card["training"]["mode"] == "threshold" and card["training"]["steps"] == 0
     assert "--mode threshold" in card["training"]["command"]
-    assert "threshold recalibrated from the clicked area" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "threshold recalibrated from the clicked area" in err
+    assert "ties broken by the denoised image" in err and "blob" in card["localisation"]
+    # Detection with it writes scores with the blob term, at its threshold.
+    assert main(["detect", str(stack / "cells.tif"), "--model", str(out),
+                 "--out", str(tmp_path / "found")]) == 0
+    found = pd.read_csv(tmp_path / "found" / "cells_points.csv")
+    assert len(found) and found["score"].min() >= card["threshold"]
+    # The engine's floor (on the peak probability) lost no detection the term lifted.
+    assert main(["detect", str(stack / "cells.tif"), "--model", str(out), "--all-candidates",
+                 "--out", str(tmp_path / "all")]) == 0
+    every = pd.read_csv(tmp_path / "all" / "cells_points.csv")
+    assert len(found) == int((every["score"] >= card["threshold"]).sum())
 
 
 def test_scattered_clicks_get_a_warning(tmp_path, capsys):

@@ -356,3 +356,37 @@ def test_auto_mode_trains_when_the_area_is_not_completely_clicked(shifted):
 def test_unknown_mode_is_refused():
     with pytest.raises(InputError, match="mode must be one of auto, weights, threshold"):
         FinetuneSettings(mode="everything")
+
+
+def test_threshold_mode_fits_a_blob_score_that_detection_applies(shifted, tmp_path):
+    from napari_denodet.core.models import save_model
+
+    parent = load_model("fluorescence")
+    clicks = clicks_of(shifted.truth, 10)
+    result, progress = drain(finetune(parent, shifted.noisy, clicks,
+                                      settings=FinetuneSettings(mode="threshold")))
+    assert progress[-1].metrics["blob_score"] is True
+    blob = result.model.card["localisation"]["blob"]
+    assert blob["weight"] == 0.1 and blob["sigma"] == 2.0 and blob["scale"] > 0
+    # Saved and loaded, the model scores with it: same points, other scores.
+    path = save_model(tmp_path / "tuned.pt", result.model.network, result.model.card)
+    tuned = load_model(path)
+    assert tuned.localisation["blob"] == blob
+    found = run(detect(shifted.noisy[:1], tuned.network, **tuned.localisation)).points
+    plain = run(detect(shifted.noisy[:1], parent.network, **parent.localisation)).points
+    np.testing.assert_allclose(found[["y", "x"]], plain[["y", "x"]])
+    moved = np.abs(found["score"] - plain["score"])
+    assert moved.max() > 0.05 and moved.max() <= 0.1 + 1e-9
+    # Weight 0 keeps the peak probability; training the weights drops a parent's term.
+    plain_card = run(finetune(parent, shifted.noisy, clicks, settings=FinetuneSettings(
+        mode="threshold", blob_weight=0.0))).model.card
+    assert "blob" not in plain_card["localisation"]
+    trained = run(finetune(tuned, shifted.noisy, clicks,
+                           settings=FinetuneSettings(mode="weights", steps=2))).model
+    assert "blob" not in trained.localisation
+    assert trained.localisation["radius"] == parent.localisation["radius"]
+
+
+def test_bad_blob_settings_are_refused():
+    with pytest.raises(InputError, match="blob weight must be in"):
+        FinetuneSettings(blob_weight=-0.1)

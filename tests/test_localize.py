@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from napari_denodet.core.localize import (
+    BlobScore,
+    blob_response,
     detect_points,
     find_peaks,
     local_dsnt,
@@ -285,3 +288,55 @@ def test_two_thousand_peaks_in_one_call():
     errors = (as_points(found) - truth).norm(dim=1)
     assert errors.max() < 0.1
     assert errors[[0, 1, 999, 1998, 1999]].max() < 0.05
+
+
+@pytest.mark.parametrize("sigma", [1.5, 2.0, 3.0])
+def test_blob_response_is_scipys_laplacian_read_at_the_points(sigma):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    frames = rng.normal(size=(2, 40, 50)).astype(np.float32)
+    # Points anywhere, the edges included (reflected as scipy does).
+    y = np.concatenate([rng.uniform(0, 39, 30), [0.0, 39.0, 0.4]])
+    x = np.concatenate([rng.uniform(0, 49, 30), [49.0, 0.0, 48.8]])
+    batch = rng.integers(0, 2, len(y))
+    full = np.stack([-(sigma**2) * ndimage.gaussian_laplace(f.astype(np.float64), sigma)
+                     for f in frames])
+    expected = full[batch, np.rint(y).astype(int), np.rint(x).astype(int)]
+    np.testing.assert_allclose(blob_response(frames, batch, y, x, sigma), expected,
+                               atol=1e-9)
+    assert blob_response(frames, batch[:0], y[:0], x[:0], sigma).shape == (0,)
+
+
+def test_blob_score_orders_tied_peaks_and_keeps_clear_ones():
+    blob = BlobScore(weight=0.1, centre=1.0, scale=0.5)
+    peaks = np.array([0.56, 0.56, 0.56, 0.9, 0.2])
+    responses = np.array([0.2, 1.0, 3.0, -5.0, 50.0])
+    scores = blob.apply(peaks, responses)
+    # Equal probabilities are ordered by the response; a probability ahead by more
+    # than twice the weight stays ahead whatever the responses.
+    assert scores[0] < scores[1] < scores[2]
+    assert scores[1] == pytest.approx(0.56)
+    assert scores[3] > scores[2] and scores[4] < scores[0]
+    assert np.all(np.abs(scores - peaks) <= 0.1 + 1e-12)
+    assert BlobScore(weight=0.5).apply(np.array([0.9, 0.1]), np.array([9.0, -9.0])).tolist() == [
+        1.0, 0.0]
+
+
+def test_blob_score_fits_the_responses_median_and_spread():
+    rng = np.random.default_rng(2)
+    responses = rng.normal(3.0, 2.0, 20001)
+    blob = BlobScore.fit(responses, weight=0.1, sigma=2.0)
+    assert blob.centre == pytest.approx(3.0, abs=0.05)
+    assert blob.scale == pytest.approx(2.0, rel=0.05)
+    # No spread: a scale of 1 rather than a division by zero.
+    assert BlobScore.fit(np.ones(5), 0.1, 2.0).scale == 1.0
+    assert BlobScore(**blob.to_dict()) == blob
+
+
+@pytest.mark.parametrize("fields", [{"weight": 1.5}, {"weight": 0.1, "sigma": 0},
+                                    {"weight": 0.1, "scale": -1},
+                                    {"weight": float("nan")}, {"weight": "0.1"}])
+def test_bad_blob_scores_are_refused(fields):
+    with pytest.raises(ValueError, match="blob score"):
+        BlobScore(**fields)

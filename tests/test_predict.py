@@ -455,3 +455,61 @@ def test_keep_heap_takes_effect_once_on_glibc():
     assert keep_heap() == first  # a second call changes nothing
     if platform.libc_ver()[0] == "glibc":
         assert first, "glibc's mallopt should accept the settings"
+
+
+class EqualPeaks(nn.Module):
+    """Denoises nothing; its heatmap has equal peaks at fixed positions."""
+
+    def __init__(self, positions) -> None:
+        super().__init__()
+        self.positions = positions
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                                torch.arange(w, dtype=torch.float32), indexing="ij")
+        heat = torch.zeros(h, w)
+        for py, px in self.positions:
+            heat = torch.maximum(heat, torch.exp(-((yy - py) ** 2 + (xx - px) ** 2) / 2))
+        logits = (6.0 * heat - 4.0).expand(x.shape[0], 1, h, w)
+        return x, logits.contiguous()
+
+
+def test_blob_score_breaks_tied_peaks_by_the_denoised_image():
+    # Ten equal heatmap peaks: five on bright spots, five on faint ones.
+    positions = [(20.0 + 25 * (i // 4), 20.0 + 25 * (i % 4)) for i in range(10)]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :112]
+    image = rng.normal(0.0, 1.0, (96, 112))
+    for i, (py, px) in enumerate(positions):
+        image += (8.0 if i % 2 else 1.0) * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / 8.0)
+    network = EqualPeaks(positions)
+    plain = run(detect(image, network, floor=0.5)).points
+    assert len(plain) == 10 and np.ptp(plain["score"]) < 1e-6
+
+    blob = {"weight": 0.1, "sigma": 2.0, "centre": 0.0, "scale": 1.0}
+    scored = run(detect(image, network, floor=0.5, blob=blob)).points
+    np.testing.assert_allclose(scored[["y", "x"]], plain[["y", "x"]])
+    bright = np.array([min(range(10), key=lambda i: np.hypot(y - positions[i][0],
+                                                             x - positions[i][1])) % 2 == 1
+                       for y, x in scored[["y", "x"]].to_numpy()])
+    assert scored["score"][bright].min() > scored["score"][~bright].max()
+    assert np.all(np.abs(scored["score"] - plain["score"]) <= 0.1 + 1e-9)
+
+
+def test_tiled_and_untiled_blob_scores_agree(network):
+    # The blob filter reads the stitched denoised frame, seams included.
+    image = np.random.default_rng(6).normal(0.0, 1.0, (200, 150)).astype(np.float32)
+    blob = {"weight": 0.3, "sigma": 2.0, "centre": 0.0, "scale": 0.5}
+    plain = run(detect(image, network)).points
+    untiled = run(detect(image, network, blob=blob)).points
+    tiled = run(detect(image, network, blob=blob, tile_size=64, overlap=48)).points
+    assert len(untiled) > 50 and np.abs(untiled["score"] - plain["score"]).max() > 0.05
+    assert _matched(untiled, tiled, ["y", "x"], tol=0.01)
+    np.testing.assert_allclose(np.sort(tiled["score"]), np.sort(untiled["score"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("blob", [{"weight": 2.0}, {"sigma": 2.0}, {"weight": 0.1, "size": 3}])
+def test_bad_blob_settings_are_an_input_error(network, blob):
+    with pytest.raises(InputError, match="bad blob score settings"):
+        run(detect(np.zeros((32, 32), np.float32), network, blob=blob))

@@ -318,7 +318,7 @@ def detect_file_steps(
     """
     from napari_denodet.core.io import open_denoised_output, read_image
     from napari_denodet.core.models import load_model
-    from napari_denodet.core.predict import DEFAULT_FLOOR, detect
+    from napari_denodet.core.predict import DEFAULT_FLOOR, detect, floor_for
     from napari_denodet.core.resample import bin_lazily, unbin_points
 
     started = time.perf_counter()
@@ -337,7 +337,7 @@ def detect_file_steps(
         raise InputError(path, str(exc)) from None
     threshold = model.threshold if settings.threshold is None else settings.threshold
     floor = DEFAULT_FLOOR if settings.all_candidates else \
-        max(DEFAULT_FLOOR, threshold - _FLOOR_MARGIN)
+        floor_for(threshold - _FLOOR_MARGIN, model.localisation)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_denoised_output(targets.get("denoised"), tuple(binned.shape),
                               settings.overwrite) as denoised:

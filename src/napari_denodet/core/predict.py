@@ -96,9 +96,27 @@ def keep_heap() -> bool:
     _heap_kept = bool(mallopt(m_mmap_max, 0)) and bool(
         mallopt(m_trim_threshold, HEAP_TRIM_BYTES))
     return _heap_kept
-#: Lowest score of a candidate that :func:`detect` keeps by default.
+#: Lowest peak probability of a candidate that :func:`detect` keeps by default.
 DEFAULT_FLOOR = 0.05
 _Result = TypeVar("_Result")
+
+
+def floor_for(threshold: float, localisation: dict) -> float:
+    """Return the engine floor that keeps every candidate scoring at least ``threshold``.
+
+    The floor applies to the peak probability; a ``blob`` term
+    (:class:`~napari_denodet.core.localize.BlobScore`) can lift a score above it by up
+    to its weight, so the floor is that much lower (never below :data:`DEFAULT_FLOOR`).
+
+    Parameters
+    ----------
+    threshold : float
+        The score threshold that will be applied.
+    localisation : dict
+        The model's :attr:`~napari_denodet.core.models.Model.localisation`.
+    """
+    lift = float((localisation.get("blob") or {}).get("weight", 0.0))
+    return max(DEFAULT_FLOOR, threshold - lift)
 
 
 def _mps_available() -> bool:
