@@ -1022,10 +1022,12 @@ def _recalibrate(model, settings, frames, clicks, detections, positives, negativ
     # The "threshold" mode: the parent's weights, the blob score fitted on the frames'
     # candidates and a threshold from the clicked area (or, without an area, the peak
     # probability and the rule used after training). ``clicks``: per frame, all clicks.
-    candidates = detections.points
-    blob = fit_blob_score(detections, settings.blob_weight, settings.blob_sigma)
-    scored = candidates if blob is None else candidates.assign(score=blob.apply(
-        candidates[SCORE], blob_responses(detections, blob.sigma)))
+    candidates = scored = detections.points
+    blob = None
+    if settings.blob_weight > 0 and not candidates.empty:
+        responses = _blob_responses(detections, settings.blob_sigma)
+        blob = BlobScore.fit(responses, settings.blob_weight, settings.blob_sigma)
+        scored = candidates.assign(score=blob.apply(candidates[SCORE], responses))
     threshold, facts = calibrate_from_area(scored, clicks, [f.image.shape for f in frames])
     if threshold is None:
         blob = None
@@ -1048,22 +1050,9 @@ def _recalibrate(model, settings, frames, clicks, detections, positives, negativ
                           wall_time=time.perf_counter() - started)
 
 
-def blob_responses(detections: DetectionResult, sigma: float) -> np.ndarray:
-    """Return the blob response of the denoised output at each detected point.
-
-    Parameters
-    ----------
-    detections : DetectionResult
-        A run of :func:`~napari_denodet.core.predict.detect` (its denoised frames, in
-        the input's scale, are normalised back as the network gave them).
-    sigma : float
-        Width of the blob filter, px.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(K,)``, in the order of ``detections.points``.
-    """
+def _blob_responses(detections: DetectionResult, sigma: float) -> np.ndarray:
+    # The blob response (sigma px) of the denoised output at each point of a detection
+    # run, its denoised frames normalised back as the network gave them.
     denoised = np.asarray(detections.denoised)
     denoised = denoised if denoised.ndim == 3 else denoised[None]
     normalised = np.stack([s.forward(d) for s, d in zip(detections.scales, denoised,
@@ -1073,17 +1062,6 @@ def blob_responses(detections: DetectionResult, sigma: float) -> np.ndarray:
              if FRAME in points else np.zeros(len(points), np.int64))
     return blob_response(normalised, frame, points[Y].to_numpy(np.float64),
                          points[X].to_numpy(np.float64), sigma)
-
-
-def fit_blob_score(detections: DetectionResult, weight: float,
-                   sigma: float) -> BlobScore | None:
-    """Fit a :class:`~napari_denodet.core.localize.BlobScore` on a run's candidates.
-
-    Returns None for a weight of 0 or a run without candidates.
-    """
-    if weight <= 0 or detections.points.empty:
-        return None
-    return BlobScore.fit(blob_responses(detections, sigma), weight, sigma)
 
 
 def _step(network, optimiser, frames, size, settings, loss_window, prior_per_pixel, rng,
