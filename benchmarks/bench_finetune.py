@@ -311,7 +311,10 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
                          if any(r.get("threshold_added") for r in rows) else "")
                       + ("; this run measured their threshold-only columns again (the "
                          "parent's weights and the clicks are the same)"
-                         if args.threshold_again else "") + "."]
+                         if args.threshold_again else "")
+                      + (f"; rows whose threshold after training was above "
+                         f"{args.remeasure_above:g} in that run were measured again"
+                         if args.remeasure_above is not None else "") + "."]
     modes = advised_modes(rows)
     lines += ["", "## Mode advised per model", "",
               "Mean F1 from 10 clicks over the model's cases (each the mean of its "
@@ -426,6 +429,9 @@ def main() -> None:
                              "run printed on stderr): measured again only where missing")
     parser.add_argument("--remeasure", default=None, metavar="TEXT",
                         help="with --reuse: measure the cases whose name contains TEXT again")
+    parser.add_argument("--remeasure-above", type=float, default=None, metavar="T",
+                        help="with --reuse: measure again the rows whose threshold after "
+                             "training was above T (after a change to thresholds above T)")
     parser.add_argument("--threshold-again", action="store_true",
                         help="with --reuse: measure the threshold-only columns of every "
                              "reused row again (after a change to that mode alone)")
@@ -449,7 +455,9 @@ def main() -> None:
         found = (json.loads(text) if args.reuse.suffix == ".json" else
                  [json.loads(line) for line in text.splitlines() if line.startswith("{")])
         for row in found:
-            if args.remeasure is None or args.remeasure not in row["case"]:
+            if (args.remeasure is None or args.remeasure not in row["case"]) and (
+                    args.remeasure_above is None
+                    or row["threshold_after"] <= args.remeasure_above):
                 earlier[_key(row)] = {k: v for k, v in row.items()
                                       if k not in ("reused", "threshold_added")}
     rows = []

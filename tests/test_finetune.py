@@ -198,6 +198,24 @@ def test_calibration_splits_the_scores_and_keeps_the_clicks():
     assert low < facts["otsu"] and facts["click_recall"] >= 0.5
 
 
+def test_calibration_is_not_raised_above_the_highest_threshold():
+    from napari_denodet.core.finetune import HIGHEST_THRESHOLD
+
+    # A network that learnt the clicks: they score 0.97-0.99, their unclicked
+    # neighbours 0.91-0.96; all of them are particles.
+    rng = np.random.default_rng(1)
+    noise = points_table(rng.uniform(0, 3000, 300), rng.uniform(0, 3000, 300),
+                         score=rng.uniform(0.05, 0.3, 300))
+    learnt = points_table(rng.uniform(0, 3000, 10), rng.uniform(0, 3000, 10),
+                          score=rng.uniform(0.97, 0.99, 10))
+    others = points_table(rng.uniform(0, 3000, 40), rng.uniform(0, 3000, 40),
+                          score=rng.uniform(0.91, 0.96, 40))
+    candidates = pd.concat([noise, learnt, others], ignore_index=True)
+    threshold, facts = calibrate_threshold(candidates, learnt[["y", "x"]], expected=50)
+    assert facts["all_clicks"] > 0.97 and threshold == HIGHEST_THRESHOLD == 0.9
+    assert (candidates.score >= threshold).sum() == 50
+
+
 def test_pseudo_labels_are_the_parents_surest_detections_away_from_clicks():
     from napari_denodet.core.finetune import _add_pseudo_labels, _Frame
 
