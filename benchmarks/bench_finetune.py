@@ -262,7 +262,10 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         "Written by `benchmarks/bench_finetune.py` "
         f"({'quick mode, ' if args.quick else ''}{time.strftime('%Y-%m-%d')}, "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-        "threads, CPU only). Every figure below was measured in that one run.",
+        "threads, CPU only). "
+        + ("Every figure below was measured in that one run." if not any(
+            r.get("reused") for r in rows) else "Every figure below was measured in that "
+           "one run except the rows marked * (read back from an earlier run, see below)."),
         "",
         "Clicks: the *n* particles nearest a random particle of the first image (one "
         "region, all of it clicked). F1 and RMSE (px of the image as detected; 5 px "
