@@ -168,12 +168,16 @@ def test_pu_loss_does_not_punish_unlabelled_particles_at_the_prior():
     assert positive_unlabelled_loss(logits, positive, negative, 0.5) > with_prior
 
 
+def _scattered_scores(rng, n: int, low: float, high: float) -> pd.DataFrame:
+    # n candidates anywhere on a 3000 px square, scores uniform in [low, high).
+    return points_table(rng.uniform(0, 3000, n), rng.uniform(0, 3000, n),
+                        score=rng.uniform(low, high, n))
+
+
 def test_calibration_splits_the_scores_and_keeps_the_clicks():
     rng = np.random.default_rng(0)
-    noise = points_table(rng.uniform(0, 3000, 300), rng.uniform(0, 3000, 300),
-                         score=rng.uniform(0.05, 0.3, 300))
-    particles = points_table(rng.uniform(0, 3000, 50), rng.uniform(0, 3000, 50),
-                             score=rng.uniform(0.7, 1.0, 50))
+    noise = _scattered_scores(rng, 300, 0.05, 0.3)
+    particles = _scattered_scores(rng, 50, 0.7, 1.0)
     candidates = pd.concat([noise, particles], ignore_index=True)
     clicks = particles.iloc[:10][["y", "x"]]
     threshold, facts = calibrate_threshold(candidates, clicks)
@@ -204,12 +208,9 @@ def test_calibration_is_not_raised_above_the_highest_threshold():
     # A network that learnt the clicks: they score 0.97-0.99, their unclicked
     # neighbours 0.91-0.96; all of them are particles.
     rng = np.random.default_rng(1)
-    noise = points_table(rng.uniform(0, 3000, 300), rng.uniform(0, 3000, 300),
-                         score=rng.uniform(0.05, 0.3, 300))
-    learnt = points_table(rng.uniform(0, 3000, 10), rng.uniform(0, 3000, 10),
-                          score=rng.uniform(0.97, 0.99, 10))
-    others = points_table(rng.uniform(0, 3000, 40), rng.uniform(0, 3000, 40),
-                          score=rng.uniform(0.91, 0.96, 40))
+    noise = _scattered_scores(rng, 300, 0.05, 0.3)
+    learnt = _scattered_scores(rng, 10, 0.97, 0.99)
+    others = _scattered_scores(rng, 40, 0.91, 0.96)
     candidates = pd.concat([noise, learnt, others], ignore_index=True)
     threshold, facts = calibrate_threshold(candidates, learnt[["y", "x"]], expected=50)
     assert facts["all_clicks"] > 0.97 and threshold == HIGHEST_THRESHOLD == 0.9
