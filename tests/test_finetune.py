@@ -385,6 +385,9 @@ def test_threshold_mode_fits_a_blob_score_that_detection_applies(shifted, tmp_pa
     result, progress = drain(finetune(parent, shifted.noisy, clicks,
                                       settings=FinetuneSettings(mode="threshold")))
     assert progress[-1].metrics["blob_score"] is True
+    assert progress[-1].metrics["message"].startswith(
+        "weights kept; threshold recalibrated from the clicked area: ")
+    assert progress[-1].metrics["message"].endswith(", ties broken by the denoised image")
     blob = result.model.card["localisation"]["blob"]
     assert blob["weight"] == 0.1 and blob["sigma"] == 2.0 and blob["scale"] > 0
     # Saved and loaded, the model scores with it: same points, other scores.

@@ -519,10 +519,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
             print(f"{args.image}: {progress.metrics['message']}", file=sys.stderr)
             return None
         if progress.stage == "calibrate":
-            tie_break = (", ties broken by the denoised image"
-                         if progress.metrics.get("blob_score") else "")
-            print(f"weights kept; threshold recalibrated from the clicked area: "
-                  f"{progress.metrics['threshold']:.2f}{tie_break}", file=sys.stderr)
+            print(progress.metrics["message"], file=sys.stderr)
             return None
         if progress.stage == "check":
             print(f"step {progress.step}: held-out recall "

@@ -317,10 +317,7 @@ class FinetuneWidget(Container):
         if progress.stage == "note":
             show_info(f"'{self._image_name}': {progress.metrics['message']}")
         elif progress.stage == "calibrate":
-            tie_break = (", ties broken by the denoised image"
-                         if progress.metrics.get("blob_score") else "")
-            self._status.value = (f"weights kept; threshold from the clicked area "
-                                  f"{progress.metrics['threshold']:.2f}{tie_break}")
+            self._status.value = progress.metrics["message"]
         elif progress.stage == "train":
             self.plot.add(progress.metrics["loss"])
             self._status.value = (f"step {progress.step}/{progress.total}, "

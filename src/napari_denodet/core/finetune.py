@@ -223,9 +223,10 @@ class FinetuneProgress:
     ----------
     stage : str
         ``"train"`` after a step, ``"check"`` after a held-out check, ``"calibrate"``
-        once in the ``"threshold"`` mode (nothing is trained), ``"note"`` before either
-        when the user should read ``metrics["message"]`` (the clicked area does not
-        look completely clicked, :func:`area_is_incomplete`).
+        once in the ``"threshold"`` mode (nothing is trained; ``metrics["message"]``
+        says what was set), ``"note"`` before either when the user should read
+        ``metrics["message"]`` (the clicked area does not look completely clicked,
+        :func:`area_is_incomplete`).
     step, total : int
         Steps done and the most steps.
     elapsed : float
@@ -1035,15 +1036,19 @@ def _recalibrate(model, settings, frames, clicks, detections, positives, negativ
         blob = BlobScore.fit(responses, settings.blob_weight, settings.blob_sigma)
         scored = candidates.assign(score=blob.apply(candidates[SCORE], responses))
     threshold, facts = calibrate_from_area(scored, clicks, [f.image.shape for f in frames])
+    source = "the clicked area"
     if threshold is None:
-        blob = None
+        blob, source = None, "the clicks (they cover no area)"
         threshold, facts = calibrate_threshold(
             candidates, pd.concat([_click_tables(frames, "positives"),
                                    _click_tables(frames, "heldout")]),
             expected=prior * _pixels(frames))
     elapsed = time.perf_counter() - started
+    message = (f"weights kept; threshold recalibrated from {source}: {threshold:.2f}"
+               + (", ties broken by the denoised image" if blob is not None else ""))
     yield FinetuneProgress("calibrate", 0, 0, elapsed,
-                           {"threshold": threshold, "blob_score": blob is not None, **facts})
+                           {"threshold": threshold, "blob_score": blob is not None,
+                            "message": message, **facts})
     card = finetune_card(model, replace(settings, mode="threshold"),
                          n_positives=len(positives), n_negatives=len(negatives),
                          steps_done=0, threshold=threshold, prior=prior,
