@@ -222,7 +222,8 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     before = _scores(case, parent_points, parent.threshold, centre, radius)
     image = case.image if len(case.image) > 1 else case.image[0]
     started = time.perf_counter()
-    settings = FinetuneSettings(time_budget=budget, mode="weights")
+    # Both thresholds after training are on the card; "clicks" is used, "count" scored too.
+    settings = FinetuneSettings(time_budget=budget, mode="weights", calibration="clicks")
     if pseudo_labels is not None:
         settings = replace(settings, pseudo_labels=pseudo_labels)
     result = run(finetune(parent, image, positives, settings=settings))
@@ -237,12 +238,17 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     levels = np.union1d(np.arange(0.05, 0.951, 0.025),
                         np.quantile(tuned_points[SCORE], np.linspace(0, 0.995, 200)))
     best_after = max(_scores(case, tuned_points, t, centre, radius).f1 for t in levels)
+    keeping = tuned.card["training"]["calibration"]["threshold_keeping_count"]
+    count = None if keeping is None else _scores(case, tuned_points, keeping, centre, radius)
     log, sigma, threshold = _log_baseline(case, parent.invert, centre, radius, case.model)
     row = {
         "case": case.name, "clicks": n, "draw": draw, "evaluated": int(before.tp + before.fn),
         "f1_before": before.f1, "rmse_before": before.rmse,
         "f1_after": after.f1, "rmse_after": after.rmse, "f1_after_best_threshold": best_after,
         "threshold_after": tuned.threshold, "steps": result.steps_done,
+        "f1_after_count": None if count is None else count.f1,
+        "rmse_after_count": None if count is None else count.rmse,
+        "threshold_after_count": keeping,
         **only,
         "pseudo_labels": settings.pseudo_labels,
         "finetune_s": seconds,
@@ -275,7 +281,9 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         f"(training budget {args.budget:g} s, the flip/rotation copy of "
         f"{FinetuneSettings().consistency_patches} patches per step, then threshold "
         "recalibration from the "
-        "clicks), at its new threshold; *time* is the whole fine-tuning call. *LoG*: "
+        "clicks), at its new threshold; *parent's count*: the same network at the "
+        "threshold that keeps as many detections on the clicked frames as the parent "
+        "made (`--calibration count`); *time* is the whole fine-tuning call. *LoG*: "
         "Laplacian of Gaussian with scale and threshold tuned on the clicked region "
         "taken as completely annotated. Pseudo-labels: share of the parent's surest "
         f"detections learnt as extra particles, {', '.join(f'{p:g}' for p in pseudo)}"
@@ -283,12 +291,12 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
            f"read back from `{args.baseline.name}` (an earlier run of this script)"
            if baseline else "") + ".",
         "",
-        "| case | clicks | region | F1 before | F1 after | ΔF1 | F1 after, best threshold "
-        "| F1 threshold only "
+        "| case | clicks | region | F1 before | F1 after | ΔF1 | F1 after, parent's count "
+        "| F1 after, best threshold | F1 threshold only "
         + ("| F1 after, clicks only " if baseline else "")
         + "| F1 LoG | RMSE before | RMSE after | RMSE threshold only | RMSE LoG | time (s) "
         "| steps | time, threshold only (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         + ("---|" if baseline else ""),
     ]
     for r in rows:
@@ -296,7 +304,8 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
             f"| {r['case']}{' *' if r.get('reused') else ''} | {r['clicks']} | {r['draw'] + 1} "
             f"| {r['f1_before']:.3f} "
             f"| {r['f1_after']:.3f} | {r['f1_after'] - r['f1_before']:+.3f} "
-            f"| {r['f1_after_best_threshold']:.3f} | {_f(r, 'f1_threshold_only', 3)} "
+            f"| {_f(r, 'f1_after_count', 3)} | {r['f1_after_best_threshold']:.3f} "
+            f"| {_f(r, 'f1_threshold_only', 3)} "
             + (f"| {baseline[_key(r)]['f1_after']:.3f} " if _key(r) in baseline else
                "| – " if baseline else "")
             + f"| {r['f1_log']:.3f} "
@@ -318,10 +327,22 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
                       + (f"; rows whose threshold after training was above "
                          f"{args.remeasure_above:g} in that run were measured again"
                          if args.remeasure_above is not None else "") + "."]
+    calibrations = advised_calibrations(rows)
+    lines += ["", "## Threshold after training advised per model", "",
+              "Mean F1 from 10 clicks over the model's cases (each the mean of its "
+              "regions), the trained network's threshold from the clicks and keeping the "
+              "parent's count; the better is written into the bundled card and is what "
+              "`--calibration auto` does (rows without the count column count as clicks):",
+              ""]
+    for model, (calibration, clicks, count) in calibrations.items():
+        lines.append(f"- `{model}`: from the clicks {clicks:.3f}, parent's count "
+                     + (f"{count:.3f}" if count is not None else "not measured")
+                     + f": **{calibration}**.")
     modes = advised_modes(rows)
     lines += ["", "## Mode advised per model", "",
               "Mean F1 from 10 clicks over the model's cases (each the mean of its "
-              "regions); the better mode is written into the bundled card "
+              "regions; weights at the advised threshold after training); the better mode "
+              "is written into the bundled card "
               "(`scripts/card_benchmarks.py`) and is what `--mode auto` does:", ""]
     for model, (mode, weights, only) in modes.items():
         lines.append(f"- `{model}`: weights and threshold {weights:.3f}, threshold only "
@@ -335,7 +356,10 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         if not ten:
             continue
         mode = modes[_model_of(ten[0])][0]
-        column = "f1_threshold_only" if mode == "threshold" else "f1_after"
+        calibration = calibrations[_model_of(ten[0])][0]
+        column = ("f1_threshold_only" if mode == "threshold" else
+                  _weights_column(calibration))
+        how = mode if mode == "threshold" else f"weights, threshold by {calibration}"
         before, after, log = (float(np.mean([r[k] for r in ten]))
                               for k in ("f1_before", column, "f1_log"))
         seconds = max(r["threshold_only_s" if mode == "threshold" else "finetune_s"]
@@ -343,7 +367,7 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         low = before < 0.7
         gain_ok = (after - before >= 0.2) if low else (after >= before)
         lines.append(
-            f"- {name} ({mode}): at most {seconds:.{0 if seconds >= 10 else 1}f} s "
+            f"- {name} ({how}): at most {seconds:.{0 if seconds >= 10 else 1}f} s "
             f"({'within' if seconds <= 60 else 'over'} 60 s); F1 {before:.3f} → {after:.3f} "
             + ("(starts below 0.7: needs +0.2, " if low else "(starts high: must not drop, ")
             + f"{'met' if gain_ok else 'not met'}); LoG tuned on the same clicks {log:.3f}: "
@@ -371,12 +395,15 @@ def _held_out(rows: list[dict]) -> list[str]:
               (f"{RULE_DRAWS + 1}-{BLOB_DRAWS} (blob score chosen)",
                lambda d: RULE_DRAWS <= d < BLOB_DRAWS),
               (f"{BLOB_DRAWS + 1}+ (held out)", lambda d: d >= BLOB_DRAWS))
+    calibrations = advised_calibrations(rows)
     for name in dict.fromkeys(r["case"] for r in ten):
+        weights = _weights_column(calibrations[_model_of(
+            next(r for r in ten if r["case"] == name))][0])
         for label, part in groups:
             chosen = [r for r in ten if r["case"] == name and part(r["draw"])]
             if chosen:
                 means = [float(np.mean([r[k] for r in chosen])) for k in
-                         ("f1_before", "f1_after", "f1_threshold_only", "f1_log")]
+                         ("f1_before", weights, "f1_threshold_only", "f1_log")]
                 lines.append(f"| {name} | {label}, {len(chosen)} "
                              + "".join(f"| {m:.3f} " for m in means) + "|")
     return lines
@@ -392,24 +419,59 @@ def _model_of(row: dict) -> str:
                                 "fluorescence")
 
 
-def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
-    """Per model: the better fine-tuning mode from 10 clicks, and both mean F1s.
+def _ten_click_cases(rows: list[dict], model: str) -> dict[str, list[dict]]:
+    # The model's 10-click rows, per case.
+    cases = {}
+    for r in rows:
+        if _model_of(r) == model and r["clicks"] == 10:
+            cases.setdefault(r["case"], []).append(r)
+    return cases
 
-    The mean is over the model's cases, each case the mean of its 10-click regions.
-    Threshold only is advised when it is higher; rows without it count as weights.
+
+def _case_mean(cases: dict[str, list[dict]], key: str) -> float:
+    # The mean over cases of each case's mean of ``key``.
+    return float(np.mean([np.mean([r[key] for r in c]) for c in cases.values()]))
+
+
+def _weights_column(calibration: str) -> str:
+    return "f1_after_count" if calibration == "count" else "f1_after"
+
+
+def advised_calibrations(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
+    """Per model: the better threshold after training from 10 clicks, and both mean F1s.
+
+    ``"count"`` (the parent's count, ``f1_after_count``) is advised when its mean over the
+    model's cases is higher than from the clicks (``f1_after``); rows without it count
+    as clicks.
     """
     found = {}
     for model in dict.fromkeys(_model_of(r) for r in rows):
-        cases = {}
-        for r in rows:
-            if _model_of(r) == model and r["clicks"] == 10:
-                cases.setdefault(r["case"], []).append(r)
-        weights = float(np.mean([np.mean([r["f1_after"] for r in c]) for c in cases.values()]))
+        cases = _ten_click_cases(rows, model)
+        clicks = _case_mean(cases, "f1_after")
+        if not all(r.get("f1_after_count") is not None for c in cases.values() for r in c):
+            found[model] = ("clicks", clicks, None)
+            continue
+        count = _case_mean(cases, "f1_after_count")
+        found[model] = ("count" if count > clicks else "clicks", clicks, count)
+    return found
+
+
+def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
+    """Per model: the better fine-tuning mode from 10 clicks, and both mean F1s.
+
+    The mean is over the model's cases, each case the mean of its 10-click regions;
+    weights at the threshold after training :func:`advised_calibrations` advises.
+    Threshold only is advised when it is higher; rows without it count as weights.
+    """
+    found = {}
+    calibrations = advised_calibrations(rows)
+    for model in dict.fromkeys(_model_of(r) for r in rows):
+        cases = _ten_click_cases(rows, model)
+        weights = _case_mean(cases, _weights_column(calibrations[model][0]))
         if not all(r.get("f1_threshold_only") is not None for c in cases.values() for r in c):
             found[model] = ("weights", weights, None)
             continue
-        only = float(np.mean([np.mean([r["f1_threshold_only"] for r in c])
-                              for c in cases.values()]))
+        only = _case_mean(cases, "f1_threshold_only")
         found[model] = ("threshold" if only > weights else "weights", weights, only)
     return found
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_detection import BUNDLED  # noqa: E402
-from bench_finetune import advised_modes  # noqa: E402
+from bench_finetune import advised_calibrations, advised_modes  # noqa: E402
 
 from napari_denodet.core.models import load_model, resolve_model_path, save_model  # noqa: E402
 
@@ -107,15 +107,24 @@ def finetune_advice() -> dict[str, dict]:
     if not FINETUNE.is_file():
         return {}
     advice = {}
-    for name, (mode, weights, only) in advised_modes(json.loads(FINETUNE.read_text())).items():
+    rows = json.loads(FINETUNE.read_text())
+    calibrations = advised_calibrations(rows)
+    for name, (mode, weights, only) in advised_modes(rows).items():
+        calibration, clicks, count = calibrations[name]
         advice[name] = {
             "mode": mode,
+            "calibration": calibration,
             "source": "docs/benchmarks-finetune.md (benchmarks/bench_finetune.py)",
             "f1_10_clicks": {"weights": _r(weights),
-                             "threshold": None if only is None else _r(only)},
+                             "threshold": None if only is None else _r(only),
+                             "weights_threshold_from_clicks": _r(clicks),
+                             "weights_keeping_parent_count": (None if count is None
+                                                              else _r(count))},
             "protocol": "mean F1 from 10 clicks (one completely clicked region) over the "
                         "benchmark's domain-shift cases for this model; the higher mode is "
-                        "what fine-tuning does under mode 'auto'",
+                        "what fine-tuning does under mode 'auto', and the higher threshold "
+                        "after training (from the clicks, or keeping the parent's count of "
+                        "detections) what it does under calibration 'auto'",
         }
     return advice
 
@@ -132,7 +141,8 @@ def main() -> None:
             card["finetune"] = advice[name]
         save_model(resolve_model_path(name), model.network, card, overwrite=True)
         print(f"{name}: benchmark figures"
-              + (f" and fine-tuning advice ({advice[name]['mode']})" if name in advice else "")
+              + (f" and fine-tuning advice ({advice[name]['mode']}, "
+                 f"{advice[name]['calibration']})" if name in advice else "")
               + " written to its card")
 
 

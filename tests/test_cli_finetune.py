@@ -36,6 +36,8 @@ def test_finetune_writes_a_model_that_detect_loads(stack, tmp_path, capsys):
     assert card["training"]["command"].startswith("napari-denodet finetune ")
     assert "--pseudo-labels 0.5" in card["training"]["command"]
     assert card["training"]["settings"]["pseudo_labels"] == 0.5
+    # The calibration the card advice resolved to (none: from the clicks) is repeated.
+    assert "--calibration clicks" in card["training"]["command"]
     assert "wrote" in capsys.readouterr().out
     assert main(["detect", str(stack / "cells.tif"), "--model", str(model),
                  "--out", str(tmp_path / "out")]) == 0
@@ -49,10 +51,14 @@ def test_pseudo_label_share_is_checked_and_recorded(stack, tmp_path, capsys):
     assert main([*args, "--pseudo-labels", "1.5", "--out", str(tmp_path / "no.pt")]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "no.pt").exists()
-    assert main([*args, "--pseudo-labels", "0", "--out", str(tmp_path / "clicks.pt")]) == 0
+    assert main([*args, "--pseudo-labels", "0", "--calibration", "count",
+                 "--out", str(tmp_path / "clicks.pt")]) == 0
     card = json.loads((tmp_path / "clicks.json").read_text())
     assert card["training"]["settings"]["pseudo_labels"] == 0.0
     assert "--pseudo-labels 0 " in card["training"]["command"]
+    assert card["training"]["settings"]["calibration"] == "count"
+    assert "--calibration count" in card["training"]["command"]
+    assert "as many detections" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("clicks", "message"), [

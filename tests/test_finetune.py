@@ -19,6 +19,7 @@ from napari_denodet.core.finetune import (
     calibrate_threshold,
     finetune,
     positive_unlabelled_loss,
+    threshold_for_count,
     unclicked_in_area,
 )
 from napari_denodet.core.metrics import score_detections
@@ -59,13 +60,19 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     f1_parent = f1_on_second_frame(parent, shifted.noisy, shifted.truth)
     f1_tuned = f1_on_second_frame(result.model, shifted.noisy, shifted.truth)
     assert f1_tuned >= f1_parent + 0.1, (f1_parent, f1_tuned)
-    assert result.steps_done == 100 and len(progress) == 100
+    assert result.steps_done == 100 and [p.stage for p in progress] == ["train"] * 100 + [
+        "calibrate"]
     assert all(torch.equal(a, b) for a, b in zip(before, parent.network.parameters(),
                                                  strict=True)), "the parent was modified"
     card = result.model.card
     assert card["parent"]["name"] == "fluorescence"
     assert card["training"]["clicks"] == 10 and card["training"]["steps"] == 100
     assert 0.1 <= card["threshold"] <= 0.9
+    # The fluorescence card gives no calibration advice: the threshold is the clicks'.
+    calibration = card["training"]["calibration"]
+    assert card["training"]["settings"]["calibration"] == "clicks"
+    assert card["threshold"] == calibration["threshold_from_clicks"]
+    assert progress[-1].metrics["threshold"] == card["threshold"]
 
 
 def test_stop_returns_promptly_with_a_usable_model(shifted):
@@ -78,7 +85,7 @@ def test_stop_returns_promptly_with_a_usable_model(shifted):
             stop.set()
             break
     result, rest = drain(generator)
-    assert rest == [] and result.steps_done == 3
+    assert [p.stage for p in rest] == ["calibrate"] and result.steps_done == 3
     assert result.model.card["training"]["steps"] == 3
     found = run(detect(shifted.noisy[0], result.model.network, **result.model.localisation))
     assert len(found.points) > 0
@@ -297,6 +304,77 @@ def test_area_calibration_counts_the_particles_of_the_clicked_area():
     assert f1(threshold) >= best - 0.03, (threshold, f1(threshold), best)
     # Otsu's split of these scores (0.5) keeps every noise peak above it.
     assert f1(0.5) < f1(threshold) - 0.1
+
+
+def test_area_calibration_scales_the_detections_where_particles_cluster():
+    # 100 particles in a 100 px square cluster, 300 over the rest of a 400 px frame. The
+    # clicks cover the cluster, so their density predicts four times too many particles;
+    # the model's detections (70 % of the particles, and 20 noise peaks) scaled by the
+    # clicks per detection in the area do not.
+    rng = np.random.default_rng(5)
+    cluster = rng.uniform(150, 250, (100, 2))
+    rest = rng.uniform(0, 400, (600, 2))
+    rest = rest[~np.all((rest > 150) & (rest < 250), axis=1)][:300]
+    true = np.concatenate([cluster, rest])
+    noise = rng.uniform(0, 400, (1200, 2))
+    points = np.concatenate([true, noise])
+    candidates = points_table(points[:, 0], points[:, 1], frame=np.zeros(len(points)),
+                              score=np.concatenate([rng.uniform(0.6, 0.95, len(true)),
+                                                    rng.uniform(0.05, 0.7, len(noise))]))
+    found = candidates.iloc[np.concatenate([rng.permutation(len(true))[:280],
+                                            len(true) + np.arange(20)])]
+    clicks = cluster[np.argsort(np.hypot(*(cluster - 200.0).T))[:25]]
+    _, by_density = calibrate_from_area(candidates, [clicks], [(400, 400)])
+    threshold, facts = calibrate_from_area(candidates, [clicks], [(400, 400)],
+                                           detections=found)
+    assert by_density["expected_from"] == "density" and by_density["expected"] > 1000
+    assert facts["expected_from"] == "detections"
+    assert facts["expected"] == pytest.approx(len(true), rel=0.2)
+    assert facts["over_frames"] == threshold_for_count(candidates, facts["expected"])
+    assert threshold == pytest.approx((facts["in_area"] + facts["over_frames"]) / 2)
+    # None of the detections in the area: the density is all there is.
+    _, empty = calibrate_from_area(candidates, [clicks], [(400, 400)],
+                                   detections=found.iloc[:0])
+    assert empty["expected_from"] == "density"
+
+
+def test_threshold_for_count_keeps_that_many_candidates():
+    candidates = points_table([1, 2, 3, 4], [1, 2, 3, 4], score=[0.9, 0.2, 0.7, 0.4])
+    assert threshold_for_count(candidates, 2) == 0.7
+    assert threshold_for_count(candidates, 2.4) == 0.7
+    assert threshold_for_count(candidates, 0) == 0.9  # at least one
+    assert threshold_for_count(candidates, 99) == 0.2  # at most all
+
+
+@pytest.mark.parametrize("advised", [False, True])
+def test_count_calibration_keeps_the_parents_number_of_detections(shifted, advised):
+    parent = load_model("fluorescence")
+    if advised:
+        parent.card["finetune"] = {"mode": "weights", "calibration": "count"}
+    settings = FinetuneSettings(steps=3, calibration="auto" if advised else "count")
+    result, progress = drain(finetune(parent, shifted.noisy, clicks_of(shifted.truth, 6),
+                                      settings=settings))
+    training = result.model.card["training"]
+    assert training["settings"]["calibration"] == "count"
+    assert progress[-1].stage == "calibrate" and "as many detections" in (
+        progress[-1].metrics["message"])
+
+    def detections(model):
+        # On the clicked frame, as the model's card scores them.
+        found = run(detect(shifted.noisy[:1], model.network, invert=model.invert,
+                           **model.localisation)).points
+        return found[found.score >= model.threshold]
+
+    count = len(detections(parent))
+    assert training["calibration"]["parent_count"] == count > 10
+    assert result.model.threshold == training["calibration"]["threshold_keeping_count"]
+    assert result.model.threshold != training["calibration"]["threshold_from_clicks"]
+    assert len(detections(result.model)) == count
+
+
+def test_unknown_calibration_is_refused():
+    with pytest.raises(InputError, match="calibration must be one of auto, clicks, count"):
+        FinetuneSettings(calibration="best")
 
 
 def test_area_calibration_needs_an_area():

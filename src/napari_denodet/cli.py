@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "threshold: keep the weights and recalibrate the threshold from "
                          "the clicked area (every particle in it clicked); auto (default): "
                          "what the model card advises, else weights")
+    ft.add_argument("--calibration", choices=("auto", "clicks", "count"), default="auto",
+                    help="after training the weights, set the threshold from the clicks, "
+                         "or keep as many detections as the starting model made (count); "
+                         "auto (default): what the model card advises, else clicks")
     ft.add_argument("--complete-region", action="store_true",
                     help="every particle in the area the clicks cover is clicked: the rest "
                          "of that area is learnt as background")
@@ -509,7 +513,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
     settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget,
                                 particles_per_frame=args.particles_per_frame,
                                 complete_region=args.complete_region,
-                                pseudo_labels=args.pseudo_labels, mode=args.mode)
+                                pseudo_labels=args.pseudo_labels, mode=args.mode,
+                                calibration=args.calibration)
     if args.steps:
         settings = replace(settings, steps=args.steps)
     binned = bin_image(image, args.bin)
@@ -541,7 +546,10 @@ def _run_finetune(args: argparse.Namespace) -> int:
         *(["--negatives", str(args.negatives)] if args.negatives else []),
         "--model", str(args.model), "--steps", str(settings.steps), "--bin", str(args.bin),
         "--seed", str(args.seed), "--pseudo-labels", f"{args.pseudo_labels:g}",
-        "--mode", card["training"]["mode"], "--out", out.name,
+        "--mode", card["training"]["mode"],
+        *(["--calibration", card["training"]["settings"]["calibration"]]
+          if card["training"]["mode"] == "weights" else []),
+        "--out", out.name,
         *(["--complete-region"] if args.complete_region else []),
         *(["--time-budget", f"{args.time_budget:g}"] if args.time_budget else []),
         *(["--particles-per-frame", f"{args.particles_per_frame:g}"]

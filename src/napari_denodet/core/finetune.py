@@ -88,6 +88,14 @@ HIGHEST_THRESHOLD = 0.9
 #: ``"weights"`` too when the advice is ``"threshold"`` but the clicked area does not look
 #: completely clicked (:func:`area_is_incomplete`).
 MODES = ("auto", "weights", "threshold")
+#: How the ``"weights"`` mode sets the trained network's threshold: ``"clicks"``
+#: (:func:`calibrate_threshold`); ``"count"`` keeps as many detections on the clicked
+#: frames as the parent made at its own threshold (:func:`threshold_for_count`): the
+#: trained network's probabilities are no longer calibrated, but where the parent's
+#: threshold already suited the data its operating point still does; ``"auto"`` takes
+#: the starting model's card advice (``card["finetune"]["calibration"]``), else
+#: ``"clicks"``.
+CALIBRATIONS = ("auto", "clicks", "count")
 #: The clicked area counts as not completely clicked when more than this many, and more
 #: than this share of the clicks, of its candidates look like unclicked particles
 #: (:func:`unclicked_in_area`, :func:`area_is_incomplete`).
@@ -160,6 +168,9 @@ class FinetuneSettings:
         frames' candidates): the most a score moves, and the filter's width in px.
         A weight of 0 keeps the peak probability. 0.1 and 2 px were chosen on the
         fine-tuning benchmark's regions 1-12 (docs/models.md).
+    calibration : str
+        One of :data:`CALIBRATIONS`: how the ``"weights"`` mode sets the threshold
+        after training.
     seed : int
         Seeds the patch sampling, masking and augmentation.
     """
@@ -185,6 +196,7 @@ class FinetuneSettings:
     mode: str = "auto"
     blob_weight: float = 0.1
     blob_sigma: float = 2.0
+    calibration: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -203,6 +215,9 @@ class FinetuneSettings:
         if self.mode not in MODES:
             raise InputError(None, f"the fine-tuning mode must be one of "
                                    f"{', '.join(MODES)}, got {self.mode!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise InputError(None, f"the calibration must be one of "
+                                   f"{', '.join(CALIBRATIONS)}, got {self.calibration!r}")
         if not 0 <= self.blob_weight <= 1 or not self.blob_sigma > 0:
             raise InputError(None, f"the blob weight must be in [0, 1] and its sigma > 0, "
                                    f"got {self.blob_weight} and {self.blob_sigma}")
@@ -223,9 +238,9 @@ class FinetuneProgress:
     ----------
     stage : str
         ``"train"`` after a step, ``"check"`` after a held-out check, ``"calibrate"``
-        once in the ``"threshold"`` mode (nothing is trained; ``metrics["message"]``
-        says what was set), ``"note"`` before either when the user should read
-        ``metrics["message"]`` (the clicked area does not look completely clicked,
+        once when the threshold is set, after training or in the ``"threshold"`` mode
+        (``metrics["message"]`` says what was set), ``"note"`` before either when the
+        user should read ``metrics["message"]`` (the clicked area does not look completely clicked,
         :func:`area_is_incomplete`).
     step, total : int
         Steps done and the most steps.
@@ -685,7 +700,8 @@ def calibrate_threshold(candidates: pd.DataFrame, positives: pd.DataFrame,
 
 
 def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
-                        shapes: Sequence[tuple[int, int]]) -> tuple[float | None, dict]:
+                        shapes: Sequence[tuple[int, int]],
+                        detections: pd.DataFrame | None = None) -> tuple[float | None, dict]:
     """Choose a threshold from an area in which every particle is clicked.
 
     For a model that was not trained on the clicks (the parent, in the ``"threshold"``
@@ -695,12 +711,19 @@ def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
     - *In the area*: the score of the ``k``-th surest candidate inside the clicked area,
       ``k`` the number of clicks (as many detections there as particles).
     - *Over the frames*: the score of the ``N``-th surest candidate of all frames, ``N``
+      the particles the frames are expected to hold. With ``detections`` (the model's
+      detections at its own threshold), ``N`` is their number scaled by how many
+      particles the area holds per detection there: ``len(detections) * k / d``, ``d``
+      the detections inside the area. Without them, or with none in the area, ``N`` is
       the clicks' density in their area times the frames' pixels.
 
     The first follows the clicked particles' own scores but rests on a few candidates;
-    the second uses every candidate but carries the error of the density estimate.
-    Their mean was measured better than either alone on the fine-tuning benchmark's
-    simulated micrographs (docs/models.md).
+    the second uses every candidate. The clicks' density over-estimates the particle
+    count: users click where particles are, and particles cluster (on the fine-tuning
+    benchmark by 1.5-1.8 times: 2600 expected against 1728 on the simulated
+    micrographs). The detections' count corrected by the area does not (median 1751 and
+    1691 against 1728; 460 against 467 on wide-PSF vesicles at SNR 2), and their mean
+    was measured better on the micrographs (docs/models.md).
 
     Parameters
     ----------
@@ -710,15 +733,18 @@ def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
         Per frame, the ``(K, 2)`` clicked ``(y, x)``.
     shapes : sequence of tuple of int
         Per frame, its ``(H, W)``.
+    detections : pandas.DataFrame, optional
+        The same model's detections at its own threshold, same frames.
 
     Returns
     -------
     threshold : float or None
         None when no frame has a clicked area (fewer than 3 clicks, or clicks on a line).
     facts : dict
-        ``in_area`` and ``over_frames`` (the two estimates) and ``expected`` (``N``).
+        ``in_area`` and ``over_frames`` (the two estimates), ``expected`` (``N``) and
+        ``expected_from`` (``"detections"`` or ``"density"``).
     """
-    inside, n_clicks, area_pixels = [], 0, 0
+    inside, n_clicks, area_pixels, detected = [], 0, 0, 0
     for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)):
         area = clicked_area(points, shape)
         if not area.any():
@@ -726,6 +752,9 @@ def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
         mine = candidates[candidates[FRAME] == i]
         inside.append(mine[SCORE].to_numpy(np.float64)[
             _in_area(mine[[Y, X]].to_numpy(np.float64), area)])
+        if detections is not None:
+            found = detections[detections[FRAME] == i]
+            detected += int(_in_area(found[[Y, X]].to_numpy(np.float64), area).sum())
         n_clicks += len(points)
         area_pixels += int(area.sum())
     if not n_clicks or candidates.empty:
@@ -735,10 +764,23 @@ def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
     # No candidate in the area: the particles there score below the floor.
     t_area = float(in_area[min(n_clicks, len(in_area)) - 1]) if len(in_area) else float(
         ranked[-1])
-    expected = n_clicks / area_pixels * sum(int(np.prod(s)) for s in shapes)
-    t_frames = float(ranked[int(np.clip(round(expected), 1, len(ranked))) - 1])
+    if detected:
+        expected, source = len(detections) * n_clicks / detected, "detections"
+    else:
+        expected = n_clicks / area_pixels * sum(int(np.prod(s)) for s in shapes)
+        source = "density"
+    t_frames = threshold_for_count(candidates, expected)
     return 0.5 * (t_area + t_frames), {"in_area": t_area, "over_frames": t_frames,
-                                       "expected": expected}
+                                       "expected": expected, "expected_from": source}
+
+
+def threshold_for_count(candidates: pd.DataFrame, count: float) -> float:
+    """Return the score of the ``count``-th surest candidate (rounded, within 1..all).
+
+    At that threshold the candidates give ``count`` detections (more where scores tie).
+    """
+    ranked = np.sort(candidates[SCORE].to_numpy(np.float64))[::-1]
+    return float(ranked[int(np.clip(round(count), 1, len(ranked))) - 1])
 
 
 def unclicked_in_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
@@ -797,6 +839,14 @@ def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
     return advice if advice in MODES[1:] else "weights"
 
 
+def resolve_calibration(settings: FinetuneSettings, model: Model) -> str:
+    """Return ``"clicks"`` or ``"count"``: the settings' calibration, or the card's advice."""
+    if settings.calibration != "auto":
+        return settings.calibration
+    advice = (model.card.get("finetune") or {}).get("calibration")
+    return advice if advice in CALIBRATIONS[1:] else "clicks"
+
+
 def _detections(network, frames: list[_Frame], localisation: dict,
                 device: torch.device) -> DetectionResult:
     # Detection on the (already normalised) training frames, frame = position in list.
@@ -852,7 +902,7 @@ def click_density(points: np.ndarray, shape: tuple[int, int]) -> float:
     return len(points) / area if area else 0.0
 
 
-def _estimate_prior(candidates: pd.DataFrame, threshold: float, frames: list[_Frame],
+def _estimate_prior(found: pd.DataFrame, frames: list[_Frame],
                     settings: FinetuneSettings) -> float:
     # Particles per pixel: the user's figure; else the larger of the parent's detections
     # at its threshold and the density of the clicks. Under-estimating hurts most: the
@@ -862,7 +912,7 @@ def _estimate_prior(candidates: pd.DataFrame, threshold: float, frames: list[_Fr
     if settings.particles_per_frame is not None:
         return settings.particles_per_frame * len(frames) / pixels
     clicks = sum(len(f.positives) + len(f.heldout) for f in frames)
-    parent = float((candidates[SCORE] >= threshold).sum())
+    parent = float(len(found))
     dense = sum(click_density(np.concatenate([f.positives, f.heldout]), f.image.shape)
                 * f.image.size for f in frames)
     return max(parent, dense, clicks) / pixels
@@ -949,7 +999,8 @@ def finetune(
 
     parent_detections = _detections(model.network, frames, localisation, torch_device)
     parent_candidates = parent_detections.points
-    prior_per_pixel = _estimate_prior(parent_candidates, model.threshold, frames, settings)
+    parent_found = _parent_detections(model, parent_detections)
+    prior_per_pixel = _estimate_prior(parent_found, frames, settings)
     mode = resolve_mode(settings, model)
     unclicked = None
     clicks = [np.concatenate([f.positives, f.heldout]) for f in frames]
@@ -971,8 +1022,8 @@ def finetune(
                                    {"message": message, "unclicked": unclicked})
     if mode == "threshold":
         return (yield from _recalibrate(model, settings, frames, clicks, parent_detections,
-                                        positives, negatives, prior_per_pixel, started,
-                                        unclicked))
+                                        parent_found, positives, negatives,
+                                        prior_per_pixel, started, unclicked))
     if settings.pseudo_labels > 0:
         _add_pseudo_labels(frames, parent_candidates, model.threshold, settings.pseudo_labels)
     network = copy.deepcopy(model.network).to(torch_device)
@@ -1013,19 +1064,36 @@ def finetune(
     candidates = _candidates(network, frames, localisation, torch_device)
     network.cpu()
     clicks = _click_tables(frames, "positives")
-    threshold, _ = calibrate_threshold(candidates, pd.concat([clicks, heldout]),
-                                       expected=prior_per_pixel * _pixels(frames))
-    card = finetune_card(model, replace(settings, mode=mode), n_positives=len(positives),
+    from_clicks, _ = calibrate_threshold(candidates, pd.concat([clicks, heldout]),
+                                         expected=prior_per_pixel * _pixels(frames))
+    calibration = resolve_calibration(settings, model)
+    # Keeping the parent's count needs detections of the parent and candidates now.
+    keeping = (threshold_for_count(candidates, len(parent_found))
+               if len(parent_found) and not candidates.empty else None)
+    if keeping is None:
+        calibration = "clicks"
+    threshold = keeping if calibration == "count" else from_clicks
+    yield FinetuneProgress("calibrate", step, settings.steps,
+                           time.perf_counter() - train_started,
+                           {"threshold": threshold, "calibration": calibration,
+                            "message": _calibration_message(calibration, threshold,
+                                                            len(parent_found))})
+    card = finetune_card(model, replace(settings, mode=mode, calibration=calibration),
+                         n_positives=len(positives),
                          n_negatives=len(negatives), steps_done=step, threshold=threshold,
                          prior=prior_per_pixel, frames=[f.index for f in frames],
-                         wall_time=time.perf_counter() - started, unclicked=unclicked)
+                         wall_time=time.perf_counter() - started, unclicked=unclicked,
+                         calibration={"threshold_from_clicks": from_clicks,
+                                      "threshold_keeping_count": keeping,
+                                      "parent_count": len(parent_found)})
     result = Model(network=network, card=card, source=f"fine-tuned from {model.source}")
     return FinetunedModel(model=result, history=history, steps_done=step,
                           wall_time=time.perf_counter() - started)
 
 
-def _recalibrate(model, settings, frames, clicks, detections, positives, negatives, prior,
-                 started, unclicked) -> Generator[FinetuneProgress, None, FinetunedModel]:
+def _recalibrate(model, settings, frames, clicks, detections, found, positives, negatives,
+                 prior, started,
+                 unclicked) -> Generator[FinetuneProgress, None, FinetunedModel]:
     # The "threshold" mode: the parent's weights, the blob score fitted on the frames'
     # candidates and a threshold from the clicked area (or, without an area, the peak
     # probability and the rule used after training). ``clicks``: per frame, all clicks.
@@ -1035,7 +1103,8 @@ def _recalibrate(model, settings, frames, clicks, detections, positives, negativ
         responses = _blob_responses(detections, settings.blob_sigma)
         blob = BlobScore.fit(responses, settings.blob_weight, settings.blob_sigma)
         scored = candidates.assign(score=blob.apply(candidates[SCORE], responses))
-    threshold, facts = calibrate_from_area(scored, clicks, [f.image.shape for f in frames])
+    threshold, facts = calibrate_from_area(scored, clicks, [f.image.shape for f in frames],
+                                           detections=found)
     source = "the clicked area"
     if threshold is None:
         blob, source = None, "the clicks (they cover no area)"
@@ -1059,6 +1128,20 @@ def _recalibrate(model, settings, frames, clicks, detections, positives, negativ
     result = Model(network=network, card=card, source=f"recalibrated from {model.source}")
     return FinetunedModel(model=result, history=[], steps_done=0,
                           wall_time=time.perf_counter() - started)
+
+
+def _parent_detections(model: Model, detections: DetectionResult) -> pd.DataFrame:
+    # The parent's detections at its own threshold, scored as its card scores them (a
+    # parent's blob term too: fine-tuning's candidates carry the peak probability).
+    points = detections.points
+    if points.empty:
+        return points
+    blob = model.localisation.get("blob")
+    score = points[SCORE].to_numpy(np.float64)
+    if blob:
+        term = BlobScore(**blob)
+        score = term.apply(score, _blob_responses(detections, term.sigma))
+    return points[score >= model.threshold]
 
 
 def _blob_responses(detections: DetectionResult, sigma: float) -> np.ndarray:
@@ -1141,6 +1224,14 @@ def _swapped(parameters: list[Tensor], values: list[Tensor] | None):
                 p.copy_(k)
 
 
+def _calibration_message(calibration: str, threshold: float, parent_count: int) -> str:
+    # One line for the faces: how the threshold after training was set.
+    if calibration == "count":
+        return (f"threshold {threshold:.2f}: as many detections on the clicked frames as "
+                f"the starting model made ({parent_count})")
+    return f"threshold {threshold:.2f}, recalibrated from the clicks"
+
+
 def _pixels(frames: list[_Frame]) -> int:
     return sum(f.image.size for f in frames)
 
@@ -1163,7 +1254,8 @@ def _check(network, frames, heldout, localisation, freeze_norm, prior, device) -
 def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int,
                   n_negatives: int, steps_done: int, threshold: float, prior: float,
                   frames: Sequence[int], wall_time: float,
-                  unclicked: int | None = None, blob: BlobScore | None = None) -> dict:
+                  unclicked: int | None = None, blob: BlobScore | None = None,
+                  calibration: dict | None = None) -> dict:
     """Build the card of a fine-tuned model from its parent's card.
 
     Parameters
@@ -1190,6 +1282,10 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
     blob : BlobScore, optional
         The score's blob term (``localisation.blob``); without it scores are the peak
         probability, also when the parent had a blob term.
+    calibration : dict, optional
+        After training, the two thresholds :data:`CALIBRATIONS` offer and the parent's
+        count (recorded as ``training.calibration``; ``training.settings.calibration``
+        says which was used).
 
     Returns
     -------
@@ -1226,6 +1322,7 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
             "prior_particles_per_pixel": float(prior),
             "wall_time_s": round(float(wall_time), 1),
             **({} if unclicked is None else {"unclicked_in_area": int(unclicked)}),
+            **({} if calibration is None else {"calibration": calibration}),
             "parent_training": parent.card.get("training"),
         },
     })
