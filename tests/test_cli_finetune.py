@@ -36,8 +36,10 @@ def test_finetune_writes_a_model_that_detect_loads(stack, tmp_path, capsys):
     assert card["training"]["command"].startswith("napari-denodet finetune ")
     assert "--pseudo-labels 0.5" in card["training"]["command"]
     assert card["training"]["settings"]["pseudo_labels"] == 0.5
-    # The calibration the card advice resolved to (none: from the clicks) is repeated.
-    assert "--calibration clicks" in card["training"]["command"]
+    # The calibration the card advice resolved to is repeated.
+    advised = load_model("fluorescence").card["finetune"]["calibration"]
+    assert card["training"]["settings"]["calibration"] == advised
+    assert f"--calibration {advised}" in card["training"]["command"]
     assert "wrote" in capsys.readouterr().out
     assert main(["detect", str(stack / "cells.tif"), "--model", str(model),
                  "--out", str(tmp_path / "out")]) == 0

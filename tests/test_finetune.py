@@ -44,9 +44,9 @@ def clicks_of(truth: pd.DataFrame, n: int) -> pd.DataFrame:
     return first.iloc[order[:n]][["frame", "y", "x"]].reset_index(drop=True)
 
 
-def f1_on_second_frame(model, image, truth):
+def f1_on_second_frame(model, image, truth, threshold=None):
     found = run(detect(image, model.network, invert=model.invert, **model.localisation))
-    points = found.points[found.points.score >= model.threshold]
+    points = found.points[found.points.score >= (threshold or model.threshold)]
     return score_detections(points[points.frame == 1], truth[truth.frame == 1]).f1
 
 
@@ -56,10 +56,16 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     clicks = clicks_of(shifted.truth, 10)
     result, progress = drain(finetune(parent, shifted.noisy, clicks,
                                       settings=FinetuneSettings(steps=100, seed=0)))
-    # Measured on the frame that holds no click (measured: 0.74 -> 0.92).
+    # Measured on the frame that holds no click, at both thresholds after training
+    # (measured: 0.79 -> 0.92 from the clicks, 0.88 keeping the parent's count).
     f1_parent = f1_on_second_frame(parent, shifted.noisy, shifted.truth)
-    f1_tuned = f1_on_second_frame(result.model, shifted.noisy, shifted.truth)
-    assert f1_tuned >= f1_parent + 0.1, (f1_parent, f1_tuned)
+    thresholds = result.model.card["training"]["calibration"]
+    f1_clicks = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
+                                   thresholds["threshold_from_clicks"])
+    f1_count = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
+                                  thresholds["threshold_keeping_count"])
+    assert f1_clicks >= f1_parent + 0.1, (f1_parent, f1_clicks)
+    assert f1_count >= f1_parent + 0.05, (f1_parent, f1_count)
     assert result.steps_done == 100 and [p.stage for p in progress] == ["train"] * 100 + [
         "calibrate"]
     assert all(torch.equal(a, b) for a, b in zip(before, parent.network.parameters(),
@@ -68,10 +74,12 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     assert card["parent"]["name"] == "fluorescence"
     assert card["training"]["clicks"] == 10 and card["training"]["steps"] == 100
     assert 0.1 <= card["threshold"] <= 0.9
-    # The fluorescence card gives no calibration advice: the threshold is the clicks'.
+    # The threshold after training is the one the parent's card advises.
     calibration = card["training"]["calibration"]
-    assert card["training"]["settings"]["calibration"] == "clicks"
-    assert card["threshold"] == calibration["threshold_from_clicks"]
+    advised = parent.card["finetune"]["calibration"]
+    assert card["training"]["settings"]["calibration"] == advised
+    assert card["threshold"] == calibration[
+        "threshold_keeping_count" if advised == "count" else "threshold_from_clicks"]
     assert progress[-1].metrics["threshold"] == card["threshold"]
 
 

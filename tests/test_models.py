@@ -212,6 +212,12 @@ def test_bundled_cards_carry_the_advised_fine_tuning_mode():
         figures = field["f1_10_clicks"]
         better = "threshold" if (figures["threshold"] or 0) > figures["weights"] else "weights"
         assert field["mode"] == better
+        # The threshold after training: keeping the parent's count where that measured
+        # higher, and the weights figure is the advised calibration's.
+        count = figures["weights_keeping_parent_count"]
+        clicks = figures["weights_threshold_from_clicks"]
+        assert field["calibration"] == ("count" if (count or 0) > clicks else "clicks")
+        assert figures["weights"] == (count if field["calibration"] == "count" else clicks)
 
 
 def test_card_figures_are_means_over_the_cells_of_one_snr():
