@@ -444,16 +444,20 @@ def advised_calibrations(rows: list[dict]) -> dict[str, tuple[str, float, float 
     model's cases is higher than from the clicks (``f1_after``); rows without it count
     as clicks.
     """
-    found = {}
-    for model in dict.fromkeys(_model_of(r) for r in rows):
-        cases = _ten_click_cases(rows, model)
-        clicks = _case_mean(cases, "f1_after")
-        if not all(r.get("f1_after_count") is not None for c in cases.values() for r in c):
-            found[model] = ("clicks", clicks, None)
-            continue
-        count = _case_mean(cases, "f1_after_count")
-        found[model] = ("count" if count > clicks else "clicks", clicks, count)
-    return found
+    return {model: _better(_ten_click_cases(rows, model), ("clicks", "f1_after"),
+                           ("count", "f1_after_count"))
+            for model in dict.fromkeys(_model_of(r) for r in rows)}
+
+
+def _better(cases: dict[str, list[dict]], first: tuple[str, str],
+            other: tuple[str, str]) -> tuple[str, float, float | None]:
+    # The (name, column) of ``other`` where its case mean is higher, else ``first``'s;
+    # and both means (None for ``other`` when some row lacks it).
+    mean_first = _case_mean(cases, first[1])
+    if not all(r.get(other[1]) is not None for c in cases.values() for r in c):
+        return first[0], mean_first, None
+    mean_other = _case_mean(cases, other[1])
+    return (other[0] if mean_other > mean_first else first[0]), mean_first, mean_other
 
 
 def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
@@ -463,17 +467,11 @@ def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]
     weights at the threshold after training :func:`advised_calibrations` advises.
     Threshold only is advised when it is higher; rows without it count as weights.
     """
-    found = {}
     calibrations = advised_calibrations(rows)
-    for model in dict.fromkeys(_model_of(r) for r in rows):
-        cases = _ten_click_cases(rows, model)
-        weights = _case_mean(cases, _weights_column(calibrations[model][0]))
-        if not all(r.get("f1_threshold_only") is not None for c in cases.values() for r in c):
-            found[model] = ("weights", weights, None)
-            continue
-        only = _case_mean(cases, "f1_threshold_only")
-        found[model] = ("threshold" if only > weights else "weights", weights, only)
-    return found
+    return {model: _better(_ten_click_cases(rows, model),
+                           ("weights", _weights_column(calibrations[model][0])),
+                           ("threshold", "f1_threshold_only"))
+            for model in dict.fromkeys(_model_of(r) for r in rows)}
 
 
 def _key(row: dict) -> tuple:
