@@ -240,8 +240,8 @@ class FinetuneProgress:
         ``"train"`` after a step, ``"check"`` after a held-out check, ``"calibrate"``
         once when the threshold is set, after training or in the ``"threshold"`` mode
         (``metrics["message"]`` says what was set), ``"note"`` before either when the
-        user should read ``metrics["message"]`` (the clicked area does not look completely clicked,
-        :func:`area_is_incomplete`).
+        user should read ``metrics["message"]`` (the clicked area does not look
+        completely clicked, :func:`area_is_incomplete`).
     step, total : int
         Steps done and the most steps.
     elapsed : float
