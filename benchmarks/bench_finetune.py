@@ -350,7 +350,7 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         lines.append(f"- `{model}`: weights and threshold {weights:.3f}, threshold only "
                      + (f"{only:.3f}" if only is not None else "not measured")
                      + f": **{mode}**.")
-    lines += _held_out(rows)
+    lines += _held_out(rows, calibrations)
     lines += ["", "## Targets (from 10 clicks, in the advised mode; mean over the click "
                   "regions drawn)", ""]
     for name in dict.fromkeys(r["case"] for r in rows):
@@ -381,7 +381,7 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _held_out(rows: list[dict]) -> list[str]:
+def _held_out(rows: list[dict], calibrations: dict) -> list[str]:
     """The section comparing the regions the threshold-only mode was chosen on with the rest."""
     ten = [r for r in rows if r["clicks"] == 10 and r.get("f1_threshold_only") is not None]
     if not any(r["draw"] >= RULE_DRAWS for r in ten):
@@ -399,7 +399,6 @@ def _held_out(rows: list[dict]) -> list[str]:
               (f"{RULE_DRAWS + 1}-{BLOB_DRAWS} (blob score chosen)",
                lambda d: RULE_DRAWS <= d < BLOB_DRAWS),
               (f"{BLOB_DRAWS + 1}+ (held out)", lambda d: d >= BLOB_DRAWS))
-    calibrations = advised_calibrations(rows)
     for name in dict.fromkeys(r["case"] for r in ten):
         weights = _weights_column(calibrations[_model_of(
             next(r for r in ten if r["case"] == name))][0])

@@ -689,9 +689,8 @@ def calibrate_threshold(candidates: pd.DataFrame, positives: pd.DataFrame,
         if all_clicks >= threshold:
             ceiling = all_clicks
             if expected is not None and expected > 0:
-                ranked = np.sort(scores)[::-1]
                 keep = int(np.ceil(RAISE_KEEPS * expected))
-                ceiling = min(ceiling, float(ranked[min(keep, len(ranked)) - 1]))
+                ceiling = min(ceiling, threshold_for_count(candidates, keep))
             threshold = max(threshold, min(ceiling, HIGHEST_THRESHOLD))
     while threshold > 0.1 and recall(threshold) < min_recall:
         threshold = round(max(threshold - 0.025, 0.1), 3)
