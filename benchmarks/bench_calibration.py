@@ -65,7 +65,7 @@ def tuned_in_region(case, points, clicks, centre, radius) -> float:
     return float(np.median(scores[np.isclose(f1, f1.max())]))
 
 
-def _recalibrate(parent, case, positives):
+def _threshold_only_model(parent, case, positives):
     image = case.image if len(case.image) > 1 else case.image[0]
     facts = {}
     generator = finetune(parent, image, positives, settings=FinetuneSettings(mode="threshold"))
@@ -87,7 +87,7 @@ def measure(case, clicks: list[int], regions: int) -> list[dict]:
     for n in clicks:
         for draw in range(regions):
             positives, centre, radius = _clicks(case, n, draw)
-            model, facts = _recalibrate(parent, case, positives)
+            model, facts = _threshold_only_model(parent, case, positives)
             key = json.dumps(model.localisation.get("blob"), sort_keys=True)
             if key not in scored:
                 scored[key] = _network_points(model, case.image)
