@@ -19,7 +19,7 @@ edge margins. Writes ``docs/benchmarks-calibration.md`` (and ``.json``).
 
 Usage::
 
-    python benchmarks/bench_calibration.py --regions 48 --clicks 5 10 25 50
+    python benchmarks/bench_calibration.py --regions 48 --clicks 10 25 50
 """
 
 from __future__ import annotations
@@ -37,10 +37,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_finetune import _cases, _clicks, _inside, _network_points, _scores  # noqa: E402
+from bench_finetune import (  # noqa: E402
+    _cases,
+    _clicks,
+    _inside,
+    _network_points,
+    _scores,
+    f1_at,
+)
 
 from napari_denodet.core.finetune import FinetuneSettings, finetune  # noqa: E402
-from napari_denodet.core.metrics import score_detections  # noqa: E402
 from napari_denodet.core.models import load_model  # noqa: E402
 from napari_denodet.core.points import SCORE, X, Y  # noqa: E402
 
@@ -60,8 +66,7 @@ def tuned_in_region(case, points, clicks, centre, radius) -> float:
         return float(points[SCORE].min())
     truth = clicks.assign(frame=0) if "frame" not in clicks.columns else clicks
     scores = np.unique(region[SCORE].to_numpy())
-    f1 = np.array([score_detections(region[region[SCORE] >= t], truth, gate=case.gate).f1
-                   for t in scores])
+    f1 = f1_at(region, truth, scores, case.gate)
     return float(np.median(scores[np.isclose(f1, f1.max())]))
 
 
@@ -146,25 +151,27 @@ def markdown(rows: list[dict], args) -> str:
         "| k-th in the area | tuned in the region | best fixed threshold | spread |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for case in dict.fromkeys(r["case"] for r in rows):
-        for n in dict.fromkeys(r["clicks"] for r in rows if r["case"] == case):
-            mine = [r for r in rows if r["case"] == case and r["clicks"] == n]
-            curve = np.mean([r["levels"] for r in mine], axis=0)
-            best = int(np.argmax(curve))
-            spread = float(np.std([r["threshold_shipped"] for r in mine]))
-            before = _mean(mine, "f1_before")
-            lines.append(
-                f"| {case} | {n} | {len(mine)} | {before:.3f} | {before + 0.2:.3f} | "
-                f"{_mean(mine, 'f1_shipped'):.3f} | {_mean(mine, 'f1_kth'):.3f} | "
-                f"{_mean(mine, 'f1_tuned'):.3f} | {curve[best]:.3f} (at {LEVELS[best]:g}) "
-                f"| {spread:.3f} |")
+    groups = {}  # (case, clicks) -> its rows, in the order measured
+    for r in rows:
+        groups.setdefault((r["case"], r["clicks"]), []).append(r)
+    curves = {key: np.mean([r["levels"] for r in mine], axis=0)
+              for key, mine in groups.items()}
+    for (case, n), mine in groups.items():
+        curve = curves[case, n]
+        best = int(np.argmax(curve))
+        spread = float(np.std([r["threshold_shipped"] for r in mine]))
+        before = _mean(mine, "f1_before")
+        lines.append(
+            f"| {case} | {n} | {len(mine)} | {before:.3f} | {before + 0.2:.3f} | "
+            f"{_mean(mine, 'f1_shipped'):.3f} | {_mean(mine, 'f1_kth'):.3f} | "
+            f"{_mean(mine, 'f1_tuned'):.3f} | {curve[best]:.3f} (at {LEVELS[best]:g}) "
+            f"| {spread:.3f} |")
     lines += ["", "F1 of the best fixed threshold's neighbours (mean over the regions at "
               f"{args.clicks[0]} clicks), to show how sharp the optimum is:", "",
               "| case | " + " | ".join(f"{d:+.2f}" for d in (-0.1, -0.05, 0, 0.05, 0.1))
               + " |", "|---|" + "---|" * 5]
     for case in dict.fromkeys(r["case"] for r in rows):
-        mine = [r for r in rows if r["case"] == case and r["clicks"] == args.clicks[0]]
-        curve = np.mean([r["levels"] for r in mine], axis=0)
+        curve = curves[case, args.clicks[0]]
         best = int(np.argmax(curve))
         cells = []
         for delta in (-0.1, -0.05, 0, 0.05, 0.1):

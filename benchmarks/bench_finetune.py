@@ -188,6 +188,12 @@ def _scores(case: Case, points, threshold, centre, radius):
                             gate=case.gate)
 
 
+def f1_at(points, truth, levels, gate: float) -> np.ndarray:
+    """F1 of ``points`` against ``truth`` when only scores at or above each level are kept."""
+    return np.array([score_detections(points[points[SCORE] >= t], truth, gate=gate).f1
+                     for t in levels])
+
+
 def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
     """LoG with scale and threshold tuned on the clicked region (taken as complete)."""
     # The clicked region proper: the clicks' disk (the evaluation excludes 5 px more).
@@ -205,11 +211,10 @@ def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
         region = _inside(_annotated(case, table), centre, inner)
         if region.empty:
             continue
-        for t in np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40))):
-            f1 = score_detections(region[region[SCORE] >= t], region_truth,
-                                  gate=case.gate).f1
-            if f1 > best[0]:
-                best = (f1, sigma, float(t))
+        levels = np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40)))
+        f1 = f1_at(region, region_truth, levels, case.gate)
+        if f1.max() > best[0]:
+            best = (float(f1.max()), sigma, float(levels[int(np.argmax(f1))]))
     _, sigma, threshold = best
     if sigma is None:
         raise RuntimeError(f"{case.name}: no LoG candidate in the clicked region")

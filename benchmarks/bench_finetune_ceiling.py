@@ -34,7 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_finetune import LOG_SIGMAS, _annotated, _cases, _network_points  # noqa: E402
+from bench_finetune import (  # noqa: E402
+    LOG_SIGMAS,
+    _annotated,
+    _cases,
+    _network_points,
+    f1_at,
+)
 
 from napari_denodet.core.classic import detect_classic  # noqa: E402
 from napari_denodet.core.finetune import FinetuneSettings, finetune  # noqa: E402
@@ -54,9 +60,8 @@ def best_f1(case, points) -> tuple[float, float]:
     if points.empty:
         return 0.0, float("nan")
     levels = np.unique(np.quantile(points[SCORE], np.linspace(0, 0.995, 200)))
-    scores = [(score_detections(points[points[SCORE] >= t], truth, gate=case.gate).f1,
-               float(t)) for t in levels]
-    return max(scores)
+    f1 = f1_at(points, truth, levels, case.gate)
+    return max(zip(f1.tolist(), levels.tolist(), strict=True))
 
 
 def at_threshold(case, points, threshold) -> float:
