@@ -335,7 +335,11 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
              "(`benchmarks/bench_finetune.py`), speed and memory at scale in "
              "[performance.md](performance.md) (`benchmarks/bench_performance.py`), the "
              "micrograph binning in [benchmarks-binning.md](benchmarks-binning.md) and "
-             "Topaz's pretrained picker in [benchmarks-topaz.md](benchmarks-topaz.md).", "",
+             "Topaz's pretrained picker in [benchmarks-topaz.md](benchmarks-topaz.md); "
+             "how far above the classic detectors a network goes at SNR 2 with every "
+             "threshold chosen on the test truth, in "
+             "[benchmarks-detection-ceiling.md](benchmarks-detection-ceiling.md) "
+             "(`benchmarks/bench_detection_ceiling.py`).", "",
              "Protocol: for each cell, a validation stack and a test stack of "
              f"{args.frames} frames of 512 x 512 from simulator seeds never used in training "
              "(validation seeds 3e9+, test seeds 4e9+; training and its own validation "

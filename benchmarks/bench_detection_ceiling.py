@@ -1,0 +1,193 @@
+"""How far above the classic detectors can a network go at SNR 2, on our stacks?
+
+Issue 3 asks the bundled models to beat the best classic detector by at least 0.10 F1 at
+SNR 2 (mean over the cells). The detection benchmark measures +0.014. This script
+measures upper bounds on the very test stacks of ``bench_detection.py`` (same seeds),
+each method scored at the threshold (and LoG scale, wavelet k) that is best on the test
+stack's own truth, so no method loses anything to tuning:
+
+- LoG and the à trous wavelet product, scale and threshold chosen on the test truth;
+- the bundled model for the scenario;
+- a *specialist* per scenario (``--specialist SCENARIO=PATH``): the same network trained
+  only on that scenario at that SNR, with its clean images (its command is in its card).
+
+If the specialist's lead over the classic detectors stays far under 0.10, that target
+asks more than this network reaches on these stacks even when trained for the one cell.
+Writes ``docs/benchmarks-detection-ceiling.md`` (and ``.json``).
+
+Usage::
+
+    python benchmarks/bench_detection_ceiling.py \
+        --specialist vesicle=runs/vesicle-snr2.pt --specialist receptor=runs/receptor-snr2.pt \
+        --specialist microtubule=runs/microtubule-snr2.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_detection import (  # noqa: E402
+    DENSITIES,
+    SNRS,
+    _cell_stacks,
+    _network_candidates,
+    _table,
+    merged_pairs_bound,
+)
+
+from napari_denodet.core.classic import detect_classic  # noqa: E402
+from napari_denodet.core.metrics import score_detections  # noqa: E402
+from napari_denodet.core.models import bundled_models, load_model  # noqa: E402
+from napari_denodet.core.simulate import SCENARIOS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_SIGMAS = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+WAVELET_KS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def best_on_truth(points, truth) -> tuple[float, float, float]:
+    """Best F1 (with its RMSE and threshold) over 100 score quantiles of ``points``."""
+    if points.empty:
+        return 0.0, float("nan"), float("nan")
+    best = (-1.0, float("nan"), float("nan"))
+    for t in np.unique(np.quantile(points["score"], np.linspace(0.0, 0.999, 100))):
+        s = score_detections(points[points["score"] >= t], truth)
+        if s.f1 > best[0]:
+            best = (s.f1, s.rmse, float(t))
+    return best
+
+
+def classic_on_truth(stack, truth, method, key, params) -> dict:
+    """The classic detector at its best parameter and threshold on the truth itself."""
+    best = {"f1": -1.0}
+    for p in params:
+        f1, rmse, t = best_on_truth(_table(detect_classic(stack, method, **{key: p})), truth)
+        if f1 > best["f1"]:
+            best = {"f1": f1, "rmse": rmse, "threshold": t, key: p}
+    return best
+
+
+def network_on_truth(model, stack, truth) -> dict:
+    """The network's candidates at their best threshold on the truth."""
+    f1, rmse, t = best_on_truth(_network_candidates(model, stack)[0], truth)
+    return {"f1": f1, "rmse": rmse, "threshold": t}
+
+
+def measure(scenarios, snr, frames, specialists) -> list[dict]:
+    """One row per cell of the detection benchmark's grid at ``snr``."""
+    general = load_model("fluorescence")
+    bundled = {name: load_model(name) for name in bundled_models() if name in SCENARIOS}
+    rows = []
+    for scenario in scenarios:
+        for density in DENSITIES:
+            # The detection benchmark's cell index, so these are its very test stacks.
+            index = 1 + (SCENARIOS.index(scenario) * len(SNRS) + SNRS.index(snr)) \
+                * len(DENSITIES) + DENSITIES.index(density)
+            _, test = _cell_stacks(scenario, snr, density, frames, index)
+            model = bundled.get(scenario, general)
+            row = {"scenario": scenario, "snr": snr, "density": density,
+                   "particles": len(test.truth), "f1_bound": merged_pairs_bound(test.truth),
+                   "LoG": classic_on_truth(test.noisy, test.truth, "log", "sigma", LOG_SIGMAS),
+                   "wavelet": classic_on_truth(test.noisy, test.truth, "wavelet", "k",
+                                               WAVELET_KS),
+                   "bundled": dict(network_on_truth(model, test.noisy, test.truth),
+                                   model=model.card["name"])}
+            if scenario in specialists:
+                row["specialist"] = network_on_truth(specialists[scenario], test.noisy,
+                                                     test.truth)
+            rows.append(row)
+            print(json.dumps(row, default=float), file=sys.stderr, flush=True)
+    return rows
+
+
+def _f(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def markdown(rows, args, specialists) -> str:
+    """The report."""
+    classic = [max(r["LoG"]["f1"], r["wavelet"]["f1"]) for r in rows]
+    lines = [
+        "# How far above the classic detectors a network goes at SNR "
+        f"{args.snr:g}",
+        "",
+        f"Written by `benchmarks/bench_detection_ceiling.py` on this machine's CPU "
+        f"({platform.machine()}, torch {torch.__version__}); every figure was measured in "
+        "that run.",
+        "",
+        "Command: `" + shlex.join(["benchmarks/bench_detection_ceiling.py",
+                                   *sys.argv[1:]]) + "`",
+        "",
+        f"The test stacks of [benchmarks.md](benchmarks.md) at SNR {args.snr:g} ({args.frames} "
+        "frames of 512 x 512 per cell, the same seeds). Unlike there, every method is scored "
+        "at the threshold (and LoG scale, wavelet k) that is best on the test stack's own "
+        "truth, so each figure is an upper bound for that method and none loses anything "
+        "to tuning. *Specialist*: the same network trained only on that scenario at that "
+        "SNR, with clean images (commands below). Gains are against the better classic "
+        "detector of the cell. F1 with a 5 px gate.",
+        "",
+        "| scenario | density | bound | LoG (σ) | wavelet (k) | bundled (model) | specialist "
+        "| bundled − classic | specialist − classic |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r, c in zip(rows, classic, strict=True):
+        spec = r.get("specialist", {}).get("f1")
+        lines.append(
+            f"| {r['scenario']} | {r['density']} | {r['f1_bound']:.3f} "
+            f"| {r['LoG']['f1']:.3f} ({r['LoG']['sigma']:g}) "
+            f"| {r['wavelet']['f1']:.3f} ({r['wavelet']['k']:g}) "
+            f"| {r['bundled']['f1']:.3f} ({r['bundled']['model']}) | {_f(spec)} "
+            f"| {r['bundled']['f1'] - c:+.3f} | "
+            + ("–" if spec is None else f"{spec - c:+.3f}") + " |")
+    gain = np.mean([r["bundled"]["f1"] - c for r, c in zip(rows, classic, strict=True)])
+    lines += ["", f"Mean gain over the better classic detector: bundled {gain:+.3f}"]
+    with_spec = [(r, c) for r, c in zip(rows, classic, strict=True) if "specialist" in r]
+    if with_spec:
+        sgain = np.mean([r["specialist"]["f1"] - c for r, c in with_spec])
+        lines[-1] += f", specialist {sgain:+.3f} (over {len(with_spec)} cells)"
+    lines[-1] += "; the issue's target is +0.10 (with thresholds tuned on validation stacks)."
+    lines += ["", "Specialists:", ""]
+    for scenario, model in specialists.items():
+        training = model.card["training"]
+        lines.append(f"- {scenario}: `{training['command']}` "
+                     f"({training.get('wall_time_s', float('nan')):.0f} s)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Measure and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--specialist", action="append", default=[],
+                        metavar="SCENARIO=PATH", help="a model trained for one scenario")
+    parser.add_argument("--snr", type=float, default=2.0, choices=SNRS)
+    parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS,
+                        default=list(SCENARIOS))
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "docs" / "benchmarks-detection-ceiling.md")
+    args = parser.parse_args()
+    specialists = {}
+    for item in args.specialist:
+        scenario, _, path = item.partition("=")
+        if scenario not in args.scenarios or not path:
+            parser.error(f"--specialist wants SCENARIO=PATH with a scenario of "
+                         f"{args.scenarios}, got {item!r}")
+        specialists[scenario] = load_model(path)
+    rows = measure(args.scenarios, args.snr, args.frames, specialists)
+    args.out.write_text(markdown(rows, args, specialists))
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
