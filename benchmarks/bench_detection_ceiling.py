@@ -53,6 +53,9 @@ from napari_denodet.core.simulate import SCENARIOS  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 LOG_SIGMAS = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 WAVELET_KS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+TARGETS = {1.0: "at or above both classic detectors in every cell, and clearly above",
+           2.0: "a mean gain of at least +0.10 over the better classic detector",
+           4.0: "at or above both classic detectors in every cell"}
 
 
 def best_on_truth(points, truth) -> tuple[float, float, float]:
@@ -117,6 +120,7 @@ def _f(v) -> str:
 def markdown(rows, args, specialists) -> str:
     """The report."""
     classic = [max(r["LoG"]["f1"], r["wavelet"]["f1"]) for r in rows]
+    spec_cols = bool(specialists)
     lines = [
         "# How far above the classic detectors a network goes at SNR "
         f"{args.snr:g}",
@@ -132,31 +136,41 @@ def markdown(rows, args, specialists) -> str:
         "frames of 512 x 512 per cell, the same seeds). Unlike there, every method is scored "
         "at the threshold (and LoG scale, wavelet k) that is best on the test stack's own "
         "truth, so each figure is an upper bound for that method and none loses anything "
-        "to tuning. *Specialist*: the same network trained only on that scenario at that "
-        "SNR, with clean images (commands below). Gains are against the better classic "
-        "detector of the cell. F1 with a 5 px gate.",
+        "to tuning. "
+        + ("*Specialist*: the same network trained only on that scenario at that "
+           "SNR, with clean images (commands below). " if spec_cols else "")
+        + "Gains are against the better classic detector of the cell. F1 with a 5 px gate.",
         "",
-        "| scenario | density | bound | LoG (σ) | wavelet (k) | bundled (model) | specialist "
-        "| bundled − classic | specialist − classic |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | density | bound | LoG (σ) | wavelet (k) | bundled (model) | "
+        + ("specialist | " if spec_cols else "") + "bundled − classic |"
+        + (" specialist − classic |" if spec_cols else ""),
+        "|---" * (9 if spec_cols else 7) + "|",
     ]
     for r, c in zip(rows, classic, strict=True):
         spec = r.get("specialist", {}).get("f1")
-        lines.append(
-            f"| {r['scenario']} | {r['density']} | {r['f1_bound']:.3f} "
-            f"| {r['LoG']['f1']:.3f} ({r['LoG']['sigma']:g}) "
-            f"| {r['wavelet']['f1']:.3f} ({r['wavelet']['k']:g}) "
-            f"| {r['bundled']['f1']:.3f} ({r['bundled']['model']}) | {_f(spec)} "
-            f"| {r['bundled']['f1'] - c:+.3f} | "
-            + ("–" if spec is None else f"{spec - c:+.3f}") + " |")
+        line = (f"| {r['scenario']} | {r['density']} | {r['f1_bound']:.3f} "
+                f"| {r['LoG']['f1']:.3f} ({r['LoG']['sigma']:g}) "
+                f"| {r['wavelet']['f1']:.3f} ({r['wavelet']['k']:g}) "
+                f"| {r['bundled']['f1']:.3f} ({r['bundled']['model']}) ")
+        if spec_cols:
+            line += f"| {_f(spec)} "
+        line += f"| {r['bundled']['f1'] - c:+.3f} |"
+        if spec_cols:
+            line += (" – |" if spec is None else f" {spec - c:+.3f} |")
+        lines.append(line)
     gain = np.mean([r["bundled"]["f1"] - c for r, c in zip(rows, classic, strict=True)])
     lines += ["", f"Mean gain over the better classic detector: bundled {gain:+.3f}"]
     with_spec = [(r, c) for r, c in zip(rows, classic, strict=True) if "specialist" in r]
     if with_spec:
         sgain = np.mean([r["specialist"]["f1"] - c for r, c in with_spec])
         lines[-1] += f", specialist {sgain:+.3f} (over {len(with_spec)} cells)"
-    lines[-1] += "; the issue's target is +0.10 (with thresholds tuned on validation stacks)."
-    lines += ["", "Specialists:", ""]
+    lines[-1] += "."
+    ahead = sum(r["bundled"]["f1"] >= c for r, c in zip(rows, classic, strict=True))
+    lines += ["", f"Bundled at or above the better classic detector in {ahead} of {len(rows)} "
+              f"cells. Issue 3's target at SNR {args.snr:g} (with thresholds tuned on "
+              f"validation stacks): {TARGETS.get(args.snr, TARGETS[4.0])}."]
+    if specialists:
+        lines += ["", "Specialists:", ""]
     for scenario, model in specialists.items():
         training = model.card["training"]
         lines.append(f"- {scenario}: `{training['command']}` "
