@@ -81,6 +81,13 @@ def _tune(candidates_of, params, truth, thresholds):
     return best
 
 
+def cell_index(scenario, snr, density) -> int:
+    """A cell's place in the full grid: its seeds follow it, so a run over some
+    scenarios or SNRs (or another script) scores the same stacks as the full run."""
+    return 1 + (SCENARIOS.index(scenario) * len(SNRS) + SNRS.index(snr)) \
+        * len(DENSITIES) + DENSITIES.index(density)
+
+
 def _cell_stacks(scenario, snr, density, frames, index):
     common = dict(snr=snr, density=density, frames=frames, shape=(512, 512))
     val = simulate_timelapse(scenario, seed=VAL_SEED + index, **common)
@@ -128,11 +135,8 @@ def benchmark_cells(models, frames, scenarios, snrs, densities, scenario_models=
     for scenario in scenarios:
         for snr in snrs:
             for density in densities:
-                # A cell's seeds follow its place in the full grid, so a run over some
-                # scenarios or SNRs scores the same stacks as the full run.
-                index = 1 + (SCENARIOS.index(scenario) * len(SNRS) + SNRS.index(snr)) \
-                    * len(DENSITIES) + DENSITIES.index(density)
-                val, test = _cell_stacks(scenario, snr, density, frames, index)
+                val, test = _cell_stacks(scenario, snr, density, frames,
+                                         cell_index(scenario, snr, density))
                 row = {"scenario": scenario, "snr": snr, "density": density,
                        "particles": len(test.truth),
                        "f1_bound": merged_pairs_bound(test.truth)}
