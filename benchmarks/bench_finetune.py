@@ -43,7 +43,7 @@ import torch
 from napari_denodet.core.classic import detect_classic
 from napari_denodet.core.finetune import FinetuneSettings, finetune
 from napari_denodet.core.io import read_image
-from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.metrics import f1_by_threshold, score_detections
 from napari_denodet.core.models import load_model
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 from napari_denodet.core.predict import detect, run
@@ -190,8 +190,7 @@ def _scores(case: Case, points, threshold, centre, radius):
 
 def f1_at(points, truth, levels, gate: float) -> np.ndarray:
     """F1 of ``points`` against ``truth`` when only scores at or above each level are kept."""
-    return np.array([score_detections(points[points[SCORE] >= t], truth, gate=gate).f1
-                     for t in levels])
+    return f1_by_threshold(points, truth, levels, gate=gate)
 
 
 def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):

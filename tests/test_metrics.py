@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from napari_denodet.core.metrics import DetectionScores, match_points, psnr, score_detections
+from napari_denodet.core.metrics import (
+    DetectionScores,
+    f1_by_threshold,
+    match_points,
+    psnr,
+    score_detections,
+)
 from napari_denodet.core.points import points_table
 
 
@@ -92,6 +98,33 @@ def test_sparse_matching_equals_a_dense_hungarian_solution(seed):
     assert d.sum() == pytest.approx(cost[ri[ok], ci[ok]].sum())
     assert len(set(p.tolist())) == len(p) and len(set(r.tolist())) == len(r)
     np.testing.assert_allclose(d, dist[p, r])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_by_threshold_equals_scoring_each_threshold(seed):
+    # Crowded frames, so that a greedy or per-pair count would differ from the matching.
+    rng = np.random.default_rng(seed)
+    ref_yx = rng.uniform(0, 60, (240, 2))
+    ref = _table(ref_yx, frame=np.repeat([0, 1, 3], 80))
+    pred_yx = np.concatenate([ref_yx[:200] + rng.normal(0, 2.0, (200, 2)),
+                              rng.uniform(0, 60, (100, 2))])
+    pred = _table(pred_yx, frame=rng.choice([0, 1, 2, 3], 300), score=rng.uniform(0, 1, 300))
+    levels = np.concatenate([[-1.0, 0.0], np.sort(pred.score.to_numpy())[::7], [1.5]])
+    expected = [score_detections(pred[pred.score >= t], ref).f1 for t in levels]
+    np.testing.assert_allclose(f1_by_threshold(pred, ref, levels), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(f1_by_threshold(pred, ref, levels, gate=1.5),
+                               [score_detections(pred[pred.score >= t], ref, gate=1.5).f1
+                                for t in levels], rtol=0, atol=1e-12)
+
+
+def test_f1_by_threshold_edge_cases():
+    pred = _table([[0, 0], [10, 10]], score=[0.2, 0.8])
+    # Exactly at the gate matches; nothing kept against something to find gives 0;
+    # both sides empty give 1, as score_detections says.
+    np.testing.assert_allclose(f1_by_threshold(pred, _table([[3, 4]]), [0.1, 0.5, 0.9]),
+                               [2 / 3, 0.0, 0.0])
+    np.testing.assert_allclose(f1_by_threshold(pred, _table([]), [0.5, 0.9]), [0.0, 1.0])
+    np.testing.assert_allclose(f1_by_threshold(_table([], score=[]), _table([]), [0.5]), [1.0])
 
 
 def test_scores_as_dict_for_json():

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
-from napari_denodet.core.points import FRAME, X, Y
+from napari_denodet.core.points import FRAME, SCORE, X, Y
 
 #: Default matching distance in pixels.
 GATE = 5.0
@@ -166,6 +166,63 @@ def score_detections(
     sq = np.concatenate(squared) if squared else np.empty(0)
     rmse = float(np.sqrt(sq.mean())) if len(sq) else float("nan")
     return DetectionScores(tp=tp, fp=len(pxy) - tp, fn=len(rxy) - tp, rmse=rmse)
+
+
+def f1_by_threshold(
+    predicted: pd.DataFrame, reference: pd.DataFrame, thresholds, gate: float = GATE
+) -> np.ndarray:
+    """F1 of the predictions scoring at or above each threshold, for many thresholds.
+
+    Gives what ``score_detections(predicted[predicted.score >= t], reference, gate).f1``
+    gives for each ``t``, much faster: the F1 depends only on how many pairs match, and
+    the matching of :func:`match_points` first maximises that number, so each threshold
+    needs only a maximum bipartite matching (Hopcroft-Karp) of the gated pairs of the
+    predictions kept, not the distance-minimising assignment.
+
+    Parameters
+    ----------
+    predicted : pandas.DataFrame
+        Points table with a ``score`` column.
+    reference : pandas.DataFrame
+        Points table of the true positions.
+    thresholds : array-like
+        Score levels.
+    gate : float
+        Matching distance in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        One F1 per threshold.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
+    pf, rf = _frames(predicted), _frames(reference)
+    pxy = predicted[[Y, X]].to_numpy(dtype=np.float64)
+    rxy = reference[[Y, X]].to_numpy(dtype=np.float64)
+    score = predicted[SCORE].to_numpy(dtype=np.float64)
+    rows, cols = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for frame in np.intersect1d(pf, rf):
+        p_index, r_index = np.flatnonzero(pf == frame), np.flatnonzero(rf == frame)
+        pairs = cKDTree(pxy[p_index]).sparse_distance_matrix(
+            cKDTree(rxy[r_index]), gate, output_type="ndarray")
+        rows.append(p_index[pairs["i"].astype(np.int64)])
+        cols.append(r_index[pairs["j"].astype(np.int64)])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    # Only predictions with a reference within the gate can match.
+    linked, rows = np.unique(rows, return_inverse=True)
+    linked_score = score[linked]
+    out = np.empty(len(thresholds))
+    for i, t in enumerate(thresholds):
+        keep = linked_score[rows] >= t
+        tp = 0
+        if keep.any():
+            graph = csr_matrix((np.ones(int(keep.sum()), np.int8), (rows[keep], cols[keep])),
+                               shape=(len(linked), len(rxy)))
+            tp = int(np.count_nonzero(
+                maximum_bipartite_matching(graph, perm_type="column") >= 0))
+        denominator = int(np.count_nonzero(score >= t)) + len(rxy)
+        out[i] = 2 * tp / denominator if denominator else 1.0
+    return out
 
 
 def psnr(reference: np.ndarray, estimate: np.ndarray, data_range: float | None = None) -> float:

@@ -25,7 +25,7 @@ import torch
 
 from napari_denodet.core.localize import detect_points
 from napari_denodet.core.losses import DENOISING_LOSSES, denoising_loss, detection_loss
-from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.metrics import f1_by_threshold, score_detections
 from napari_denodet.core.network import Denodet, NetworkConfig, build_network, train_mode
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import points_table
@@ -277,7 +277,8 @@ def evaluate(network: Denodet, samples: list[Sample], settings: TrainSettings,
     truth = points_table(centres[:, 1].numpy(), centres[:, 2].numpy(),
                          frame=centres[:, 0].numpy().astype(int))
     thresholds = np.round(np.arange(0.1, 0.951, 0.05), 2)
-    f1 = {float(t): score_detections(pred[pred.score >= t], truth).f1 for t in thresholds}
+    f1 = dict(zip(thresholds.tolist(), f1_by_threshold(pred, truth, thresholds).tolist(),
+                  strict=True))
     best = max(f1, key=lambda t: (f1[t], -abs(t - 0.5)))
     rmse = score_detections(pred[pred.score >= best], truth).rmse
     return {"val_loss": loss, "val_f1": f1[best], "val_rmse": rmse, "threshold": best}
