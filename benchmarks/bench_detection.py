@@ -5,7 +5,8 @@ F1 and RMSE (5 px gate) of the bundled model, of the detection-only ablation
 (gamma = 0), of the cascaded variant (cDENODET), of a Laplacian-of-Gaussian detector
 and of the à trous wavelet multiscale product. Every method's free parameters (its
 score threshold; the LoG scale; the wavelet k) are tuned on separate validation stacks
-of the same cell, then applied to the test stacks. The bundled model is also scored at
+of the same cell (the same grids and score-level rule for every method, see
+:func:`score_levels`), then applied to the test stacks. The bundled model is also scored at
 its own calibrated default threshold (what a user gets without tuning). Also: PSNR of
 the denoised output against a tuned Gaussian filter, frames per second of every method
 on 512 x 512 frames measured in the same run, and a picture of detections on the real
@@ -36,7 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from napari_denodet.core.classic import detect_classic
-from napari_denodet.core.metrics import psnr, score_detections
+from napari_denodet.core.metrics import GATE, f1_by_threshold, psnr, score_detections
 from napari_denodet.core.models import bundled_models, load_model
 from napari_denodet.core.points import points_table
 from napari_denodet.core.predict import detect, run
@@ -52,7 +53,13 @@ PAPER_F1 = {
     "receptor": {1: 0.440, 2: 0.862, 4: 0.995, 7: 0.993},
     "microtubule": {1: 0.550, 2: 0.845, 4: 0.977, 7: 0.980},
 }
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
+#: The classic detectors' scale grids, tuned here and in the ceiling script alike.
+LOG_SIGMAS = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+WAVELET_KS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+#: (row entry, detect_classic method, parameter name, parameter grid).
+CLASSIC = (("LoG", "log", "sigma", LOG_SIGMAS), ("wavelet", "wavelet", "k", WAVELET_KS))
+#: How many score levels a threshold is chosen from.
+LEVELS = 150
 #: The row entry (and table column) of the bundled model a user picks for the scenario.
 BUNDLED = "bundled for the scenario"
 
@@ -67,17 +74,37 @@ def _network_candidates(model, stack):
     return result.points, result.denoised
 
 
-def _tune(candidates_of, params, truth, thresholds):
-    """Best (F1, param, threshold) over parameters and thresholds on validation data."""
-    best = (-1.0, None, None)
+def score_levels(points, n_truth: int, levels: int = LEVELS) -> np.ndarray:
+    """The thresholds a method's score threshold is chosen from.
+
+    Quantiles of the ``3 * n_truth`` highest scores: keeping more candidates than that
+    cannot reach an F1 of 0.5, and quantiles of all the candidates (or a fixed grid)
+    would leave a few coarse steps where the particles' scores lie (a network keeps
+    many faint candidates above its floor; a classic detector's scores have no fixed
+    range). Every method, network or classic, is tuned on the same rule.
+    """
+    top = np.sort(points["score"].to_numpy())[::-1][:3 * max(n_truth, 1)]
+    return np.unique(np.quantile(top, np.linspace(0.0, 1.0, levels)))
+
+
+def best_threshold(points, truth, levels: int = LEVELS) -> tuple[float, float]:
+    """The best F1 of ``points`` against ``truth`` over :func:`score_levels`, and its
+    threshold (the lowest of equals); (0, nan) when there is no candidate."""
+    if points.empty:
+        return 0.0, float("nan")
+    thresholds = score_levels(points, len(truth), levels)
+    f1 = f1_by_threshold(points, truth, thresholds, gate=GATE)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def tune_classic(stack, truth, method, key, params) -> tuple[float, float, float]:
+    """Best (F1, parameter, threshold) of a classic detector on ``stack``'s truth."""
+    best = (-1.0, None, float("nan"))
     for p in params:
-        pred = candidates_of(p)
-        ts = thresholds if thresholds is not None else np.unique(
-            np.quantile(pred.score, np.linspace(0.0, 0.999, 60))) if len(pred) else [0.0]
-        for t in ts:
-            f1 = score_detections(pred[pred.score >= t], truth).f1
-            if f1 > best[0]:
-                best = (f1, p, float(t))
+        f1, t = best_threshold(_table(detect_classic(stack, method, **{key: p})), truth)
+        if f1 > best[0]:
+            best = (f1, p, t)
     return best
 
 
@@ -114,7 +141,7 @@ def merged_pairs_bound(truth, distance=3.0):
 
 def _score_network(model, val, test):
     vpred, _ = _network_candidates(model, val.noisy)
-    _, _, t = _tune(lambda _p, vp=vpred: vp, [None], val.truth, THRESHOLDS)
+    _, t = best_threshold(vpred, val.truth)
     tpred, denoised = _network_candidates(model, test.noisy)
     s = score_detections(tpred[tpred.score >= t], test.truth)
     d = score_detections(tpred[tpred.score >= model.threshold], test.truth)
@@ -157,12 +184,8 @@ def benchmark_cells(models, frames, scenarios, snrs, densities, scenario_models=
                                         model=scenario)
                 else:
                     row[BUNDLED] = dict(row["DENODET"], model="DENODET")
-                for name, method, params, key in (
-                    ("LoG", "log", (1.0, 1.5, 2.0, 2.5), "sigma"),
-                    ("wavelet", "wavelet", (0.5, 1.0, 2.0), "k"),
-                ):
-                    _, p, t = _tune(lambda q, m=method, k=key, v=val: _table(
-                        detect_classic(v.noisy, m, **{k: q})), params, val.truth, None)
+                for name, method, key, params in CLASSIC:
+                    _, p, t = tune_classic(val.noisy, val.truth, method, key, params)
                     tpred = _table(detect_classic(test.noisy, method, **{key: p}))
                     s = score_detections(tpred[tpred.score >= t], test.truth)
                     row[name] = {"f1": s.f1, "rmse": s.rmse, "threshold": t, key: p}
@@ -340,16 +363,21 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
              "[performance.md](performance.md) (`benchmarks/bench_performance.py`), the "
              "micrograph binning in [benchmarks-binning.md](benchmarks-binning.md) and "
              "Topaz's pretrained picker in [benchmarks-topaz.md](benchmarks-topaz.md); "
-             "how far above the classic detectors a network goes at SNR 2 with every "
-             "threshold chosen on the test truth, in "
-             "[benchmarks-detection-ceiling.md](benchmarks-detection-ceiling.md) "
+             "how far above the classic detectors a network goes with every threshold "
+             "chosen on the test truth (same grids and level rule), at SNR 2 in "
+             "[benchmarks-detection-ceiling.md](benchmarks-detection-ceiling.md) and at "
+             "SNR 1, 4 and 7 in `benchmarks-detection-ceiling-snr{1,4,7}.md` "
              "(`benchmarks/bench_detection_ceiling.py`).", "",
              "Protocol: for each cell, a validation stack and a test stack of "
              f"{args.frames} frames of 512 x 512 from simulator seeds never used in training "
              "(validation seeds 3e9+, test seeds 4e9+; training and its own validation "
-             "draw simulator seeds below 2^31). Each method's threshold (and the LoG scale / "
-             "wavelet k) is tuned for F1 on the validation stack and applied to the test "
-             "stack. 'DENODET default threshold' is the bundled model at its own calibrated "
+             "draw simulator seeds below 2^31). Each method's free parameters are tuned for F1 "
+             "on the validation stack and applied to the test stack, by one rule for "
+             f"every method: the score threshold from {LEVELS} levels (quantiles of the "
+             "3N highest scores, N the validation particles), and for the classic "
+             f"detectors also the LoG σ ({', '.join(f'{v:g}' for v in LOG_SIGMAS)} px) "
+             f"and the wavelet k ({', '.join(f'{v:g}' for v in WAVELET_KS)}). "
+             "'DENODET default threshold' is the bundled model at its own calibrated "
              "threshold, untuned. F1 and RMSE (px) use Hungarian matching with a 5 px gate.",
              "",
              f"'{BUNDLED}' is the bundled model a user picks for the cell's scenario: "

@@ -41,61 +41,47 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_detection import (  # noqa: E402
+    CLASSIC,
     DENSITIES,
     SNRS,
     _cell_stacks,
     _network_candidates,
     _table,
+    best_threshold,
     cell_index,
     merged_pairs_bound,
+    tune_classic,
 )
-from bench_finetune import f1_at  # noqa: E402
 
 from napari_denodet.core.classic import detect_classic  # noqa: E402
-from napari_denodet.core.metrics import GATE, score_detections  # noqa: E402
+from napari_denodet.core.metrics import score_detections  # noqa: E402
 from napari_denodet.core.models import bundled_models, load_model  # noqa: E402
 from napari_denodet.core.simulate import SCENARIOS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-LOG_SIGMAS = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-WAVELET_KS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 TARGETS = {1.0: "at or above both classic detectors in every cell, and clearly above",
            2.0: "a mean gain of at least +0.10 over the better classic detector",
            4.0: "at or above both classic detectors in every cell",
            7.0: "at or above both classic detectors in every cell"}
 
 
-def best_on_truth(points, truth, levels: int = 150) -> tuple[float, float, float]:
-    """Best F1 (with its RMSE and threshold) over score levels of ``points``.
-
-    The levels are quantiles of the ``3 * len(truth)`` highest scores: keeping more
-    candidates than that cannot reach an F1 of 0.5, and quantiles of all the candidates
-    would leave a few coarse steps where the particles' scores lie (a network keeps many
-    faint candidates above its floor).
-    """
-    if points.empty:
-        return 0.0, float("nan"), float("nan")
-    top = np.sort(points["score"].to_numpy())[::-1][:3 * max(len(truth), 1)]
-    thresholds = np.unique(np.quantile(top, np.linspace(0.0, 1.0, levels)))
-    t = float(thresholds[np.argmax(f1_at(points, truth, thresholds, GATE))])
-    s = score_detections(points[points["score"] >= t], truth)
-    return s.f1, s.rmse, t
+def _scored(points, truth, threshold) -> dict:
+    s = score_detections(points[points["score"] >= threshold], truth)
+    return {"f1": s.f1, "rmse": s.rmse, "threshold": threshold}
 
 
 def classic_on_truth(stack, truth, method, key, params) -> dict:
-    """The classic detector at its best parameter and threshold on the truth itself."""
-    best = {"f1": -1.0}
-    for p in params:
-        f1, rmse, t = best_on_truth(_table(detect_classic(stack, method, **{key: p})), truth)
-        if f1 > best["f1"]:
-            best = {"f1": f1, "rmse": rmse, "threshold": t, key: p}
-    return best
+    """The classic detector at its best parameter and threshold on the truth itself
+    (the detection benchmark's tuning, with the test stack as its own validation)."""
+    _, p, t = tune_classic(stack, truth, method, key, params)
+    return dict(_scored(_table(detect_classic(stack, method, **{key: p})), truth, t),
+                **{key: p})
 
 
 def network_on_truth(model, stack, truth) -> dict:
     """The network's candidates at their best threshold on the truth."""
-    f1, rmse, t = best_on_truth(_network_candidates(model, stack)[0], truth)
-    return {"f1": f1, "rmse": rmse, "threshold": t}
+    points = _network_candidates(model, stack)[0]
+    return _scored(points, truth, best_threshold(points, truth)[1])
 
 
 def measure(scenarios, snr, frames, specialists) -> list[dict]:
@@ -111,9 +97,8 @@ def measure(scenarios, snr, frames, specialists) -> list[dict]:
             model = bundled.get(scenario, general)
             row = {"scenario": scenario, "snr": snr, "density": density,
                    "particles": len(test.truth), "f1_bound": merged_pairs_bound(test.truth),
-                   "LoG": classic_on_truth(test.noisy, test.truth, "log", "sigma", LOG_SIGMAS),
-                   "wavelet": classic_on_truth(test.noisy, test.truth, "wavelet", "k",
-                                               WAVELET_KS),
+                   **{name: classic_on_truth(test.noisy, test.truth, method, key, params)
+                      for name, method, key, params in CLASSIC},
                    "bundled": dict(network_on_truth(model, test.noisy, test.truth),
                                    model=model.card["name"])}
             if scenario in specialists:
