@@ -1,7 +1,7 @@
 """How far above the classic detectors can a network go at one SNR, on our stacks?
 
 Issue 3 asks the bundled models to beat the best classic detector by at least 0.10 F1 at
-SNR 2 (mean over the cells). The detection benchmark measures +0.014. This script
+SNR 2 (mean over the cells). The detection benchmark measures +0.016. This script
 measures upper bounds on the very test stacks of ``bench_detection.py`` (same seeds),
 each method scored at the threshold (and LoG scale, wavelet k) that is best on the test
 stack's own truth, so no method loses anything to tuning:
