@@ -62,15 +62,17 @@ CLASSIC = (("LoG", "log", "sigma", LOG_SIGMAS), ("wavelet", "wavelet", "k", WAVE
 LEVELS = 150
 #: The row entry (and table column) of the bundled model a user picks for the scenario.
 BUNDLED = "bundled for the scenario"
+#: The speed entry of the bundled model forced to float32 arithmetic.
+FLOAT32 = "DENODET (float32)"
 
 
 def _table(c):
     return points_table(c["y"], c["x"], frame=c["frame"], score=c["score"])
 
 
-def _network_candidates(model, stack):
+def _network_candidates(model, stack, precision="auto"):
     result = run(detect(stack, model.network, invert=model.invert, floor=0.05,
-                        **model.localisation))
+                        precision=precision, **model.localisation))
     return result.points, result.denoised
 
 
@@ -139,10 +141,10 @@ def merged_pairs_bound(truth, distance=3.0):
     return 2 * recall / (1 + recall)
 
 
-def _score_network(model, val, test):
-    vpred, _ = _network_candidates(model, val.noisy)
+def _score_network(model, val, test, precision="auto"):
+    vpred, _ = _network_candidates(model, val.noisy, precision)
     _, t = best_threshold(vpred, val.truth)
-    tpred, denoised = _network_candidates(model, test.noisy)
+    tpred, denoised = _network_candidates(model, test.noisy, precision)
     s = score_detections(tpred[tpred.score >= t], test.truth)
     d = score_detections(tpred[tpred.score >= model.threshold], test.truth)
     return {"f1": s.f1, "rmse": s.rmse, "threshold": t, "psnr": psnr(test.clean, denoised),
@@ -206,18 +208,24 @@ def _tune_gaussian(val):
     return best
 
 
-def measure_speed(models, repeats=5, frames=8):
+def measure_speed(models, repeats=5, frames=8, precisions=None):
     """Frames per second of every method on the same 512 x 512 stack.
 
     Each method is warmed up on the whole stack, then the methods take turns ``repeats``
     times (round robin), so that a slow spell of the machine hits them all alike; the
-    median of each method's runs is reported.
+    median of each method's runs is reported. A network runs at the engine's default
+    precision unless ``precisions`` (name -> precision) says otherwise.
     """
     stack = simulate_timelapse("vesicle", snr=4, density="mid", frames=frames,
                                shape=(512, 512), seed=TEST_SEED).noisy
-    runners = {name: (lambda model=model: run(detect(
-        stack, model.network, invert=model.invert, **model.localisation)))
-        for name, model in models.items()}
+    precisions = precisions or {}
+
+    def network(model, precision):
+        return lambda: run(detect(stack, model.network, invert=model.invert,
+                                  precision=precision, **model.localisation))
+
+    runners = {name: network(model, precisions.get(name, "auto"))
+               for name, model in models.items()}
     runners["LoG"] = lambda: detect_classic(stack, "log")
     runners["wavelet"] = lambda: detect_classic(stack, "wavelet")
     times = {name: [] for name in runners}
@@ -488,7 +496,10 @@ def main():
     scenario_models = {name: load_model(name) for name in bundled_models()
                        if name in SCENARIOS and name in scenarios}
     rows = benchmark_cells(models, args.frames, scenarios, snrs, DENSITIES, scenario_models)
-    speed = measure_speed(models)
+    # The engine's default precision, and float32 beside it (the same on CPUs without
+    # native bfloat16).
+    speed = measure_speed({**models, FLOAT32: models["DENODET"]},
+                          precisions={FLOAT32: "float32"})
     real = real_data_picture(models["DENODET"], args.out.parent / "img" /
                              "telomeres_detections.png")
     methods = [BUNDLED, *models, "DENODET default threshold", "LoG", "wavelet"]

@@ -8,6 +8,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
+from napari_denodet.core import predict
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.network import Denodet, NetworkConfig
 from napari_denodet.core.predict import (
@@ -15,6 +16,7 @@ from napari_denodet.core.predict import (
     DetectProgress,
     available_devices,
     choose_device,
+    choose_precision,
     detect,
     prepare_network,
     run,
@@ -170,7 +172,7 @@ def test_frames_are_read_one_batch_at_a_time():
 def test_frame_range_processes_only_those_frames():
     stack, spots = _spot_stack(n_frames=6)
     lazy = RecordingArray(stack)
-    result = run(detect(lazy, Echo(), frames=(2, 5), batch_size=2))
+    result = run(detect(lazy, Echo(), frames=(2, 5), batch_size=2, precision="float32"))
     assert {t for r in lazy.reads for t in r} == {2, 3, 4}
     assert result.first_frame == 2
     assert result.denoised.shape == (3, *stack.shape[1:])
@@ -187,7 +189,7 @@ def test_frame_range_processes_only_those_frames():
 def test_denoised_output_is_in_the_input_intensity_scale(invert, dtype):
     stack, spots = _spot_stack(n_frames=3)
     stack = stack.astype(dtype)
-    result = run(detect(stack, Echo(), invert=invert))
+    result = run(detect(stack, Echo(), invert=invert, precision="float32"))
     # The echo network "denoises" to its normalised input, so the way back is exact.
     np.testing.assert_allclose(result.denoised, stack.astype(np.float32), rtol=1e-6, atol=1e-4)
     for frame, scale in zip(stack, result.scales, strict=True):
@@ -204,20 +206,23 @@ def test_denoised_output_is_in_the_input_intensity_scale(invert, dtype):
         )
 
 
-def _seam_tables(network, tile_size, overlap, image):
-    untiled = run(detect(image, network, tile_size=1024))
-    tiled = run(detect(image, network, tile_size=tile_size, overlap=overlap))
+def _seam_tables(network, tile_size, overlap, image, precision="float32"):
+    untiled = run(detect(image, network, tile_size=1024, precision=precision))
+    tiled = run(detect(image, network, tile_size=tile_size, overlap=overlap,
+                       precision=precision))
     return untiled, tiled
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("tile_size", [64, 32])
-def test_tiled_and_untiled_runs_agree(network, tile_size):
+def test_tiled_and_untiled_runs_agree(network, tile_size, precision):
     image = np.random.default_rng(4).normal(0.0, 1.0, (2, 200, 150)).astype(np.float32)
-    untiled, tiled = _seam_tables(network, tile_size, 48, image)
+    untiled, tiled = _seam_tables(network, tile_size, 48, image, precision)
     np.testing.assert_allclose(tiled.denoised, untiled.denoised, rtol=0, atol=1e-4)
 
     # The heatmap logits, seen through the denoised output (mapped back per frame).
-    heat_untiled, heat_tiled = _seam_tables(LogitsAsDenoised(network), tile_size, 48, image)
+    heat_untiled, heat_tiled = _seam_tables(LogitsAsDenoised(network), tile_size, 48, image,
+                                            precision)
     for t, scale in enumerate(heat_untiled.scales):
         a = (heat_untiled.denoised[t] - scale.background) / scale.scale
         b = (heat_tiled.denoised[t] - scale.background) / scale.scale
@@ -257,7 +262,7 @@ def test_sub_pixel_positions_and_scores_of_known_peaks():
     sigma = 0.7
     logits = _gaussian_logits(shape, centres, peak_logits, sigma)
     image = np.random.default_rng(6).normal(0.0, 1.0, shape)
-    result = run(detect(image, FixedHeatmap(logits), floor=0.5))
+    result = run(detect(image, FixedHeatmap(logits), floor=0.5, precision="float32"))
     points = result.points
     # The peak with logit 0 scores below 0.5 at its peak pixel; the others pass.
     expected = [(c, p) for c, p in zip(centres, peak_logits, strict=True) if p > 0]
@@ -354,6 +359,51 @@ def test_prepared_network_matches_eager(norm):
         assert a.shape == b.shape
         assert (a - b).abs().max().item() < 1e-3
     assert eager[1].std() > 0.1  # not a degenerate network
+
+
+def test_precision_choice(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(predict, "native_bfloat16", lambda: True)
+    assert choose_precision("auto", cpu) == torch.bfloat16
+    assert choose_precision("auto", gpu) == torch.float32  # GPUs keep float32
+    monkeypatch.setattr(predict, "native_bfloat16", lambda: False)
+    assert choose_precision("auto", cpu) == torch.float32
+    assert choose_precision("bfloat16", cpu) == torch.bfloat16  # asked for: emulated
+    assert choose_precision("float32", cpu) == torch.float32
+    with pytest.raises(InputError, match="precision must be one of"):
+        choose_precision("float16", cpu)
+    with pytest.raises(InputError, match="precision must be one of"):
+        run(detect(np.zeros((16, 16)), Echo(), precision="half"))
+
+
+def test_bfloat16_detections_match_float32():
+    # A trained model on a simulated stack: bfloat16 arithmetic rounds the network's
+    # activations, not its answers. Outputs come back float32 either way.
+    from napari_denodet.core.metrics import score_detections
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.simulate import simulate_timelapse
+
+    model = load_model("fluorescence")
+    sim = simulate_timelapse("vesicle", snr=2, density="mid", frames=2, shape=(128, 128),
+                             seed=11)
+    found = {}
+    for precision in ("float32", "bfloat16"):
+        result = run(detect(sim.noisy, model.network, precision=precision, floor=0.05,
+                            **model.localisation))
+        assert result.denoised.dtype == np.float32
+        found[precision] = result
+    f32, bf16 = found["float32"], found["bfloat16"]
+    noise = np.array([s.scale for s in f32.scales])[:, None, None]
+    assert np.abs(bf16.denoised - f32.denoised).max() / noise.min() < 0.1
+    assert np.abs(bf16.denoised - f32.denoised).max() > 0  # it did run in bfloat16
+    keep = model.threshold
+    a = f32.points[f32.points.score >= keep]
+    b = bf16.points[bf16.points.score >= keep]
+    assert len(a) > 20
+    agreement = score_detections(b, a, gate=0.5)
+    assert agreement.f1 > 0.97 and agreement.rmse < 0.05
+    truth_f32 = score_detections(a, sim.truth).f1
+    assert abs(score_detections(b, sim.truth).f1 - truth_f32) < 0.02
 
 
 def test_device_choice():

@@ -66,6 +66,9 @@ class DetectSettings:
         Keep every candidate with its score instead of thresholding.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    precision : str
+        ``"auto"``, ``"float32"`` or ``"bfloat16"``
+        (:func:`~napari_denodet.core.predict.choose_precision`).
     binning : int
         Average ``binning x binning`` pixels before detection.
     batch_size : int, optional
@@ -89,6 +92,7 @@ class DetectSettings:
     threshold: float | None = None
     all_candidates: bool = False
     device: str = "auto"
+    precision: str = "auto"
     binning: int = 1
     batch_size: int | None = None
     axes: str | None = None
@@ -342,7 +346,8 @@ def detect_file_steps(
     with open_denoised_output(targets.get("denoised"), tuple(binned.shape),
                               settings.overwrite) as denoised:
         result = yield from detect(binned, model.network, invert=model.invert,
-                                   device=settings.device, batch_size=settings.batch_size,
+                                   device=settings.device, precision=settings.precision,
+                                   batch_size=settings.batch_size,
                                    floor=floor, out=denoised, **model.localisation)
     points = result.points
     if not settings.all_candidates:
