@@ -9,8 +9,10 @@ user who opens the card sees what the model measured and where: for the fluoresc
 model, ``docs/benchmarks.json`` (``benchmarks/bench_detection.py``): F1, RMSE and PSNR
 per SNR, averaged over the scenarios and densities; for the micrograph model,
 ``docs/benchmarks-finetune.json`` (``benchmarks/bench_finetune.py``): F1 and RMSE before
-fine-tuning on each micrograph case. Run it after either benchmark; a test checks that
-the cards agree with the committed reports.
+fine-tuning on each micrograph case. The fluorescence cards' ``deviations`` are set to
+:data:`napari_denodet.core.train.DEVIATIONS`, whose figures come from the detection
+benchmark. Run it after either benchmark; a test checks that the cards agree with the
+committed reports.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bench_detection import BUNDLED  # noqa: E402
 from bench_finetune import advised_calibrations, advised_modes  # noqa: E402
 
 from napari_denodet.core.models import load_model, resolve_model_path, save_model  # noqa: E402
+from napari_denodet.core.train import DEVIATIONS  # noqa: E402
 
 DETECTION = REPO / "docs" / "benchmarks.json"
 FINETUNE = REPO / "docs" / "benchmarks-finetune.json"
@@ -137,6 +140,9 @@ def main() -> None:
         card = dict(model.card)
         if name in figures:
             card["benchmark"] = figures[name]
+        if name in figures and card.get("scenario") != "micrograph":
+            # The fluorescence deviations quote the detection benchmark's figures.
+            card["deviations"] = DEVIATIONS
         if name in advice:
             card["finetune"] = advice[name]
         save_model(resolve_model_path(name), model.network, card, overwrite=True)
