@@ -3,14 +3,22 @@
 Needs the real data folder ../shared/data beside the repository.
 """
 import time
-import napari, numpy as np
+
 import imageio.v3 as iio
+import napari
 from qtpy.QtCore import QThreadPool
 from qtpy.QtWidgets import QApplication
+
 app = QApplication.instance() or QApplication([])
+
+
 def pump(n=20):
+    """Let Qt process events for about ``n`` x 50 ms (layers render, workers report)."""
     for _ in range(n):
-        app.processEvents(); time.sleep(0.05)
+        app.processEvents()
+        time.sleep(0.05)
+
+
 viewer = napari.Viewer(show=True)
 viewer.window.resize(1400, 850)
 viewer.open("../shared/data/timelapse_telomeres_2d.tif", plugin="napari-denodet")
