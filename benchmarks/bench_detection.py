@@ -117,8 +117,9 @@ def cell_index(scenario, snr, density) -> int:
         * len(DENSITIES) + DENSITIES.index(density)
 
 
-def _cell_stacks(scenario, snr, density, frames, index):
-    common = dict(snr=snr, density=density, frames=frames, shape=(512, 512))
+def _cell_stacks(scenario, snr, density, frames, index, noise_correlation=(0.0, 0.0)):
+    common = dict(snr=snr, density=density, frames=frames, shape=(512, 512),
+                  noise_correlation=noise_correlation)
     val = simulate_timelapse(scenario, seed=VAL_SEED + index, **common)
     test = simulate_timelapse(scenario, seed=TEST_SEED + index, **common)
     return val, test

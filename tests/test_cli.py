@@ -51,6 +51,21 @@ def test_micrograph_simulation_writes_a_2d_image(tmp_path, capsys):
     assert f"{len(truth)} particle positions" in out
 
 
+def test_simulate_with_correlated_camera_noise(tmp_path, capsys):
+    code, _, _ = _run(capsys, "simulate", "--frames", "2", "--size", "96", "--snr", "4",
+                      "--noise-correlation", "0.6", "0.35", "--out", str(tmp_path / "cam"))
+    assert code == 0
+    params = json.loads((tmp_path / "cam" / "simulation.json").read_text())
+    assert params["noise_correlation"] == [0.6, 0.35]
+    noise = (tifffile.imread(tmp_path / "cam" / "noisy.tif").astype(float)
+             - tifffile.imread(tmp_path / "cam" / "clean.tif"))
+    rows = np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]
+    assert rows > 0.3  # neighbouring rows share their noise (about 0.5 before rounding)
+    code, _, err = _run(capsys, "simulate", "--scenario", "micrograph", "--size", "64",
+                        "--noise-correlation", "1", "1", "--out", str(tmp_path / "mic"))
+    assert code == 1 and "time-lapse scenarios only" in err and err.count("\n") == 1
+
+
 def test_simulate_refuses_to_overwrite_then_overwrites_when_asked(tmp_path, capsys):
     args = ["simulate", "--frames", "2", "--size", "32", "--out", str(tmp_path)]
     assert _run(capsys, *args)[0] == 0

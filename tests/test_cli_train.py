@@ -68,8 +68,23 @@ def test_train_micrograph_fringe_and_blur_ranges_are_recorded(tmp_path):
     assert command[command.index("--blur-range") + 1:][:2] == ["0.5", "2.5"]
 
 
+def test_train_with_correlated_noise_records_and_reproduces_it(tmp_path):
+    out = tmp_path / "camera.pt"
+    assert main([*ARGS, "--correlated-noise", "0.8", "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["settings"]["correlated_noise"] == 0.8
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--correlated-noise") + 1] == "0.8"
+    # The default (white noise only) is not repeated in the command.
+    plain = tmp_path / "plain.pt"
+    assert main([*ARGS, "--out", str(plain)]) == 0
+    assert "--correlated-noise" not in json.loads(plain.with_suffix(".json").read_text())[
+        "training"]["command"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--scenario", "micrograph", "--blur-range", "2", "1"], "blur_range"),
+    (["--scenario", "micrograph", "--correlated-noise", "0.5"], "time-lapses only"),
     (["--halo-range", "0", "0.5"], "micrographs only"),
 ])
 def test_train_refuses_fringe_or_blur_that_does_not_fit(tmp_path, extra, message, capsys):

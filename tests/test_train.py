@@ -28,6 +28,27 @@ def test_draw_sample_is_normalised_with_truth_inside(scenario):
     assert np.all((sample.truth > -0.5) & (sample.truth < 47.5))
 
 
+def test_correlated_noise_is_drawn_for_about_half_the_patches_only_when_asked():
+    def neighbour_correlation(sample):
+        noise = sample.noisy - sample.clean
+        return np.corrcoef(noise[:-1].ravel(), noise[1:].ravel())[0, 1]
+
+    plain = TrainSettings(patch_size=64, snr_range=(2.0, 2.0))
+    camera = TrainSettings(patch_size=64, snr_range=(2.0, 2.0), correlated_noise=1.0)
+    rng = np.random.default_rng(4)
+    plain_rs = [neighbour_correlation(draw_sample(plain, rng)) for _ in range(24)]
+    rng = np.random.default_rng(4)
+    camera_rs = [neighbour_correlation(draw_sample(camera, rng)) for _ in range(24)]
+    assert max(np.abs(plain_rs)) < 0.1
+    correlated = sum(r > 0.2 for r in camera_rs)
+    assert 6 <= correlated <= 18  # about half of 24
+    # Without it, a run draws exactly what it drew before the option existed.
+    rng_a, rng_b = np.random.default_rng(8), np.random.default_rng(8)
+    a = draw_sample(plain, rng_a)
+    b = draw_sample(TrainSettings(patch_size=64, snr_range=(2.0, 2.0)), rng_b)
+    np.testing.assert_array_equal(a.noisy, b.noisy)
+
+
 def test_micrograph_particles_are_inverted_to_bright():
     s = TrainSettings(scenario="micrograph", patch_size=64, snr_range=(5.0, 5.0))
     sample = draw_sample(s, np.random.default_rng(3))
@@ -143,3 +164,7 @@ def test_bad_settings_are_refused():
         TrainSettings(patch_size=8)
     with pytest.raises(ValueError, match="settle_fraction"):
         TrainSettings(warmup_fraction=0.5, settle_fraction=0.6)
+    with pytest.raises(ValueError, match="correlated_noise must be >= 0"):
+        TrainSettings(correlated_noise=-0.5)
+    with pytest.raises(ValueError, match="time-lapses only"):
+        TrainSettings(scenario="micrograph", correlated_noise=0.8)

@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--size", type=_frame_size, default=None, metavar="N|HxW",
                      help="frame size (default 512 for time-lapses, 1024 for micrographs)")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--noise-correlation", type=_non_negative_float, nargs=2, default=None,
+                     metavar=("WY", "WX"),
+                     help="time-lapses: correlate the noise between neighbouring pixels "
+                          "with a Gaussian of these widths (px) along y and x, as many "
+                          "cameras do (default 0 0: white)")
     sim.add_argument("--out", type=Path, required=True, metavar="DIR",
                      help="output folder (created if missing)")
     sim.add_argument("--overwrite", action="store_true", help="replace existing files")
@@ -207,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar=("LOW", "HIGH"),
                     help="micrographs: width (px) of a Gaussian low-pass of the image, as in "
                          "filtered exports, drawn per patch (default 0 0: none)")
+    tr.add_argument("--correlated-noise", type=_non_negative_float, default=0.0,
+                    metavar="WIDTH",
+                    help="time-lapses: give half the patches noise correlated between "
+                         "neighbouring pixels, as many cameras have, with Gaussian widths "
+                         "(px) drawn per axis up to WIDTH (default 0: white noise only)")
     tr.add_argument("--name", default=None, help="model name in the card (default: file stem)")
     tr.add_argument("--checkpoint", type=Path, default=None,
                     help="training state file, written every --eval-every steps")
@@ -302,8 +312,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
     micrograph = args.scenario == "micrograph"
     snr = args.snr if args.snr is not None else (0.1 if micrograph else 4.0)
     size = args.size or ((1024, 1024) if micrograph else (512, 512))
+    if micrograph and args.noise_correlation is not None:
+        raise InputError(None, "--noise-correlation applies to time-lapse scenarios only")
     sim = simulate(args.scenario, snr=snr, density=args.density, frames=args.frames,
-                   shape=size, seed=args.seed)
+                   shape=size, seed=args.seed,
+                   **_given(noise_correlation=args.noise_correlation))
     out.mkdir(parents=True, exist_ok=True)
     # Photon counts are whole numbers: uint16 is what a camera would have written.
     noisy = sim.noisy if micrograph else np.clip(sim.noisy, 0, 65535).astype(np.uint16)
@@ -479,7 +492,9 @@ def _run_train(args: argparse.Namespace) -> int:
         *(["--denoising-loss", settings.denoising_loss]
           if settings.denoising_loss != "l1" else []),
         *_repeated("--halo-range", args.halo_range),
-        *_repeated("--blur-range", args.blur_range), "--out", out.name])
+        *_repeated("--blur-range", args.blur_range),
+        *(["--correlated-noise", f"{settings.correlated_noise:g}"]
+          if settings.correlated_noise > 0 else []), "--out", out.name])
     card = model_card(result, args.name or out.stem, command)
     save_model(out, result.network, card, overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_suffix('.json')} (validation F1 "
@@ -580,6 +595,7 @@ def train_settings(args: argparse.Namespace):
                          network=NetworkConfig(variant=args.variant, norm=args.norm,
                                                **_given(widths=args.widths)),
                          denoising_loss=args.denoising_loss,
+                         correlated_noise=args.correlated_noise,
                          **_given(halo_range=args.halo_range, blur_range=args.blur_range))
 
 

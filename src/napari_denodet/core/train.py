@@ -86,6 +86,11 @@ class TrainSettings:
         and its low-pass width (px) from (``halo`` and ``blur`` of
         :func:`~napari_denodet.core.simulate.simulate_micrograph`). ``(0, 0)``, the
         default, simulates neither.
+    correlated_noise : float
+        Time-lapses only: the largest width (px) of the spatial correlation given to the
+        noise of half the patches, drawn per patch and axis from ``[0, correlated_noise]``
+        (:func:`~napari_denodet.core.simulate.correlate_noise`); the other half keep
+        white Poisson noise. 0, the default, keeps every patch white.
     """
 
     scenario: str = "fluorescence"
@@ -108,6 +113,7 @@ class TrainSettings:
     denoising_loss: str = "l1"
     halo_range: tuple[float, float] = (0.0, 0.0)
     blur_range: tuple[float, float] = (0.0, 0.0)
+    correlated_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scenario not in TRAIN_SCENARIOS:
@@ -129,6 +135,11 @@ class TrainSettings:
                                  f"{(low, high)}")
         if self.scenario != "micrograph" and max(*self.halo_range, *self.blur_range) > 0:
             raise ValueError("halo_range and blur_range apply to micrographs only")
+        if not self.correlated_noise >= 0:
+            raise ValueError(f"correlated_noise must be >= 0, got {self.correlated_noise}")
+        if self.scenario == "micrograph" and self.correlated_noise > 0:
+            raise ValueError("correlated_noise applies to time-lapses only (micrographs "
+                             "have blur_range)")
 
     @property
     def settle_start(self) -> int:
@@ -214,8 +225,12 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     else:
         scenario = (settings.scenario if settings.scenario in SCENARIOS
                     else SCENARIOS[int(rng.integers(len(SCENARIOS)))])
+        widths = (0.0, 0.0)
+        # Drawn only when asked for, so that runs without it keep their random stream.
+        if settings.correlated_noise > 0 and rng.random() < 0.5:
+            widths = tuple(float(w) for w in rng.uniform(0.0, settings.correlated_noise, 2))
         sim = simulate_timelapse(scenario, snr=snr, density=rng.uniform(30, 1200), frames=1,
-                                 shape=(size, size), seed=seed)
+                                 shape=(size, size), seed=seed, noise_correlation=widths)
         noisy, clean = sim.noisy[0], sim.clean[0]
     scale = frame_scale(noisy, invert=settings.invert)
     truth = sim.truth[["y", "x"]].to_numpy(dtype=np.float64)
