@@ -10,6 +10,7 @@ import tifffile
 from napari_denodet.cli import main
 from napari_denodet.core.io import read_points, write_points
 from napari_denodet.core.points import points_table
+from napari_denodet.core.simulate import simulate_timelapse
 
 
 def _run(capsys, *argv):
@@ -57,10 +58,14 @@ def test_simulate_with_correlated_camera_noise(tmp_path, capsys):
     assert code == 0
     params = json.loads((tmp_path / "cam" / "simulation.json").read_text())
     assert params["noise_correlation"] == [0.6, 0.35]
-    noise = (tifffile.imread(tmp_path / "cam" / "noisy.tif").astype(float)
-             - tifffile.imread(tmp_path / "cam" / "clean.tif"))
+    written = tifffile.imread(tmp_path / "cam" / "noisy.tif")
+    noise = written.astype(float) - tifffile.imread(tmp_path / "cam" / "clean.tif")
     rows = np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]
-    assert rows > 0.3  # neighbouring rows share their noise (about 0.5 before rounding)
+    assert rows > 0.3  # neighbouring rows share their noise (about 0.45 before rounding)
+    # Correlated noise is not whole counts: it is rounded, not truncated, to uint16.
+    sim = simulate_timelapse("vesicle", snr=4, density="mid", frames=2, shape=(96, 96),
+                             seed=0, noise_correlation=(0.6, 0.35))
+    np.testing.assert_array_equal(written, np.clip(np.rint(sim.noisy), 0, None))
     code, _, err = _run(capsys, "simulate", "--scenario", "micrograph", "--size", "64",
                         "--noise-correlation", "1", "1", "--out", str(tmp_path / "mic"))
     assert code == 1 and "time-lapse scenarios only" in err and err.count("\n") == 1

@@ -318,8 +318,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
                    shape=size, seed=args.seed,
                    **_given(noise_correlation=args.noise_correlation))
     out.mkdir(parents=True, exist_ok=True)
-    # Photon counts are whole numbers: uint16 is what a camera would have written.
-    noisy = sim.noisy if micrograph else np.clip(sim.noisy, 0, 65535).astype(np.uint16)
+    # Photon counts are whole numbers: uint16 is what a camera would have written
+    # (correlated noise is not whole, so it is rounded rather than truncated).
+    noisy = sim.noisy if micrograph else np.clip(np.rint(sim.noisy), 0, 65535).astype(np.uint16)
     write_tiff(targets[0], noisy, overwrite=args.overwrite)
     write_tiff(targets[1], sim.clean, overwrite=args.overwrite)
     write_points(targets[2], sim.truth, overwrite=args.overwrite)
