@@ -45,8 +45,8 @@ from bench_detection import (  # noqa: E402
     LOG_SIGMAS,
     _cell_stacks,
     _network_candidates,
+    _score_network,
     _table,
-    best_threshold,
     cell_index,
     tune_classic,
 )
@@ -73,13 +73,7 @@ def score_cell(models, scenario, snr, density, widths, frames) -> dict:
                              cell_index(scenario, snr, density), noise_correlation=widths)
     row = {"scenario": scenario, "snr": snr, "density": density}
     for name, model in models.items():
-        _, threshold = best_threshold(_network_candidates(model, val.noisy)[0], val.truth)
-        points = _network_candidates(model, test.noisy)[0]
-        row[name] = {
-            "f1": score_detections(points[points.score >= threshold], test.truth).f1,
-            "f1_default": score_detections(points[points.score >= model.threshold],
-                                           test.truth).f1,
-        }
+        row[name] = _score_network(model, val, test)[0]
     _, sigma, threshold = tune_classic(val.noisy, val.truth, "log", "sigma", LOG_SIGMAS)
     points = _table(detect_classic(test.noisy, "log", sigma=sigma))
     row["LoG"] = {"f1": score_detections(points[points.score >= threshold], test.truth).f1}
