@@ -112,3 +112,24 @@ def test_detect_runs_on_the_real_time_lapse(shared_data, tmp_path):
     assert points.x.between(0, frames.shape[2] - 1).all()
     # Denoising keeps the input's intensity range (camera offset ~100 counts).
     assert abs(np.median(denoised) - np.median(frames)) < 5
+
+
+def test_nan_and_inf_pixels_are_treated_as_background_and_said(tmp_path, capsys):
+    # One +inf in a small float image used to turn half the denoised pixels into NaN.
+    image = np.random.default_rng(0).normal(100.0, 10.0, (64, 64)).astype(np.float32)
+    image[10, 10], image[40, 50] = np.inf, np.nan
+    write_tiff(tmp_path / "hot.tif", image)
+    assert main(["detect", str(tmp_path / "hot.tif"), "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out
+    assert "2 pixels NaN or infinite, treated as background" in said
+    assert np.isfinite(tifffile.imread(tmp_path / "out" / "hot_denoised.tif")).all()
+    points = read_points(tmp_path / "out" / "hot_points.csv")
+    assert np.isfinite(points[["y", "x", "score"]].to_numpy()).all()
+
+
+def test_an_image_without_a_finite_pixel_is_one_line_naming_it(tmp_path, capsys):
+    write_tiff(tmp_path / "void.tif", np.full((32, 32), np.nan, np.float32))
+    assert main(["detect", str(tmp_path / "void.tif"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"napari-denodet: error: {tmp_path / 'void.tif'}: the image holds no "
+                   "finite pixel (all NaN or inf)")

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
+import torch
 
 from helpers import scattered
 from napari_denodet.cli import main
@@ -131,3 +133,16 @@ def test_scattered_clicks_get_a_warning(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dense.tif: " in err and "does not look completely clicked" in err
     assert load_model(out).card["training"]["unclicked_in_area"] > 2
+
+
+def test_finetune_on_an_image_with_inf_pixels_writes_finite_weights(stack, tmp_path, capsys):
+    image = tifffile.imread(stack / "cells.tif").astype(np.float32)
+    image[0, 5, 5], image[1, 50, 60] = np.inf, np.nan
+    write_tiff(tmp_path / "hot.tif", image)
+    model = tmp_path / "mine.pt"
+    assert main(["finetune", str(tmp_path / "hot.tif"), "--points", str(stack / "clicks.csv"),
+                 "--model", "fluorescence", "--steps", "2", "--mode", "weights",
+                 "--out", str(model)]) == 0
+    assert "1 pixel NaN or infinite, treated as background" in capsys.readouterr().err
+    weights = torch.load(model, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

@@ -441,11 +441,33 @@ def test_unusable_input_is_a_clear_error(shape, kwargs, match):
         run(detect(np.zeros(shape), Echo(), **kwargs))
 
 
-def test_non_finite_frame_is_a_clear_error():
+def test_a_frame_without_a_finite_pixel_is_a_clear_error():
     stack = np.zeros((3, 8, 8))
-    stack[1, 2, 2] = np.nan
-    with pytest.raises(InputError, match="frame 1"):
+    stack[1] = np.nan
+    with pytest.raises(InputError, match="frame 1 holds no finite pixel"):
         run(detect(stack, Echo()))
+
+
+def test_non_finite_pixels_anywhere_are_background_and_counted():
+    # 512 x 512 frames are normalised from a subsample of every 4th pixel: the NaN at
+    # (1, 1) and the inf at (300, 7) are both off that sample.
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 10.0, (512, 512)).astype(np.float32)
+    image[200:204, 300:304] += 200.0
+    hostile = image.copy()
+    hostile[1, 1], hostile[300, 7], hostile[5, 9] = np.nan, np.inf, -np.inf
+    net = _calibrated()
+    result = run(detect(hostile, net, precision="float32"))
+    assert result.non_finite == 3
+    assert np.isfinite(result.denoised).all()
+    assert np.isfinite(result.points[["y", "x", "score", "intensity"]].to_numpy()).all()
+    # The same as the frame with those pixels at the background level (its median).
+    finite = np.isfinite(hostile)
+    filled = np.where(finite, hostile, np.median(hostile[finite])).astype(np.float32)
+    expected = run(detect(filled, net, precision="float32"))
+    np.testing.assert_array_equal(result.denoised, expected.denoised)
+    assert result.points.equals(expected.points)
+    assert run(detect(image, net, precision="float32")).non_finite == 0
 
 
 # ----------------------------------------------------------------- out: denoised on disk

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from helpers import drain
+from napari_denodet.core.errors import InputError
 from napari_denodet.core.train import (
     Sample,
     TrainSettings,
@@ -135,7 +138,7 @@ def test_settling_steps_freeze_the_normalisation_and_lower_the_learning_rate(tmp
         reports.append(report)
         if report.stage == "train" and report.step == 3:
             break
-    at_settle = torch.load(ckpt, weights_only=False)["network"]
+    at_settle = torch.load(ckpt, weights_only=True)["network"]
     result, rest = drain(gen)
     lr = {r.step: r.metrics["lr"] for r in reports + rest if r.stage == "train"}
     assert lr[4] == pytest.approx(0.1 * lr[3]) and lr[6] == lr[4]
@@ -168,3 +171,24 @@ def test_bad_settings_are_refused():
         TrainSettings(correlated_noise=-0.5)
     with pytest.raises(ValueError, match="time-lapses only"):
         TrainSettings(scenario="micrograph", correlated_noise=0.8)
+
+
+class _RunsCode:
+    # A pickle that runs code when unpickled: what a hostile checkpoint would hold.
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_is_loaded_without_running_code_from_it(tmp_path):
+    marker = tmp_path / "ran"
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"settings": _RunsCode(marker)}, ckpt)
+    with pytest.raises(InputError, match="not a readable training checkpoint"):
+        next(train(TrainSettings(**TINY), checkpoint=ckpt, resume=True))
+    assert not marker.exists()
+    torch.save({"weight": torch.zeros(2)}, ckpt)  # plain, but not ours
+    with pytest.raises(InputError, match="not a napari-denodet training checkpoint"):
+        next(train(TrainSettings(**TINY), checkpoint=ckpt, resume=True))

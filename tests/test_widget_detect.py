@@ -194,3 +194,16 @@ def test_model_choice_says_what_each_bundled_model_is_for(make_napari_viewer):
     assert "cryo-EM" in purposes["micrograph"] and "microtubule" in purposes["microtubule"]
     for name, purpose in purposes.items():
         assert f"{name}: {purpose}" in tip
+
+
+def test_nan_pixels_in_a_layer_are_background_and_the_user_is_told(make_napari_viewer, qtbot,
+                                                                   sim, monkeypatch):
+    told = []
+    monkeypatch.setattr(detect_module, "show_info", told.append)
+    viewer = make_napari_viewer()
+    data = sim.noisy.astype(np.float32)
+    data[1, 3, 3] = np.nan
+    viewer.add_image(data, name="cells")
+    _run(qtbot, _widget(viewer))
+    assert np.isfinite(viewer.layers["cells denoised"].data).all()
+    assert told == ["Detect 'cells': 1 pixel NaN or infinite, treated as background"]

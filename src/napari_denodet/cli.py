@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_denodet import __version__
-from napari_denodet.core.errors import DenodetError, InputError
+from napari_denodet.core.errors import DenodetError, InputError, about_file
 
 PROG = "napari-denodet"
 EXIT_USAGE = 2
@@ -404,8 +404,9 @@ def _describe_record(record: dict) -> str:
         error = record["error"]
         return error if error.startswith(record["file"]) else f"{record['file']}: {error}"
     cut = "" if record["threshold"] is None else f" (score >= {record['threshold']:.2f})"
+    note = f"; {record['note']}" if record.get("note") else ""
     return (f"{record['file']}: {record['n_points']} particles{cut} -> "
-            f"{', '.join(record['outputs'])}")
+            f"{', '.join(record['outputs'])}{note}")
 
 
 def _detect_on_dask(paths: list[Path], args: argparse.Namespace, settings) -> int:
@@ -557,8 +558,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
     print(f"{args.image}: {len(clicks['positives'])} clicked centres"
           + (f", {len(clicks['negatives'])} negatives" if "negatives" in clicks else "")
           + f"; fine-tuning {model.card.get('name') or args.model}", file=sys.stderr)
-    result = _drain(finetune(model, binned, clicks["positives"], clicks.get("negatives"),
-                             settings), describe, lambda p: p.total)
+    with about_file(args.image):
+        result = _drain(finetune(model, binned, clicks["positives"], clicks.get("negatives"),
+                                 settings), describe, lambda p: p.total)
     card = result.model.card
     card["name"] = out.stem
     card["training"]["binning"] = args.bin

@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_denodet._reader import POINTS_STYLE
 from napari_denodet._widgets import BINNING_TIP, session
+from napari_denodet.core.normalize import non_finite_note
 from napari_denodet.core.points import SCORE, coordinates
 
 if TYPE_CHECKING:
@@ -192,7 +193,8 @@ class DetectWidget(Container):
         worker = create_worker(run_detection, data, job, _start_thread=False,
                                _progress={"desc": f"DENODET: {layer.name}"})
         worker.returned.connect(lambda out, lay=layer: self._show(lay, *out))
-        worker.errored.connect(lambda exc: show_error(f"Detect failed: {exc}"))
+        worker.errored.connect(
+            lambda exc, name=layer.name: show_error(f"Detect '{name}' failed: {exc}"))
         worker.aborted.connect(lambda: show_info("Detect cancelled"))
         worker.finished.connect(lambda: setattr(self._run, "enabled", True))
         self._run.enabled = False
@@ -221,6 +223,8 @@ class DetectWidget(Container):
         with self._threshold.changed.blocked():
             self._threshold.value = model.threshold
         self._apply_threshold(name=name)
+        if result.non_finite:
+            show_info(f"Detect '{name}': {non_finite_note(result.non_finite)}")
 
     def _put(self, name: str, data, kind: str, kwargs: dict):
         if name in self._viewer.layers:

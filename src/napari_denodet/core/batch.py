@@ -34,14 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from napari_denodet.core.errors import DenodetError, InputError
+from napari_denodet.core.errors import DenodetError, InputError, about_file
 from napari_denodet.core.io import IMAGE_SUFFIXES, atomic_write, is_zarr
 
 #: Formats of the denoised output: a TIFF, an OME-Zarr, or nothing.
 DENOISED_FORMATS = ("tif", "zarr", "none")
 #: Columns of ``manifest.csv`` (and keys of every record).
 MANIFEST_FIELDS = ("file", "status", "frames", "shape", "dtype", "n_points", "threshold",
-                   "seconds", "worker", "outputs", "error")
+                   "seconds", "worker", "outputs", "error", "note")
 MANIFEST_NAMES = ("manifest.csv", "manifest.json")
 #: Suffixes of list files: one input path (or glob) per line.
 LIST_SUFFIXES = (".txt", ".list")
@@ -322,6 +322,7 @@ def detect_file_steps(
     """
     from napari_denodet.core.io import open_denoised_output, read_image
     from napari_denodet.core.models import load_model
+    from napari_denodet.core.normalize import non_finite_note
     from napari_denodet.core.predict import DEFAULT_FLOOR, detect, floor_for
     from napari_denodet.core.resample import bin_lazily, unbin_points
 
@@ -343,8 +344,8 @@ def detect_file_steps(
     floor = DEFAULT_FLOOR if settings.all_candidates else \
         floor_for(threshold - _FLOOR_MARGIN, model.localisation)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open_denoised_output(targets.get("denoised"), tuple(binned.shape),
-                              settings.overwrite) as denoised:
+    with about_file(path), open_denoised_output(targets.get("denoised"), tuple(binned.shape),
+                                                settings.overwrite) as denoised:
         result = yield from detect(binned, model.network, invert=model.invert,
                                    device=settings.device, precision=settings.precision,
                                    batch_size=settings.batch_size,
@@ -358,7 +359,8 @@ def detect_file_steps(
                    shape="x".join(map(str, image.shape)), dtype=str(image.dtype),
                    n_points=len(points),
                    threshold=None if settings.all_candidates else float(threshold),
-                   seconds=round(time.perf_counter() - started, 3))
+                   seconds=round(time.perf_counter() - started, 3),
+                   note=non_finite_note(result.non_finite) if result.non_finite else None)
 
 
 def _write_points(targets: dict[str, Path], points, settings: DetectSettings) -> None:

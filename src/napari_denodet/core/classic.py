@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from napari_denodet.core.normalize import frame_scale
+from napari_denodet.core.normalize import normalise_frame
 
 
 def _local_maxima(response: np.ndarray, floor: float, min_distance: int) -> np.ndarray:
@@ -143,7 +143,7 @@ def detect_classic(stack: np.ndarray, method: str = "log", invert: bool = False,
     frames = stack[None] if stack.ndim == 2 else stack
     out = {"frame": [], "y": [], "x": [], "score": []}
     for t, frame in enumerate(frames):
-        y, x, score = detector(frame_scale(frame, invert).forward(frame), **kwargs)
+        y, x, score = detector(normalise_frame(frame, invert, t)[0], **kwargs)
         out["frame"].append(np.full(len(y), t))
         out["y"].append(y)
         out["x"].append(x)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 
 class DenodetError(Exception):
@@ -24,3 +26,18 @@ class InputError(DenodetError):
         self.path = None if path is None else os.fspath(path)
         self.reason = reason
         super().__init__(reason if path is None else f"{self.path}: {reason}")
+
+
+@contextlib.contextmanager
+def about_file(path: str | os.PathLike) -> Iterator[None]:
+    """Name ``path`` in any :class:`InputError` raised inside that names no file.
+
+    Core functions that work on arrays (e.g. a frame with no finite pixel) cannot know
+    the file the array came from; the caller that read it wraps the call in this.
+    """
+    try:
+        yield
+    except InputError as error:
+        if error.path is not None:
+            raise
+        raise InputError(path, error.reason) from None

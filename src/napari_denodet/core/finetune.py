@@ -59,7 +59,7 @@ from napari_denodet.core.losses import gaussian_heatmap, local_terms
 from napari_denodet.core.metrics import GATE, match_points
 from napari_denodet.core.models import Model
 from napari_denodet.core.network import STRIDE, train_mode
-from napari_denodet.core.normalize import frame_scale
+from napari_denodet.core.normalize import non_finite_note, normalise_frame
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 from napari_denodet.core.predict import DetectionResult, choose_device, detect, run
 
@@ -384,15 +384,15 @@ def clicked_area(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert: bool,
-            held: np.ndarray, complete: bool = False) -> list[_Frame]:
+            held: np.ndarray, complete: bool = False) -> tuple[list[_Frame], int]:
+    # The clicked frames, normalised, and how many of their pixels were NaN or inf.
     stack = np.ndim(image) == 3
     indices = sorted(set(positives[FRAME].astype(int))) if stack else [0]
-    frames = []
+    frames, non_finite = [], 0
     for index in indices:
         raw = np.asarray(image[index] if stack else image, dtype=np.float32)
-        scale = frame_scale(raw, invert)
-        if not (math.isfinite(scale.background) and math.isfinite(scale.scale)):
-            raise InputError(None, f"frame {index} holds non-finite values (NaN or inf)")
+        normalised, _, bad = normalise_frame(raw, invert, index if stack else None)
+        non_finite += bad
 
         def on_frame(table, index=index):
             rows = table[table[FRAME] == index] if stack else table
@@ -401,14 +401,14 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
         trained = on_frame(positives[~held])
         frames.append(_Frame(
             index=index,
-            image=scale.forward(raw).astype(np.float32),
+            image=normalised,
             positives=trained,
             negatives=on_frame(negatives),
             heldout=on_frame(positives[held]),
             region=(clicked_area(trained, raw.shape) if complete
                     else np.zeros(raw.shape, dtype=bool)),
         ))
-    return frames
+    return frames, non_finite
 
 
 # --------------------------------------------------------------------------- patches
@@ -971,7 +971,8 @@ def finetune(
     ------
     InputError
         Fewer than two clicks, clicks outside the image, an image that is not 2D/3D or
-        too small, or frames holding NaN/inf.
+        too small, or a clicked frame without a finite pixel (NaN and inf pixels are
+        otherwise treated as background, and a ``"note"`` says how many).
     """
     settings = settings or FinetuneSettings()
     torch_device = choose_device(device)
@@ -986,8 +987,11 @@ def finetune(
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     held = _split_heldout(positives, rng)
-    frames = _frames(image, positives, negatives, model.invert, held,
-                     settings.complete_region)
+    frames, non_finite = _frames(image, positives, negatives, model.invert, held,
+                                 settings.complete_region)
+    if non_finite:
+        yield FinetuneProgress("note", 0, settings.steps, time.perf_counter() - started,
+                               {"message": non_finite_note(non_finite)})
     size = _patch_size(frames, settings.patch_size)
     # Candidates are scored by their peak probability here: a parent's blob score was
     # fitted on other data (the threshold mode fits its own).

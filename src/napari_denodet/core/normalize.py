@@ -5,6 +5,12 @@ scale (the median absolute deviation, scaled to a Gaussian sigma). Percentile
 normalisation was measured to hurt sparse frames — the high percentiles move with the
 number of particles — while median and MAD hardly depend on the particles at all.
 Dark particles (cryo-EM) are turned bright by ``invert`` so one detector shape fits.
+
+Pixels that are NaN or infinite (masked borders after registration, a broken camera
+pixel) are checked on every pixel, never on a sample, and treated as background: the
+network sees the frame's background level there, so nothing non-finite reaches it or
+its outputs. :func:`normalise_frame` reports how many there were; a frame with no finite
+pixel at all is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from napari_denodet.core.errors import InputError
 
 #: MAD of a Gaussian is 0.6745 sigma.
 _MAD_TO_SIGMA = 1.4826
@@ -64,3 +72,51 @@ def frame_scale(frame: np.ndarray, invert: bool = False, sample: int = 65536) ->
         # Flat or integer-valued frames with a tiny spread: fall back to the std.
         mad = float(values.std())
     return FrameScale(background=background, scale=mad if mad > 0 else 1.0, invert=invert)
+
+
+def normalise_frame(
+    frame: np.ndarray, invert: bool = False, index: int | None = None
+) -> tuple[np.ndarray, FrameScale, int]:
+    """Normalise one frame for the network, treating non-finite pixels as background.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        A 2D image in any real numeric dtype.
+    invert : bool
+        Whether particles are darker than the background.
+    index : int, optional
+        The frame's index in its stack, named in the error message.
+
+    Returns
+    -------
+    normalised : numpy.ndarray
+        float32, finite everywhere.
+    scale : FrameScale
+        Measured on the finite pixels.
+    non_finite : int
+        How many pixels were NaN or infinite (each set to the background level).
+
+    Raises
+    ------
+    InputError
+        When no pixel of the frame is finite.
+    """
+    frame = np.asarray(frame)
+    non_finite = 0
+    if frame.dtype.kind == "f":
+        finite = np.isfinite(frame)
+        non_finite = int(frame.size - np.count_nonzero(finite))
+        if non_finite == frame.size:
+            where = "the image" if index is None else f"frame {index}"
+            raise InputError(None, f"{where} holds no finite pixel (all NaN or inf)")
+        if non_finite:
+            frame = np.where(finite, frame, np.median(frame[finite])).astype(frame.dtype)
+    scale = frame_scale(frame, invert)
+    return scale.forward(frame), scale, non_finite
+
+
+def non_finite_note(pixels: int) -> str:
+    """Say, in words for the user, that ``pixels`` NaN/inf pixels were treated as background."""
+    return (f"{pixels} pixel{'s' if pixels != 1 else ''} NaN or infinite, treated as "
+            "background")

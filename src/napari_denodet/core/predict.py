@@ -33,7 +33,6 @@ RMSE and PSNR unchanged within the rounding measured in ``docs/benchmarks-precis
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -49,7 +48,7 @@ from napari_denodet.core.errors import InputError
 from napari_denodet.core.io import load_block
 from napari_denodet.core.localize import BlobScore, blob_response, detect_points
 from napari_denodet.core.network import STRIDE
-from napari_denodet.core.normalize import FrameScale, frame_scale
+from napari_denodet.core.normalize import FrameScale, normalise_frame
 from napari_denodet.core.points import points_table
 
 #: A prepared network: ``(B, 1, H, W)`` float32 batch -> ``(denoised, logits)``.
@@ -352,12 +351,16 @@ class DetectionResult:
         Normalisation of each processed frame, in order.
     first_frame : int
         Index in the input of ``denoised[0]`` (0 for single images and whole stacks).
+    non_finite : int
+        Pixels of the processed frames that were NaN or infinite and were treated as
+        background (:func:`~napari_denodet.core.normalize.normalise_frame`).
     """
 
     denoised: Any
     points: pd.DataFrame
     scales: list[FrameScale]
     first_frame: int = 0
+    non_finite: int = 0
 
 
 def _axis_windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -464,13 +467,6 @@ class _Detections:
         )
 
 
-def _normalised(frame: np.ndarray, invert: bool, index: int) -> tuple[np.ndarray, FrameScale]:
-    scale = frame_scale(frame, invert)
-    if not (math.isfinite(scale.background) and math.isfinite(scale.scale)):
-        raise InputError(None, f"frame {index} holds non-finite values (NaN or inf)")
-    return scale.forward(frame), scale
-
-
 def detect(
     image: Any,
     network: nn.Module,
@@ -558,8 +554,9 @@ def detect(
     ------
     InputError
         For an image that is not 2D or 3D, a bad frame range or setting, an ``out`` of
-        the wrong shape, a device that is not available, an unknown precision, or frames
-        holding NaN or inf.
+        the wrong shape, a device that is not available, an unknown precision, or a
+        frame without a single finite pixel. NaN and infinite pixels of other frames
+        are treated as background and counted in the result's ``non_finite``.
     """
     shape = tuple(int(n) for n in np.shape(image))
     if len(shape) not in (2, 3) or min(shape, default=0) < 1:
@@ -603,10 +600,19 @@ def detect(
     scales: list[FrameScale] = []
     found = _Detections([], [], [], [], [], blob_score)
 
+    non_finite = 0
+
     def read(first: int, last: int) -> list[tuple[np.ndarray, FrameScale]]:
+        nonlocal non_finite
         block = load_block(image[first:last] if stack else image)
         block = block if stack else block[None]
-        return [_normalised(f, invert, first + i) for i, f in enumerate(block)]
+        frames = []
+        for i, frame in enumerate(block):
+            normalised, scale, bad = normalise_frame(frame, invert,
+                                                     first + i if stack else None)
+            non_finite += bad
+            frames.append((normalised, scale))
+        return frames
 
     def write(first: int, frames: np.ndarray) -> None:
         if stack:
@@ -648,6 +654,7 @@ def detect(
         points=found.table(stack),
         scales=scales,
         first_frame=start,
+        non_finite=non_finite,
     )
 
 

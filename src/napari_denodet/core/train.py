@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_denodet.core.errors import InputError
 from napari_denodet.core.localize import detect_points
 from napari_denodet.core.losses import DENOISING_LOSSES, denoising_loss, detection_loss
 from napari_denodet.core.metrics import f1_by_threshold, score_detections
@@ -337,7 +338,7 @@ def train(
     start_step, elapsed = 0, 0.0
     checkpoint = Path(checkpoint) if checkpoint else None
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(checkpoint)
         if state["settings"] != settings.to_dict():
             raise ValueError(f"{checkpoint}: the checkpoint was made with other settings")
         network.load_state_dict(state["network"])
@@ -386,6 +387,24 @@ def train(
     network.eval()
     return TrainedModel(network=network, threshold=final["threshold"], history=history,
                         settings=settings, wall_time=time.perf_counter() - started)
+
+
+#: What a training checkpoint holds (plain types and tensors only: it loads without
+#: unpickling arbitrary objects, so a checkpoint file can never run code).
+_CHECKPOINT_KEYS = {"settings", "step", "network", "optimiser", "scheduler", "rng",
+                    "torch_rng", "history", "elapsed"}
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # weights_only refuses any object that is not plain data or a tensor.
+        raise InputError(path, "not a readable training checkpoint "
+                               f"({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        raise InputError(path, "not a napari-denodet training checkpoint")
+    return state
 
 
 def _save_checkpoint(path, settings, step, network, optimiser, scheduler, rng, history,
