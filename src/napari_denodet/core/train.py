@@ -402,7 +402,7 @@ def _load_checkpoint(path: Path) -> dict:
         # weights_only refuses any object that is not plain data or a tensor.
         raise InputError(path, "not a readable training checkpoint "
                                f"({type(exc).__name__})") from None
-    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+    if not isinstance(state, dict) or not set(state) >= _CHECKPOINT_KEYS:
         raise InputError(path, "not a napari-denodet training checkpoint")
     return state
 
