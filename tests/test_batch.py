@@ -108,12 +108,16 @@ def test_detect_file_streams_the_same_result_as_detect_in_memory(inputs, tmp_pat
     assert record["frames"] == 2 and record["shape"] == "2x64x64"
     denoised = read_image(tmp_path / "cells0_denoised.tif")
     assert isinstance(denoised, np.memmap)  # on disk, mapped lazily when read back
-    expected = run(detect(tifffile.imread(inputs / "cells0.tif"), model.network,
-                          **model.localisation))
+    expected = run(model.detect(tifffile.imread(inputs / "cells0.tif")))
     np.testing.assert_array_equal(denoised, expected.denoised)
     points = read_points(tmp_path / "cells0_points.csv")
-    pd.testing.assert_frame_equal(points, expected.points, check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(points, expected.candidates, check_exact=False, rtol=1e-6)
     assert record["n_points"] == len(points)
+    # The raw peak scores are the engine's; the scores are their probabilities.
+    engine = run(detect(tifffile.imread(inputs / "cells0.tif"), model.network,
+                        **model.localisation))
+    np.testing.assert_allclose(points["peak"], engine.points["score"], rtol=1e-6)
+    assert points["score"].between(0, 1).all()
 
 
 def test_thresholded_points_equal_thresholding_all_candidates(inputs, tmp_path):

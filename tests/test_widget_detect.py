@@ -58,10 +58,14 @@ def test_threshold_filters_without_running_the_network_again(make_napari_viewer,
                         lambda *a, **k: calls.append(a))
     points = viewer.layers["cells particles"]
     before = len(points.data)
-    widget._threshold.value = 0.05
+    # Scores are probabilities: the unlikely candidates sit at 0 and come back at 0.
+    assert widget._found.value.startswith(f"{before} particles; expected precision")
+    widget._threshold.value = 0.0
     assert len(points.data) > before
+    assert widget._found.value.startswith(f"{len(points.data)} particles")
     widget._threshold.value = 0.95
-    assert len(points.data) < before
+    candidates = widget._candidates["cells"]
+    assert len(points.data) == (candidates.score >= 0.95).sum() <= before
     assert calls == []
     assert points.features["score"].min() >= 0.95 if len(points.data) else True
 

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, PushButton, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    PushButton,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
@@ -52,29 +60,27 @@ class DetectJob:
 
 
 def run_detection(data, job: DetectJob):
-    """Load the model, bin, and detect: the generator the worker runs.
+    """Load the model and detect: the generator the worker runs.
 
-    Yields the core's progress messages and returns ``(result, model)`` with the points
-    in the input's full-resolution pixels. The denoised frames go to a temporary file,
-    and come back memory-mapped, when the input is not in memory or the result is
-    large (:func:`keeps_denoised_on_disk`).
+    Yields the core's progress messages and returns ``(detections, model)``
+    (:class:`~napari_denodet.core.detection.Detections`, points in the input's
+    full-resolution pixels). The denoised frames go to a temporary file, and come back
+    memory-mapped, when the input is not in memory or the result is large
+    (:func:`keeps_denoised_on_disk`).
     """
     from napari_denodet.core.models import Model, load_model
-    from napari_denodet.core.predict import detect
-    from napari_denodet.core.resample import bin_lazily, unbin_points
+    from napari_denodet.core.resample import binned_shape
 
     model = job.model if isinstance(job.model, Model) else load_model(job.model)
-    image = bin_lazily(data, job.binning)
-    shape = tuple(image.shape)
+    shape = binned_shape(tuple(np.shape(data)), job.binning)
     if job.frames is not None:
         shape = (job.frames[1] - job.frames[0], *shape[1:])
-    run = partial(detect, image, model.network, invert=model.invert, device=job.device,
-                  frames=job.frames, **model.localisation)
+    run = partial(model.detect, data, binning=job.binning, device=job.device,
+                  frames=job.frames)
     if keeps_denoised_on_disk(data, shape):
         result = yield from _detect_to_disk(run, shape)
     else:
         result = yield from run()
-    result.points = unbin_points(result.points, job.binning)
     return result, model
 
 
@@ -139,12 +145,16 @@ class DetectWidget(Container):
         self._last = SpinBox(label="last frame (0 = all)", min=0, max=10**7, value=0)
         self._binning = SpinBox(label="binning", min=1, max=16, value=1,
                                 tooltip=BINNING_TIP)
-        self._threshold = FloatSlider(label="score threshold", min=0.0, max=1.0, step=0.01,
-                                      value=0.5)
+        self._threshold = FloatSlider(
+            label="score threshold", min=0.0, max=1.0, step=0.001, value=0.5,
+            tooltip="Scores are the probability that a detection is a particle. Detect "
+                    "sets the threshold that maximises the expected F1 on the image; "
+                    "move it to keep more or fewer particles.")
+        self._found = Label(label="found", value="")
         self._run = PushButton(text="Detect")
         super().__init__(widgets=[self._image, self._model, self._model_file, self._device,
                                   self._first, self._last, self._binning, self._run,
-                                  self._threshold])
+                                  self._threshold, self._found])
         self._candidates: dict[str, pd.DataFrame] = {}
         self.worker = None
         self._model.changed.connect(
@@ -217,14 +227,16 @@ class DetectWidget(Container):
             translate[-2:] += (binning - 1) / 2 * np.asarray(layer.scale[-2:])
         self._put(f"{name} denoised", result.denoised, "image",
                   {"scale": scale, "translate": translate, "colormap": "gray"})
-        self._candidates[name] = result.points
-        # Set the model's threshold quietly: the slider's handler would redraw every
+        self._candidates[name] = result.candidates
+        # Set the chosen threshold quietly: the slider's handler would redraw every
         # image's particles, and only this image's are new.
         with self._threshold.changed.blocked():
-            self._threshold.value = model.threshold
+            self._threshold.value = result.threshold
         self._apply_threshold(name=name)
-        if result.non_finite:
-            show_info(f"Detect '{name}': {non_finite_note(result.non_finite)}")
+        for note in (result.warning(),
+                     non_finite_note(result.non_finite) if result.non_finite else None):
+            if note:
+                show_info(f"Detect '{name}': {note}")
 
     def _put(self, name: str, data, kind: str, kwargs: dict):
         if name in self._viewer.layers:
@@ -260,3 +272,13 @@ class DetectWidget(Container):
             if len(kept):
                 points.border_color = "score"
                 points.border_colormap = "plasma"
+            self._found.value = _found_text(table, self._threshold.value)
+
+
+def _found_text(candidates: pd.DataFrame, threshold: float) -> str:
+    # What the slider keeps, and what the probabilities expect of it.
+    from napari_denodet.core.calibration import expected_scores
+
+    expected = expected_scores(candidates[SCORE].to_numpy(), threshold)
+    return (f"{expected.kept} particles; expected precision "
+            f"{expected.expected_precision:.0%}, recall {expected.expected_recall:.0%}")

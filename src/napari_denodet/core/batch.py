@@ -47,9 +47,6 @@ MANIFEST_NAMES = ("manifest.csv", "manifest.json")
 LIST_SUFFIXES = (".txt", ".list")
 #: How long to try to reach a scheduler given by address.
 SCHEDULER_TIMEOUT = "20s"
-# Candidates a little below the threshold are kept by the engine and cut exactly here,
-# so passing the threshold as the engine's floor changes nothing but memory.
-_FLOOR_MARGIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class DetectSettings:
     model : str
         Bundled model name or path of a ``.pt`` file.
     threshold : float, optional
-        Score threshold; None uses the model's calibrated one.
+        Probability threshold; None chooses it per file (the expected-F1 optimum).
     all_candidates : bool
         Keep every candidate with its score instead of thresholding.
     device : str
@@ -86,6 +83,9 @@ class DetectSettings:
     torch_threads : int, optional
         Threads of the network on each worker; None chooses from the worker's share of
         its machine.
+    polarity : str, optional
+        ``"dark"``, ``"bright"`` or ``"auto"`` particles; None: the model's (auto for
+        micrograph models).
     """
 
     model: str = "fluorescence"
@@ -101,6 +101,7 @@ class DetectSettings:
     denoised: str = "tif"
     overwrite: bool = False
     torch_threads: int | None = None
+    polarity: str | None = None
 
     def __post_init__(self) -> None:
         if self.denoised not in DENOISED_FORMATS:
@@ -323,8 +324,7 @@ def detect_file_steps(
     from napari_denodet.core.io import open_denoised_output, read_image
     from napari_denodet.core.models import load_model
     from napari_denodet.core.normalize import non_finite_note
-    from napari_denodet.core.predict import DEFAULT_FLOOR, detect, floor_for
-    from napari_denodet.core.resample import bin_lazily, unbin_points
+    from napari_denodet.core.resample import binned_shape
 
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
@@ -337,30 +337,27 @@ def detect_file_steps(
     if len(image.shape) == 3 and ("star" in targets or "box" in targets):
         raise InputError(path, "STAR and BOX output is for single micrographs, not stacks")
     try:
-        binned = bin_lazily(image, settings.binning)
+        shape = binned_shape(image.shape, settings.binning)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
-    threshold = model.threshold if settings.threshold is None else settings.threshold
-    floor = DEFAULT_FLOOR if settings.all_candidates else \
-        floor_for(threshold - _FLOOR_MARGIN, model.localisation)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with about_file(path), open_denoised_output(targets.get("denoised"), tuple(binned.shape),
+    with about_file(path), open_denoised_output(targets.get("denoised"), shape,
                                                 settings.overwrite) as denoised:
-        result = yield from detect(binned, model.network, invert=model.invert,
-                                   device=settings.device, precision=settings.precision,
-                                   batch_size=settings.batch_size,
-                                   floor=floor, out=denoised, **model.localisation)
-    points = result.points
-    if not settings.all_candidates:
-        points = points[points["score"] >= threshold].reset_index(drop=True)
-    points = unbin_points(points, settings.binning)
+        found = yield from model.detect(image, threshold=settings.threshold,
+                                        binning=settings.binning, polarity=settings.polarity,
+                                        out=denoised, device=settings.device,
+                                        precision=settings.precision,
+                                        batch_size=settings.batch_size)
+    points = found.candidates if settings.all_candidates else found.points
     _write_points(targets, points, settings)
+    notes = [found.summary(), found.warning(),
+             non_finite_note(found.non_finite) if found.non_finite else None]
     return _record(path, targets, status="ok", frames=image.shape[0] if image.ndim == 3 else 1,
                    shape="x".join(map(str, image.shape)), dtype=str(image.dtype),
                    n_points=len(points),
-                   threshold=None if settings.all_candidates else float(threshold),
+                   threshold=None if settings.all_candidates else float(found.threshold),
                    seconds=round(time.perf_counter() - started, 3),
-                   note=non_finite_note(result.non_finite) if result.non_finite else None)
+                   note="; ".join(n for n in notes if n))
 
 
 def _write_points(targets: dict[str, Path], points, settings: DetectSettings) -> None:

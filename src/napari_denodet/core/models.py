@@ -94,6 +94,68 @@ class Model:
         """Whether the model expects dark particles (they are inverted before it)."""
         return bool(self.card.get("invert", False))
 
+    @property
+    def scenario(self) -> str:
+        """What data the model is for (``"fluorescence"``, ``"micrograph"``, ...)."""
+        return str(self.card.get("scenario") or "")
+
+    def detect(
+        self,
+        image,
+        *,
+        threshold: float | None = None,
+        binning: int = 1,
+        polarity: str | None = None,
+        frames=None,
+        out=None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+    ):
+        """Detect particles: a generator of progress that returns the detections.
+
+        Binning, the engine, probabilities, the polarity, the threshold and the mapping
+        back to full-resolution pixels all happen here
+        (:func:`napari_denodet.core.detection.detect_with_model`); drain it with
+        :func:`napari_denodet.core.predict.run` in a script.
+
+        Parameters
+        ----------
+        image : array_like
+            ``(y, x)`` image or ``(t, y, x)`` stack, read batch by batch.
+        threshold : float, optional
+            Probability threshold; by default the one that maximises the expected F1
+            on this image (a fine-tuned model keeps the threshold fitted to its clicks).
+        binning : int
+            Average ``binning x binning`` pixels first (micrographs).
+        polarity : {"auto", "dark", "bright"}, optional
+            The particles' polarity; by default the model's, and for micrograph models
+            chosen per image (``"auto"``).
+        frames : (int, int), optional
+            ``(start, stop)`` range of a stack's frames.
+        out : array_like, optional
+            Where the denoised (binned) frames go, as for the engine.
+        device, precision : str
+            Where and in which arithmetic the network runs.
+        batch_size : int, optional
+            Frames (or tiles) per forward pass.
+
+        Yields
+        ------
+        napari_denodet.core.predict.DetectProgress
+            After every forward pass.
+
+        Returns
+        -------
+        napari_denodet.core.detection.Detections
+        """
+        from napari_denodet.core.detection import detect_with_model
+
+        return (yield from detect_with_model(
+            self, image, threshold=threshold, binning=binning, polarity=polarity,
+            frames=frames, out=out, device=device, precision=precision,
+            batch_size=batch_size))
+
     def bin_for_diameter(self, diameter: float) -> int:
         """Return the binning that brings particles of ``diameter`` px to the trained size.
 

@@ -30,13 +30,24 @@ def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
     """
     if factor == 1:
         return image
-    h, w = image.shape[-2] // factor, image.shape[-1] // factor
-    if h < 1 or w < 1:
-        raise ValueError(f"cannot bin a {image.shape[-2]} x {image.shape[-1]} image by "
-                         f"{factor}")
+    h, w = binned_shape(image.shape, factor)[-2:]
     crop = np.asarray(image[..., : h * factor, : w * factor], dtype=np.float32)
     blocks = crop.reshape(*crop.shape[:-2], h, factor, w, factor)
     return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(np.float32)
+
+
+def binned_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """Return the shape of ``shape`` binned by ``factor`` (the remainder is cropped).
+
+    Raises
+    ------
+    ValueError
+        When a side is smaller than ``factor``.
+    """
+    h, w = shape[-2] // factor, shape[-1] // factor
+    if h < 1 or w < 1:
+        raise ValueError(f"cannot bin a {shape[-2]} x {shape[-1]} image by {factor}")
+    return (*tuple(shape[:-2]), h, w)
 
 
 def unbin_points(table: pd.DataFrame, factor: int) -> pd.DataFrame:
@@ -67,12 +78,9 @@ class BinnedStack:
     """
 
     def __init__(self, stack, factor: int) -> None:
-        t, height, width = stack.shape
-        if height // factor < 1 or width // factor < 1:
-            raise ValueError(f"cannot bin a {height} x {width} image by {factor}")
         self.stack = stack
         self.factor = int(factor)
-        self.shape = (t, height // factor, width // factor)
+        self.shape = binned_shape(tuple(stack.shape), factor)
         self.dtype = np.dtype(np.float32)
         self.ndim = 3
 

@@ -1,0 +1,277 @@
+"""Scores that are probabilities, and a threshold chosen per image.
+
+A network's raw peak score does not mean the same on every image: correlated camera
+noise, a structured background or another PSF all move the scores that noise reaches.
+So the probability that a candidate is a real particle is estimated on the image
+itself, by a target–decoy comparison (as in proteomics' false-discovery estimates):
+
+- the *target* candidates are those found in the image as the model sees it;
+- the *decoy* candidates are those found in the same frames with the contrast flipped.
+  A flipped frame has the same noise, background texture and edges, but no particle of
+  the right polarity, so every decoy is a false detection. How many decoys reach a
+  score estimates how many false detections among the targets reach it.
+
+Pooling both sets, the share of targets among candidates of score ``s`` is
+``r(s) = N(s) / (N(s) + D(s))`` (fitted monotone in ``s`` by isotonic regression), and
+the probability that a target of score ``s`` is a particle is ``1 - D(s) / N(s)``,
+that is ``(2 r - 1) / r``, clipped at 0. The default threshold then maximises the F1
+these probabilities imply: expected true positives above ``t`` over the mean of the
+count kept and the expected number of particles. No truth is needed.
+
+Where noise is not symmetric (low photon counts, hot pixels) decoys miss some false
+detections, and in very crowded images the gaps between particles look like decoy
+particles: both are measured in ``docs/benchmarks-calibration.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Decoy frames of a stack at most (evenly spaced): enough decoys for a stable estimate,
+#: at a bounded cost on long stacks.
+DECOY_FRAMES = 8
+
+
+def decoy_frames(n_frames: int, most: int = DECOY_FRAMES) -> list[int]:
+    """Return the indices (0-based, within the processed frames) that get a decoy pass.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames processed.
+    most : int
+        Decoy frames at most.
+
+    Returns
+    -------
+    list of int
+        Evenly spaced, all frames when there are no more than ``most``.
+    """
+    if n_frames <= most:
+        return list(range(n_frames))
+    return sorted({int(round(i)) for i in np.linspace(0, n_frames - 1, most)})
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Map from a raw peak score to the probability of a true particle, on one image.
+
+    Attributes
+    ----------
+    knots : numpy.ndarray
+        Raw scores at which ``probabilities`` are known (increasing).
+    probabilities : numpy.ndarray
+        Probability of a true particle at each knot (non-decreasing, in [0, 1]);
+        linear in between, constant beyond the ends.
+    decoys : int
+        Decoy candidates it was fitted from (0 when there were none).
+    """
+
+    knots: np.ndarray
+    probabilities: np.ndarray
+    decoys: int
+
+    def __call__(self, scores) -> np.ndarray:
+        """Return the probability of a true particle for each raw score."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if len(self.knots) == 0:
+            return np.ones_like(scores)
+        return np.interp(scores, self.knots, self.probabilities)
+
+
+def fit_calibration(targets, decoys, decoy_weight: float = 1.0) -> Calibration:
+    """Fit the probability of a true particle from target and decoy raw scores.
+
+    Parameters
+    ----------
+    targets : array_like
+        Raw scores of the candidates in the image (all frames processed).
+    decoys : array_like
+        Raw scores of the candidates in the contrast-flipped decoy frames.
+    decoy_weight : float
+        Target frames per decoy frame (decoys stand for this many false detections).
+
+    Returns
+    -------
+    Calibration
+        Without any decoy, every candidate gets probability 1 (nothing is known to be
+        false); without any target, an empty map.
+    """
+    from scipy.optimize import isotonic_regression
+
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+    decoys = np.asarray(decoys, dtype=np.float64).reshape(-1)
+    if len(targets) == 0 or len(decoys) == 0:
+        return Calibration(np.zeros(0), np.zeros(0), len(decoys))
+    scores = np.concatenate([targets, decoys])
+    label = np.concatenate([np.ones(len(targets)), np.zeros(len(decoys))])
+    weight = np.concatenate([np.ones(len(targets)), np.full(len(decoys), decoy_weight)])
+    order = np.argsort(scores, kind="stable")
+    scores, label, weight = scores[order], label[order], weight[order]
+    # Ties share one value: fit on distinct scores with summed weights.
+    knots, start = np.unique(scores, return_index=True)
+    summed = np.add.reduceat(weight, start)
+    share = np.add.reduceat(label * weight, start) / summed
+    fitted = isotonic_regression(share, weights=summed, increasing=True).x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probability = np.where(fitted > 0, (2 * fitted - 1) / fitted, 0.0)
+    probability = np.clip(probability, 0.0, 1.0)
+    # Each fitted block is flat from its lowest to its highest score; the map is linear
+    # only across the gap between two blocks (never across a block).
+    edges = np.flatnonzero(np.diff(fitted)) + 1
+    blocks = np.split(np.arange(len(knots)), edges)
+    ends = np.array([[knots[b[0]], knots[b[-1]]] for b in blocks]).reshape(-1)
+    values = np.repeat([probability[b[0]] for b in blocks], 2)
+    keep = np.append(np.diff(ends) > 0, True)  # one knot where a block is one score
+    return Calibration(ends[keep], values[keep], len(decoys))
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The threshold that maximises the expected F1, and what it is expected to give.
+
+    Attributes
+    ----------
+    threshold : float
+        Probability threshold: candidates whose probability is at least this are kept.
+    kept : int
+        Candidates kept.
+    expected_precision, expected_recall, expected_f1 : float
+        As implied by the probabilities (no truth involved).
+    expected_particles : float
+        Sum of the probabilities of every candidate.
+    """
+
+    threshold: float
+    kept: int
+    expected_precision: float
+    expected_recall: float
+    expected_f1: float
+    expected_particles: float
+
+
+def expected_scores(probabilities, threshold: float) -> ThresholdChoice:
+    """Return the expected precision, recall and F1 of keeping candidates at ``threshold``.
+
+    Parameters
+    ----------
+    probabilities : array_like
+        Probability of a true particle of every candidate.
+    threshold : float
+        Keep candidates whose probability is at least this.
+
+    Returns
+    -------
+    ThresholdChoice
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    total = float(p.sum())
+    kept = p >= threshold
+    n, tp = int(kept.sum()), float(p[kept].sum())
+    precision = tp / n if n else 1.0
+    recall = tp / total if total > 0 else 1.0
+    f1 = 2 * tp / (n + total) if n + total > 0 else 1.0
+    return ThresholdChoice(float(threshold), n, precision, recall, f1, total)
+
+
+def choose_threshold(probabilities, floor: float = 0.05) -> ThresholdChoice:
+    """Return the probability threshold that maximises the expected F1.
+
+    Parameters
+    ----------
+    probabilities : array_like
+        Probability of a true particle of every candidate.
+    floor : float
+        Lowest threshold considered (a candidate less likely than this is never kept).
+
+    Returns
+    -------
+    ThresholdChoice
+        Ties go to the higher threshold (fewer detections for the same expected F1).
+    """
+    p = np.sort(np.asarray(probabilities, dtype=np.float64))[::-1]
+    total = float(p.sum())
+    if len(p) == 0 or total <= 0:
+        return expected_scores(p, 1.0)
+    # Keeping the k most probable: expected TP = cumulative sum, F1 = 2 TP / (k + total).
+    k = np.arange(1, len(p) + 1)
+    f1 = 2 * np.cumsum(p) / (k + total)
+    # Only cut between distinct probabilities (ties are kept or dropped together).
+    last_of_value = np.append(p[1:] != p[:-1], True) & (p >= floor)
+    if not last_of_value.any():
+        return expected_scores(p, 1.0)
+    best = int(np.flatnonzero(last_of_value)[np.argmax(f1[last_of_value])])
+    return expected_scores(p, float(p[best]))
+
+
+# ------------------------------------------------------------------------------ decoys
+
+
+def noise_offset(frame: np.ndarray) -> float | None:
+    """Estimate the intensity at which a frame's noise variance would fall to zero.
+
+    Camera noise is close to Poisson–Gaussian: ``var = a (I - I0)`` and, for its
+    Poisson part, a third cumulant ``a^2 (I - I0)``. Both are measured on the frame's
+    fine-scale residual (the frame minus its 3 x 3 mean) over background pixels, so
+    ``a = k3 / k2`` and ``I0 = mean - k2^2 / k3``, whatever the gain, from one flat
+    frame. Only ``I0`` matters for a decoy (:func:`decoy_frame`). Returns None when the
+    residual is not significantly skewed: the noise is then additive (a filtered
+    micrograph, a bright camera background) and the plain contrast flip is exact.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        A 2D frame, finite.
+    """
+    from scipy.ndimage import uniform_filter
+
+    frame = np.asarray(frame, dtype=np.float64)
+    if min(frame.shape) < 8:
+        return None
+    local = uniform_filter(frame, 5, mode="reflect")
+    residual = frame - uniform_filter(frame, 3, mode="reflect")
+    # Background pixels: particles would add skew of their own.
+    middle = np.median(local)
+    spread = np.median(np.abs(local - middle)) * 1.4826
+    values = residual[local < middle + 2 * spread]
+    if values.size < 1000:
+        return None
+    values = values - values.mean()
+    k2, k3 = np.mean(values**2), np.mean(values**3)
+    # The residual weighs a pixel by 8/9 and its 8 neighbours by -1/9: its second and
+    # third cumulants are 8/9 and 504/729 of the pixel noise's.
+    significant = k3 > 3 * np.sqrt(15 * k2**3 / values.size)
+    if not significant:
+        return None
+    k2, k3 = k2 * 9 / 8, k3 * 729 / 504
+    return float(np.mean(frame[local < middle + 2 * spread]) - k2 * k2 / k3)
+
+
+def decoy_frame(frame: np.ndarray, offset: float | None) -> np.ndarray:
+    """Return the frame with its contrast flipped about its background, noise kept alike.
+
+    With a noise ``offset`` (:func:`noise_offset`), the flip is done after the
+    generalised Anscombe transform (square root of ``I - I0``), where Poisson–Gaussian
+    noise is symmetric, and mapped back: the decoy has the frame's noise, skew included,
+    and its particles become dark. Without one, it is the plain flip ``2 m - I``.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        A 2D frame, finite.
+    offset : float or None
+        From :func:`noise_offset`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape.
+    """
+    frame = np.asarray(frame, dtype=np.float64)
+    if offset is None:
+        return (2 * np.median(frame) - frame).astype(np.float32)
+    root = np.sqrt(np.maximum(frame - offset, 0.0) + 0.375)
+    flipped = np.maximum(2 * np.median(root) - root, 0.0)
+    return (flipped * flipped - 0.375 + offset).astype(np.float32)

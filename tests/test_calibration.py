@@ -1,0 +1,100 @@
+"""Scores as probabilities from target and decoy candidates; the per-image threshold."""
+
+import numpy as np
+import pytest
+
+from napari_denodet.core.calibration import (
+    choose_threshold,
+    decoy_frame,
+    decoy_frames,
+    expected_scores,
+    fit_calibration,
+    noise_offset,
+)
+
+
+def test_probabilities_follow_the_share_of_targets_over_decoys():
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0.05, 0.6, 4000)
+    decoys = rng.uniform(0.05, 0.6, 4000)  # the same noise, flipped
+    particles = rng.uniform(0.7, 0.95, 300)
+    calibration = fit_calibration(np.concatenate([noise, particles]), decoys)
+    p = calibration(np.array([0.1, 0.3, 0.5, 0.8, 0.9]))
+    assert np.all(p[:3] < 0.1)  # as many decoys as targets: false
+    assert np.all(p[3:] == 1.0)  # no decoy reaches them: true
+    assert np.all(np.diff(calibration(np.linspace(0, 1, 101))) >= 0)  # monotone
+    assert calibration.decoys == 4000
+
+
+def test_decoy_weight_stands_for_the_frames_without_a_decoy():
+    # Half the targets at 0.5 are noise when one decoy frame stands for four frames.
+    targets = np.concatenate([np.full(400, 0.5), np.full(100, 0.9)])
+    decoys = np.full(50, 0.5)
+    assert fit_calibration(targets, decoys, decoy_weight=4.0)([0.5])[0] == pytest.approx(0.5)
+    assert fit_calibration(targets, decoys, decoy_weight=1.0)([0.5])[0] == pytest.approx(0.875)
+
+
+def test_without_decoys_every_candidate_is_kept_and_without_targets_nothing():
+    assert fit_calibration([0.2, 0.9], [])([0.2, 0.9]).tolist() == [1.0, 1.0]
+    assert fit_calibration([], [0.3])([0.3]).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_chosen_threshold_maximises_the_expected_f1(seed):
+    p = np.random.default_rng(seed).beta(0.5, 0.5, 300)
+    choice = choose_threshold(p)
+    levels = np.unique(p)
+    best = max(expected_scores(p, t).expected_f1 for t in levels if t >= 0.05)
+    assert choice.expected_f1 == pytest.approx(best)
+    assert choice.kept == int((p >= choice.threshold).sum())
+    expected = expected_scores(p, choice.threshold)
+    assert expected.expected_precision == pytest.approx(p[p >= choice.threshold].mean())
+    assert expected.expected_recall == pytest.approx(p[p >= choice.threshold].sum() / p.sum())
+
+
+def test_certain_particles_and_certain_noise_are_split_exactly():
+    p = np.array([1.0] * 20 + [0.0] * 200)
+    choice = choose_threshold(p)
+    assert choice.kept == 20 and choice.expected_f1 == 1.0
+
+
+def test_decoy_frames_are_all_frames_of_short_stacks_and_spread_over_long_ones():
+    assert decoy_frames(5) == [0, 1, 2, 3, 4]
+    spread = decoy_frames(200)
+    assert len(spread) == 8 and spread[0] == 0 and spread[-1] == 199
+
+
+def _poisson_frame(offset, gain, seed=0, spots=()):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    photons = 5.0 + 60.0 * xx / 255  # a ramp: the noise grows with the intensity
+    for y, x in spots:
+        photons = photons + 200.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0)
+    return offset + gain * rng.poisson(photons).astype(np.float64)
+
+
+def test_noise_offset_finds_the_camera_offset_and_none_for_additive_noise():
+    assert noise_offset(_poisson_frame(100.0, 2.0)) == pytest.approx(100.0, abs=15.0)
+    gaussian = np.random.default_rng(1).normal(500.0, 20.0, (256, 256))
+    gaussian += np.linspace(0, 200, 256)[None]  # brighter, not noisier
+    assert noise_offset(gaussian) is None
+
+
+def test_a_decoy_has_the_frames_noise_and_dark_particles():
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:256, :256]
+    spots = 200.0 * (np.exp(-((yy - 64) ** 2 + (xx - 64) ** 2) / 4.0)
+                     + np.exp(-((yy - 192) ** 2 + (xx - 128) ** 2) / 4.0))
+    frame = 100.0 + 2.0 * rng.poisson(8.0 + spots).astype(np.float64)
+    offset = noise_offset(frame)
+    assert offset == pytest.approx(100.0, abs=8.0)
+    decoy = decoy_frame(frame, offset)
+    assert decoy[64, 64] < np.median(decoy) < frame[64, 64]
+    # Away from the spots its noise has the frame's scale, and Poisson's bright skew.
+    flat = (slice(100, 180), slice(0, 80))
+    assert np.std(decoy[flat]) == pytest.approx(np.std(frame[flat]), rel=0.1)
+    skew = lambda v: np.mean((v - v.mean()) ** 3)  # noqa: E731
+    assert skew(decoy[flat]) > 0 and skew(frame[flat]) > 0
+    plain = decoy_frame(frame, None)
+    assert plain[64, 64] == pytest.approx(2 * np.median(frame) - frame[64, 64])
+    assert skew(plain[flat]) < 0  # the plain flip turns the skew round
