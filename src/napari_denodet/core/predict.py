@@ -54,7 +54,9 @@ from napari_denodet.core.points import points_table
 #: A prepared network: ``(B, 1, H, W)`` float32 batch -> ``(denoised, logits)``.
 PreparedNetwork = Callable[[Tensor], tuple[Tensor, Tensor]]
 
-_DEVICES = ("cpu", "cuda", "mps")
+#: Devices :func:`choose_device` accepts: ``"auto"`` or a torch device type.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_DEVICES = DEVICES[1:]
 #: Arithmetic of the forward pass: ``"auto"`` (:func:`choose_precision`) or a torch dtype.
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: Pixels per forward pass on CPU when the batch size is automatic. Measured on 512 x 512
@@ -176,7 +178,7 @@ def choose_device(requested: str = "auto") -> torch.device:
         device = None
     if device is None or device.type not in _DEVICES:
         raise InputError(
-            None, f"unknown device {requested!r}: use one of auto, {', '.join(_DEVICES)}"
+            None, f"unknown device {requested!r}: use one of {', '.join(DEVICES)}"
         )
     available = available_devices()
     if device.type not in available:

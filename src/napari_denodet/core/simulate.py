@@ -44,6 +44,17 @@ DENSITIES = {"low": 100, "mid": 500, "high": 1000}
 MICROGRAPH_COVERAGE = {"low": 0.08, "mid": 0.18, "high": 0.30}
 #: Background level of fluorescence stacks, in photons per pixel.
 BACKGROUND = 10.0
+#: Defaults of :func:`simulate_timelapse`: scenario, frames, PTC signal-to-noise ratio
+#: and frame size.
+DEFAULT_SCENARIO = "vesicle"
+DEFAULT_FRAMES = 100
+DEFAULT_TIMELAPSE_SNR = 4.0
+DEFAULT_TIMELAPSE_SHAPE = (512, 512)
+#: Defaults of :func:`simulate_micrograph`: power signal-to-noise ratio and image size.
+DEFAULT_MICROGRAPH_SNR = 0.1
+DEFAULT_MICROGRAPH_SHAPE = (1024, 1024)
+#: Default density of both simulators (a key of :data:`DENSITIES`).
+DEFAULT_DENSITY = "mid"
 
 
 @dataclass
@@ -128,11 +139,11 @@ def _density(density: str | float, named: dict[str, float]) -> float:
 
 
 def simulate_timelapse(
-    scenario: str = "vesicle",
-    snr: float = 4.0,
-    density: str | float = "mid",
-    frames: int = 100,
-    shape: tuple[int, int] = (512, 512),
+    scenario: str = DEFAULT_SCENARIO,
+    snr: float = DEFAULT_TIMELAPSE_SNR,
+    density: str | float = DEFAULT_DENSITY,
+    frames: int = DEFAULT_FRAMES,
+    shape: tuple[int, int] = DEFAULT_TIMELAPSE_SHAPE,
     seed: int | None = 0,
     randomise: bool = True,
     background: float = BACKGROUND,
@@ -423,9 +434,9 @@ def _render_spots(shape, y, x, amplitude, sigma_along, sigma_across, angle):
 
 
 def simulate_micrograph(
-    shape: tuple[int, int] = (1024, 1024),
-    snr: float = 0.1,
-    density: str | float = "mid",
+    shape: tuple[int, int] = DEFAULT_MICROGRAPH_SHAPE,
+    snr: float = DEFAULT_MICROGRAPH_SNR,
+    density: str | float = DEFAULT_DENSITY,
     radius: float | tuple[float, float] = (5.0, 15.0),
     seed: int | None = 0,
     randomise: bool = True,
