@@ -3,10 +3,12 @@ import torch
 
 from napari_denodet.core.losses import (
     balanced_bce,
+    blind_spot_mask,
     detection_loss,
     gaussian_heatmap,
     jensen_shannon,
     local_terms,
+    positive_unlabelled_loss,
 )
 
 
@@ -95,3 +97,32 @@ def test_unknown_denoising_loss_is_refused():
 
     with pytest.raises(ValueError, match="unknown denoising loss"):
         denoising_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), "l2")
+
+
+def test_blind_spot_mask_takes_values_from_neighbours():
+    noisy = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    masked, mask = blind_spot_mask(noisy, 0.05, torch.Generator().manual_seed(0))
+    assert 0 < mask.sum() < noisy.numel() * 0.1
+    assert torch.equal(masked[~mask], noisy[~mask])
+    assert not torch.any(masked[mask] == noisy[mask]), "a pixel replaced by itself"
+    # Values are unique, so each replacement is found where it came from: within 2 px.
+    b, _, y, x = mask.nonzero(as_tuple=True)
+    source = masked[mask].long() - b * 32 * 32
+    assert torch.all((source // 32 - y).abs() <= 2) and torch.all((source % 32 - x).abs() <= 2)
+
+
+def test_pu_loss_does_not_punish_unlabelled_particles_at_the_prior():
+    # Half the unlabelled pixels carry a particle the user did not click. Scoring them
+    # high costs less under the PU risk with the right prior than when taken as background.
+    logits = torch.full((1, 8, 8), -4.0)
+    logits[0, :4] = 4.0  # the network says "particle" on the top half
+    positive = torch.zeros(1, 8, 8, dtype=torch.bool)
+    positive[0, 0, :2] = True
+    nothing = torch.zeros_like(positive)
+    with_prior = positive_unlabelled_loss(logits, positive, nothing, prior=0.5)
+    as_background = positive_unlabelled_loss(logits, positive, nothing, prior=0.0)
+    assert with_prior < 0.5 * as_background
+    # A known negative where the network says "particle" raises the loss.
+    negative = torch.zeros_like(positive)
+    negative[0, 3, :] = True
+    assert positive_unlabelled_loss(logits, positive, negative, 0.5) > with_prior

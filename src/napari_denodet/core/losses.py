@@ -8,6 +8,22 @@ DSNT) is compared with the true position (Euclidean distance). Those two terms o
 shape the heatmap near particles; a dense, class-balanced binary cross-entropy against
 the Gaussian target heatmap keeps empty background empty and makes the peak height a
 score. The joint loss is ``L = L_det + gamma * L_deno``.
+
+Fine-tuning from a few clicks (:mod:`napari_denodet.core.finetune`) has no clean image
+and few labels, so it uses two more:
+
+- **Denoising** is blind-spot self-supervision (Noise2Void, :func:`blind_spot_mask`): a
+  few pixels of each patch are replaced by a random neighbour and the denoising head is
+  trained to predict their original noisy values from the surrounding context. With
+  noise independent from pixel to pixel, the best such prediction is the clean value.
+- **Detection** is positive-unlabelled learning on the heatmap
+  (:func:`positive_unlabelled_loss`). Pixels at the clicked centres are positives,
+  pixels around deleted detections (or negative clicks) are negatives, and every other
+  pixel is unlabelled: it may hold a particle nobody clicked, so it is not simply
+  background. The class-balanced non-negative PU risk (Kiryo et al. 2017, the
+  estimator behind Topaz's picker) estimates the background risk from the unlabelled
+  pixels minus the expected share of particles in them, which needs the class prior:
+  the number of particles per pixel.
 """
 
 from __future__ import annotations
@@ -222,3 +238,88 @@ def denoising_loss(denoised: Tensor, clean: Tensor, kind: str = "l1") -> Tensor:
     if kind == "dice-bce":
         return dice_bce_loss(denoised, clean)
     raise ValueError(f"unknown denoising loss {kind!r}; choose one of {DENOISING_LOSSES}")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def blind_spot_mask(noisy: Tensor, fraction: float,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Replace a random ``fraction`` of pixels by a random neighbour (Noise2Void).
+
+    Parameters
+    ----------
+    noisy : Tensor
+        ``(B, 1, H, W)`` batch.
+    fraction : float
+        Share of pixels to mask.
+    generator : torch.Generator
+        Source of the random choices.
+
+    Returns
+    -------
+    masked : Tensor
+        The batch with the masked pixels replaced by a pixel of their 5 x 5
+        neighbourhood (never themselves).
+    mask : Tensor
+        ``(B, 1, H, W)`` bool, True where a pixel was replaced.
+    """
+    b, _, h, w = noisy.shape
+    mask = torch.rand(noisy.shape, generator=generator) < fraction
+    where = mask.nonzero(as_tuple=True)
+    n = len(where[0])
+    dy = torch.randint(-2, 3, (n,), generator=generator)
+    dx = torch.randint(-2, 3, (n,), generator=generator)
+    same = (dy == 0) & (dx == 0)
+    dx[same] = torch.where(torch.rand(int(same.sum()), generator=generator) < 0.5, -1, 1)
+    # A neighbour beyond the border is taken from the other side instead (never itself).
+    sy, sx = where[2] + dy, where[3] + dx
+    sy = torch.where((sy < 0) | (sy >= h), where[2] - dy, sy)
+    sx = torch.where((sx < 0) | (sx >= w), where[3] - dx, sx)
+    masked = noisy.clone()
+    masked[where] = noisy[where[0], where[1], sy, sx]
+    return masked, mask
+
+
+def positive_unlabelled_loss(logits: Tensor, positive: Tensor, negative: Tensor,
+                             prior: float) -> Tensor:
+    """Class-balanced non-negative PU risk of a heatmap.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, H, W)`` heatmap logits.
+    positive : Tensor
+        ``(B, H, W)`` bool, labelled particle pixels.
+    negative : Tensor
+        ``(B, H, W)`` bool, known background pixels.
+    prior : float
+        Share of particle pixels among the unlabelled pixels.
+
+    Returns
+    -------
+    Tensor
+        Scalar: half the positive risk plus half the background risk, the latter
+        estimated from unlabelled pixels with the positives' share removed, clipped at
+        zero (non-negative PU), and from the known negatives where there are any.
+    """
+    unlabelled = ~(positive | negative)
+    loss_as_positive = F.softplus(-logits)
+    loss_as_negative = F.softplus(logits)
+    zero = logits.sum() * 0.0
+    if positive.any():
+        risk_positive = loss_as_positive[positive].mean()
+        risk_positive_as_negative = loss_as_negative[positive].mean()
+    else:
+        risk_positive = risk_positive_as_negative = zero
+    prior = float(min(max(prior, 0.0), 0.5))
+    risk_background = (loss_as_negative[unlabelled].mean()
+                       - prior * risk_positive_as_negative) / (1.0 - prior)
+    risk_background = risk_background.clamp(min=0.0)
+    if negative.any():
+        n_neg, n_unl = float(negative.sum()), float(unlabelled.sum())
+        known = loss_as_negative[negative].mean()
+        # Known negatives count as much as unlabelled pixels, and at least a tenth.
+        share = max(n_neg / (n_neg + n_unl), 0.1)
+        risk_background = (1 - share) * risk_background + share * known
+    return 0.5 * risk_positive + 0.5 * risk_background

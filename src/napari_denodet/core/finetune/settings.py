@@ -1,0 +1,246 @@
+"""What defines a fine-tuning run, what it reports and returns, and its constants.
+
+The settings are recorded in the fine-tuned model's card (``training.settings``).
+:func:`resolve_mode` and :func:`resolve_calibration` turn their ``"auto"`` choices into
+the starting model's card advice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from napari_denodet.core.errors import InputError
+from napari_denodet.core.metrics import GATE
+from napari_denodet.core.models import Model
+
+#: Fewest clicked centres fine-tuning accepts.
+MIN_CLICKS = 2
+#: Clicks needed before some are held out to check the model during fine-tuning.
+MIN_CLICKS_FOR_CHECK = 12
+#: Radius (px) around a negative point that is known background.
+NEGATIVE_RADIUS = 2.0
+#: Radius (px) around a click never taken as background in a completely clicked area.
+CLICK_CLEARANCE = 3.0
+#: Matching gate (px) between detections and clicks when calibrating.
+CALIBRATION_GATE = GATE
+#: Raising the threshold after fine-tuning keeps at least this share of the expected
+#: particle count (chosen among 0.5 / 0.6 / 0.75 / 0.9 on the fine-tuning benchmark's
+#: 10-click probes: 0.5 let memorised clicks on simulated micrographs at SNR 0.1 lift
+#: the threshold to 0.89, F1 0.77 and 0.76 against 0.82 before fine-tuning; 0.75 cut
+#: wide-PSF vesicles at SNR 2 to 0.71 in one region).
+RAISE_KEEPS = 0.6
+#: Highest threshold :func:`calibrate_threshold` sets.
+HIGHEST_THRESHOLD = 0.9
+#: What fine-tuning changes: ``"weights"`` trains the network and then recalibrates the
+#: threshold; ``"threshold"`` keeps the parent's weights and only recalibrates its
+#: threshold from the clicked area (:func:`calibrate_from_area`); ``"auto"`` takes the
+#: starting model's card advice (``card["finetune"]["mode"]``), else ``"weights"``, and
+#: ``"weights"`` too when the advice is ``"threshold"`` but the clicked area does not look
+#: completely clicked (:func:`area_is_incomplete`).
+MODES = ("auto", "weights", "threshold")
+#: How the ``"weights"`` mode sets the trained network's threshold: ``"clicks"``
+#: (:func:`calibrate_threshold`); ``"count"`` keeps as many detections on the clicked
+#: frames as the parent made at its own threshold (:func:`threshold_for_count`): the
+#: trained network's probabilities are no longer calibrated, but where the parent's
+#: threshold already suited the data its operating point still does; ``"auto"`` takes
+#: the starting model's card advice (``card["finetune"]["calibration"]``), else
+#: ``"clicks"``.
+CALIBRATIONS = ("auto", "clicks", "count")
+#: The clicked area counts as not completely clicked when more than this many, and more
+#: than this share of the clicks, of its candidates look like unclicked particles
+#: (:func:`unclicked_in_area`, :func:`area_is_incomplete`).
+INCOMPLETE_MIN, INCOMPLETE_SHARE = 2, 0.25
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything that defines a fine-tuning run (saved in the model card).
+
+    Parameters
+    ----------
+    steps : int
+        Most optimiser steps.
+    time_budget : float, optional
+        Stop after this many seconds of training even if ``steps`` are not done.
+    batch_size, patch_size : int
+        Patches per step and their edge in pixels (shrunk to fit small images).
+    learning_rate : float
+        Adam's learning rate.
+    denoise_weight : float
+        Weight of the blind-spot denoising loss (the paper's 1 - alpha relative to
+        detection).
+    consistency_weight : float
+        Weight of the flip/rotation consistency term (the paper's lambda); 0 skips the
+        second forward pass.
+    consistency_patches : int, optional
+        Patches of each batch whose flipped/rotated copy is run for the consistency
+        term (None: all). Each copy costs a forward and backward pass: with all 8, a
+        step took about twice as long, and on a slow machine the 45 s budget ended
+        after 120-170 steps instead of 300, and F1 fell with the steps. With 2, the 300
+        steps took 17-21 s instead of 26-41 s, and F1 from 10 clicks (mean of six
+        regions) was the same: 0.849 / 0.928 / 0.801 against 0.848 / 0.926 / 0.800
+        on wide-PSF vesicles at SNR 2 and 4 and the real micrograph.
+    local_weight : float
+        Weight of the local JS + Euclidean terms on the clicks.
+    blind_spot_fraction : float
+        Fraction of pixels masked per patch for the blind-spot loss.
+    click_patch_fraction : float
+        Fraction of patches centred near a click; the rest are drawn anywhere.
+    particles_per_frame : float, optional
+        Expected particles per frame (the PU class prior); estimated when None.
+    complete_region : bool
+        The user clicked every particle in the area the clicks cover (their convex hull
+        grown by half their spacing, per frame): the rest of that area is known
+        background, as crYOLO and Topaz users annotate whole micrographs or regions.
+    train_encoder : bool
+        Train the shared encoder too (measured better than decoders only on the real
+        micrograph, F1 0.77 vs 0.70, and on simulated micrographs, 0.82 vs 0.77).
+    freeze_norm : bool
+        Keep the batch-norm statistics of the parent (layers in evaluation mode) rather
+        than re-estimating them from the fine-tuning batches.
+    pseudo_labels : float
+        Share of the parent's detections (at its threshold, the highest scores first)
+        taken as extra positives, so that training on a few clicks does not unlearn the
+        particles the parent already finds (0 uses the clicks alone).
+    average : float
+        Decay of an exponential moving average of the weights kept during training
+        and returned instead of the last step's weights (0 keeps the last step).
+    check_every : int
+        Steps between held-out checks (when enough clicks exist).
+    mode : str
+        One of :data:`MODES`. ``"threshold"`` trains nothing: it assumes every particle
+        in the area the clicks cover is clicked (as the LoG baseline's tuning does),
+        does not use the negatives, and takes about as long as one detection.
+    blob_weight, blob_sigma : float
+        In the ``"threshold"`` mode, the recalibrated model's scores break the peak
+        probability's ties by the blob response of its denoised output
+        (:class:`~napari_denodet.core.localize.BlobScore`, fitted on the clicked
+        frames' candidates): the most a score moves, and the filter's width in px.
+        A weight of 0 keeps the peak probability. 0.1 and 2 px were chosen on the
+        fine-tuning benchmark's regions 1-12 (docs/models.md).
+    calibration : str
+        One of :data:`CALIBRATIONS`: how the ``"weights"`` mode sets the threshold
+        after training.
+    seed : int
+        Seeds the patch sampling, masking and augmentation.
+    """
+
+    steps: int = 300
+    time_budget: float | None = None
+    batch_size: int = 8
+    patch_size: int = 64
+    learning_rate: float = 3e-4
+    denoise_weight: float = 0.1
+    consistency_weight: float = 0.1
+    consistency_patches: int | None = 2
+    local_weight: float = 0.3
+    blind_spot_fraction: float = 1.0 / 64.0
+    click_patch_fraction: float = 0.5
+    particles_per_frame: float | None = None
+    complete_region: bool = False
+    train_encoder: bool = True
+    freeze_norm: bool = True
+    pseudo_labels: float = 0.5
+    average: float = 0.98
+    check_every: int = 50
+    mode: str = "auto"
+    blob_weight: float = 0.1
+    blob_sigma: float = 2.0
+    calibration: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.consistency_patches is not None and self.consistency_patches < 0:
+            raise InputError(None, "the consistency patches must be >= 0")
+        if self.steps < 1 or self.batch_size < 1 or self.patch_size < 16:
+            raise InputError(None, "steps and batch size must be >= 1 and the patch size "
+                                   ">= 16")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(None, f"the time budget must be > 0 s, got {self.time_budget}")
+        if not 0 < self.blind_spot_fraction < 0.5:
+            raise InputError(None, "the blind-spot fraction must be in (0, 0.5)")
+        if not 0 <= self.pseudo_labels <= 1:
+            raise InputError(None, f"the pseudo-label share must be in [0, 1], got "
+                                   f"{self.pseudo_labels}")
+        if self.mode not in MODES:
+            raise InputError(None, f"the fine-tuning mode must be one of "
+                                   f"{', '.join(MODES)}, got {self.mode!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise InputError(None, f"the calibration must be one of "
+                                   f"{', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        if not 0 <= self.blob_weight <= 1 or not self.blob_sigma > 0:
+            raise InputError(None, f"the blob weight must be in [0, 1] and its sigma > 0, "
+                                   f"got {self.blob_weight} and {self.blob_sigma}")
+        if not 0 <= self.average < 1:
+            raise InputError(None, f"the weight average's decay must be in [0, 1), got "
+                                   f"{self.average}")
+
+    def to_dict(self) -> dict:
+        """Return the settings as JSON-serialisable values."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FinetuneProgress:
+    """One report of a fine-tuning run.
+
+    Attributes
+    ----------
+    stage : str
+        ``"train"`` after a step, ``"check"`` after a held-out check, ``"calibrate"``
+        once when the threshold is set, after training or in the ``"threshold"`` mode
+        (``metrics["message"]`` says what was set), ``"note"`` before either when the
+        user should read ``metrics["message"]`` (the clicked area does not look
+        completely clicked, :func:`area_is_incomplete`).
+    step, total : int
+        Steps done and the most steps.
+    elapsed : float
+        Seconds since training started.
+    metrics : dict
+        Losses of the step (``loss``, ``detection``, ``denoising``, ``consistency``), or
+        the check's ``threshold`` and ``heldout_recall``.
+    """
+
+    stage: str
+    step: int
+    total: int
+    elapsed: float
+    metrics: dict
+
+
+@dataclass
+class FinetunedModel:
+    """What :func:`finetune` returns.
+
+    Attributes
+    ----------
+    model : Model
+        The fine-tuned network with its new card (parent, clicks, settings, threshold).
+    history : list of dict
+        The losses of every step.
+    steps_done : int
+        Steps actually trained (fewer than asked when stopped or out of time).
+    wall_time : float
+        Seconds from start to return, calibration included.
+    """
+
+    model: Model
+    history: list[dict] = field(default_factory=list)
+    steps_done: int = 0
+    wall_time: float = 0.0
+
+
+def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
+    """Return ``"weights"`` or ``"threshold"``: the settings' mode, or the card's advice."""
+    if settings.mode != "auto":
+        return settings.mode
+    advice = (model.card.get("finetune") or {}).get("mode")
+    return advice if advice in MODES[1:] else "weights"
+
+
+def resolve_calibration(settings: FinetuneSettings, model: Model) -> str:
+    """Return ``"clicks"`` or ``"count"``: the settings' calibration, or the card's advice."""
+    if settings.calibration != "auto":
+        return settings.calibration
+    advice = (model.card.get("finetune") or {}).get("calibration")
+    return advice if advice in CALIBRATIONS[1:] else "clicks"
