@@ -135,3 +135,11 @@ def test_an_image_without_a_finite_pixel_is_one_line_naming_it(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err == (f"napari-denodet: error: {tmp_path / 'void.tif'}: the image holds no "
                    "finite pixel (all NaN or inf)")
+
+
+@pytest.mark.parametrize("value", ["nan", "1.5", "-0.1"])
+def test_a_threshold_outside_zero_to_one_is_refused(stack_file, tmp_path, capsys, value):
+    path, _ = stack_file
+    assert main(["detect", str(path), "--out", str(tmp_path), "--threshold", value]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -13,6 +13,7 @@ from napari_denodet.cli._common import (
     _drain,
     _positive_float,
     _positive_int,
+    _share,
 )
 
 NAME = "detect"
@@ -27,6 +28,7 @@ DESCRIPTION = ("Denoise and detect particles in each INPUT; write DIR/<stem>_poi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``detect``."""
     from napari_denodet.core.batch import DENOISED_FORMATS, DetectSettings
+    from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.predict import DEVICES, PRECISIONS
 
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
@@ -36,10 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"bundled model name or a .pt file (default: "
                              f"{DetectSettings.model})")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="score threshold (default: the model's calibrated threshold)")
+    parser.add_argument("--threshold", type=_share, default=None,
+                        help="keep particles whose score (the probability of a true "
+                             "particle) is at least this (default: chosen for each image, "
+                             "the threshold that maximises the expected F1)")
     parser.add_argument("--all-candidates", action="store_true",
                         help="keep every candidate with its score instead of thresholding")
+    parser.add_argument("--polarity", choices=POLARITIES, default=None,
+                        help="particles darker or brighter than the background (default: "
+                             "the model's; micrograph models choose per image, 'auto')")
     parser.add_argument("--device", default=DetectSettings.device, choices=DEVICES)
     parser.add_argument("--precision", default=DetectSettings.precision, choices=PRECISIONS,
                         help="arithmetic of the network (default: bfloat16 on CPUs with "
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                               precision=args.precision, binning=binning,
                               batch_size=args.batch_size, axes=args.axes,
                               star=args.star, box_size=args.box_size, denoised=args.denoised,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, polarity=args.polarity)
     if args.scheduler is None:  # a remote cluster may have devices that this machine lacks
         choose_device(settings.device)
     paths = without_outputs(expand_inputs(args.inputs), args.out)
