@@ -19,7 +19,7 @@ at a gate of half the 108 px diameter), as it is and contrast-inverted.
 
 Writes ``docs/benchmarks-default-threshold.md`` and ``.json``. Usage::
 
-    python benchmarks/bench_default_threshold.py --data ../shared/data
+    python benchmarks/bench_default_threshold.py --data FOLDER_WITH_THE_REAL_IMAGES
 """
 
 from __future__ import annotations

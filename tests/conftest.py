@@ -45,7 +45,7 @@ def one_torch_thread():
 @pytest.fixture
 def no_worker_left_behind():
     """Wait for napari's thread workers after a GUI test: one still running at exit aborts
-    pytest (ENVIRONMENT.md)."""
+    pytest."""
     yield
     from qtpy.QtCore import QThreadPool
 

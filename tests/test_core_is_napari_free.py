@@ -1,4 +1,4 @@
-"""The core floor must import in a plain interpreter without napari or Qt (DESIGN.md)."""
+"""The core floor must import in a plain interpreter without napari or Qt."""
 
 import json
 import pkgutil

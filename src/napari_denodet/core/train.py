@@ -1,11 +1,12 @@
 """Supervised training of the joint network on simulated data.
 
-Training is a generator (STYLE.md): it yields a :class:`TrainProgress` after every step
-and returns a :class:`TrainedModel`; the CLI wraps it in a progress bar, tests drain it,
-and closing it stops the run at the next step. Every batch is simulated afresh from
-randomised parameters (scenario, SNR, density, PSF width, background), cut to patches
-and augmented by flips and 90-degree rotations, so the network never sees the same
-image twice. Checkpoints make a run resumable; the same seed gives the same model.
+Training is a generator (the project's pattern for long work): it yields a
+:class:`TrainProgress` after every step and returns a :class:`TrainedModel`; the CLI
+wraps it in a progress bar, tests drain it, and closing it stops the run at the next
+step. Every batch is simulated afresh from randomised parameters (scenario, SNR,
+density, PSF width, background), cut to patches and augmented by flips and 90-degree
+rotations, so the network never sees the same image twice. Checkpoints make a run
+resumable; the same seed gives the same model.
 
 The schedule follows the paper where it converges on a CPU: Adam, a detection-only
 warm-up (gamma = 0) and then the joint loss (gamma = 0.5), and a plateau scheduler on

@@ -30,10 +30,10 @@ micrograph model's) is not trained by default: its threshold is recalibrated fro
 clicked area (:func:`calibrate_from_area`), which the fine-tuning benchmark measured
 better than training from ten clicks for it.
 
-:func:`finetune` is a generator (STYLE.md): it yields :class:`FinetuneProgress` after
-every step and returns a :class:`FinetunedModel`. Setting the ``stop`` event ends the
-training at the next step and still returns a usable model; closing the generator
-abandons it.
+:func:`finetune` is a generator (the project's pattern for long work): it yields
+:class:`FinetuneProgress` after every step and returns a :class:`FinetunedModel`.
+Setting the ``stop`` event ends the training at the next step and still returns a usable
+model; closing the generator abandons it.
 
 The package follows the run's seams:
 
