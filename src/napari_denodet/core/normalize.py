@@ -6,6 +6,13 @@ normalisation was measured to hurt sparse frames — the high percentiles move w
 number of particles — while median and MAD hardly depend on the particles at all.
 Dark particles (cryo-EM) are turned bright by ``invert`` so one detector shape fits.
 
+Integer-valued frames (most cameras write whole ADU) are measured with a fixed dither of
+one ADU added: a camera whose noise is one or two ADU gives a median and a MAD stuck on
+whole numbers, off by up to a third of the noise scale (a MAD of 1 ADU for a noise of
+1.8 ADU on a real time-lapse), and the network would then see noise larger or smaller
+than it was trained on. The dither makes both estimates continuous again; its own
+variance, 1/12, is taken off the scale.
+
 Pixels that are NaN or infinite (masked borders after registration, a broken camera
 pixel) are checked on every pixel, never on a sample, and treated as background: the
 network sees the frame's background level there, so nothing non-finite reaches it or
@@ -66,12 +73,23 @@ def frame_scale(frame: np.ndarray, invert: bool = False, sample: int = 65536) ->
     if values.size > sample:
         values = values[:: values.size // sample]
     values = values.astype(np.float64)
+    integral = bool(np.all(values == np.rint(values)))
+    if integral:
+        values = values + _dither(values.size)
     background = float(np.median(values))
     mad = float(np.median(np.abs(values - background))) * _MAD_TO_SIGMA
+    if integral:
+        # The dither's own variance (1/12) comes off again, within bounds.
+        mad = float(np.sqrt(max(mad * mad - 1.0 / 12.0, 0.25 * mad * mad)))
     if not mad > 0:
-        # Flat or integer-valued frames with a tiny spread: fall back to the std.
+        # Flat frames: fall back to the std.
         mad = float(values.std())
     return FrameScale(background=background, scale=mad if mad > 0 else 1.0, invert=invert)
+
+
+def _dither(size: int) -> np.ndarray:
+    # A fixed, evenly spread sequence on [-0.5, 0.5) (golden-ratio steps): no random state.
+    return (np.arange(1, size + 1) * 0.6180339887498949) % 1.0 - 0.5
 
 
 def normalise_frame(

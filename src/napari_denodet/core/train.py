@@ -31,7 +31,13 @@ from napari_denodet.core.metrics import f1_by_threshold, score_detections
 from napari_denodet.core.network import Denodet, NetworkConfig, build_network, train_mode
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import points_table
-from napari_denodet.core.simulate import SCENARIOS, simulate_micrograph, simulate_timelapse
+from napari_denodet.core.simulate import (
+    SCENARIOS,
+    draw_formation,
+    simulate_micrograph,
+    simulate_timelapse,
+)
+from napari_denodet.core.simulate.formation import RANGES
 
 #: Training scenarios: one per particle type, a mix of all fluorescence types, or EM.
 TRAIN_SCENARIOS = ("fluorescence", *SCENARIOS, "micrograph")
@@ -39,6 +45,11 @@ _DEFAULT_SNR = {"micrograph": (0.03, 0.6)}
 # Up to 40: bright spots (SNR 15+) were missed entirely by a model trained to 10.
 _FLUORESCENCE_SNR = (0.8, 40.0)
 _VALIDATION_SEED = 1_000_000_000  # seeds the validation stream, apart from training's
+#: Training domains of fluorescence models: the PTC-like world alone, or the realistic
+#: image formation (:mod:`napari_denodet.core.simulate.formation`) around it.
+DOMAINS = ("ptc", "realistic")
+#: Share of the realistic domain's patches drawn from the plain PTC-like world.
+PTC_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,12 @@ class TrainSettings:
         noise of half the patches, drawn per patch and axis from ``[0, correlated_noise]``
         (:func:`~napari_denodet.core.simulate.correlate_noise`); the other half keep
         white Poisson noise. 0, the default, keeps every patch white.
+    domain : {"ptc", "realistic"}
+        Time-lapses only: ``"realistic"`` draws each patch's camera, background
+        structure, PSF width, intensities and clusters from
+        :data:`~napari_denodet.core.simulate.formation.RANGES` (all but
+        :data:`PTC_SHARE` of the patches; each patch's draw comes from its own seed, so
+        any patch can be made again); ``"ptc"``, the default, the PTC-like world alone.
     """
 
     scenario: str = "fluorescence"
@@ -116,6 +133,7 @@ class TrainSettings:
     halo_range: tuple[float, float] = (0.0, 0.0)
     blur_range: tuple[float, float] = (0.0, 0.0)
     correlated_noise: float = 0.0
+    domain: str = "ptc"
 
     def __post_init__(self) -> None:
         if self.scenario not in TRAIN_SCENARIOS:
@@ -139,6 +157,11 @@ class TrainSettings:
             raise ValueError("halo_range and blur_range apply to micrographs only")
         if not self.correlated_noise >= 0:
             raise ValueError(f"correlated_noise must be >= 0, got {self.correlated_noise}")
+        if self.domain not in DOMAINS:
+            raise ValueError(f"unknown domain {self.domain!r}; choose one of "
+                             f"{', '.join(DOMAINS)}")
+        if self.scenario == "micrograph" and self.domain != "ptc":
+            raise ValueError("the realistic domain applies to time-lapses only")
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")
@@ -195,6 +218,7 @@ class Sample:
     noisy: np.ndarray
     clean: np.ndarray
     truth: np.ndarray  # (K, 2) y, x
+    params: dict = field(default_factory=dict)  # the simulator's draws, seed included
 
 
 def draw_sample(settings: TrainSettings, rng: np.random.Generator,
@@ -231,12 +255,28 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
         # Drawn only when asked for, so that runs without it keep their random stream.
         if settings.correlated_noise > 0 and rng.random() < 0.5:
             widths = tuple(float(w) for w in rng.uniform(0.0, settings.correlated_noise, 2))
-        sim = simulate_timelapse(scenario, snr=snr, density=rng.uniform(30, 1200), frames=1,
-                                 shape=(size, size), seed=seed, noise_correlation=widths)
+        density = rng.uniform(30, 1200)
+        sim = simulate_timelapse(scenario, snr=snr, density=density, frames=1,
+                                 shape=(size, size), seed=seed, noise_correlation=widths,
+                                 formation=patch_formation(settings, seed))
         noisy, clean = sim.noisy[0], sim.clean[0]
     scale = frame_scale(noisy, invert=settings.invert)
     truth = sim.truth[["y", "x"]].to_numpy(dtype=np.float64)
-    return Sample(scale.forward(noisy), scale.forward(clean), truth)
+    return Sample(scale.forward(noisy), scale.forward(clean), truth,
+                  params={**sim.params, "seed": seed})
+
+
+def patch_formation(settings: TrainSettings, seed: int):
+    """Return the image formation of the training patch simulated from ``seed``.
+
+    None for the PTC-like world (the ``"ptc"`` domain, micrographs, and
+    :data:`PTC_SHARE` of the realistic domain's patches). The draw comes from a
+    generator of its own seeded by ``seed``, so a patch is made again from its seed.
+    """
+    if settings.domain != "realistic":
+        return None
+    rng = np.random.default_rng([seed, 1])
+    return None if rng.random() < PTC_SHARE else draw_formation(rng)
 
 
 def augment(sample: Sample, rng: np.random.Generator) -> Sample:
@@ -480,23 +520,33 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
     s = result.settings
     last = result.history[-1] if result.history else {}
     micrograph = s.scenario == "micrograph"
+    realistic = s.domain == "realistic"
+    data = ("simulated binned cryo-EM micrographs" if micrograph else
+            "simulated 2D fluorescence particles (PTC-like: vesicle, receptor, microtubule)"
+            if s.scenario == "fluorescence" else
+            f"simulated 2D fluorescence particles ({s.scenario})")
+    if realistic:
+        data += (f", {1 - PTC_SHARE:.0%} of them through a randomised image formation "
+                 "(camera noise of several kinds, structured backgrounds, PSF and "
+                 "intensity spread, clusters)")
     return {
         "name": name,
         "scenario": s.scenario,
         "training": {
-            "data": ("simulated binned cryo-EM micrographs" if micrograph else
-                     "simulated 2D fluorescence particles (PTC-like: vesicle, receptor, "
-                     "microtubule)" if s.scenario == "fluorescence" else
-                     f"simulated 2D fluorescence particles ({s.scenario})"),
+            "data": data,
             "command": command,
             "settings": s.to_dict(),
             "wall_time_s": round(result.wall_time, 1),
             "validation": {k: last.get(k) for k in ("val_f1", "val_rmse", "val_loss")},
+            **({"formation_ranges": {k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in RANGES.items()},
+                "ptc_share": PTC_SHARE} if realistic else {}),
         },
         "normalisation": "per frame: subtract the median, divide by 1.4826 x MAD",
         "invert": s.invert,
         "particle_size": ({"radius_px": [5, 15]} if micrograph else
-                          {"psf_sigma_px": [0.9, 1.6], "comet_length_factor": [2.0, 3.0]}),
+                          {"psf_sigma_px": list(RANGES["psf_sigma_px"]) if realistic
+                           else [0.9, 1.6], "comet_length_factor": [2.0, 3.0]}),
         "threshold": result.threshold,
         "localisation": {"radius": s.radius,
                          "temperature": s.temperature if micrograph else INFERENCE_TEMPERATURE,

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``train``."""
     from napari_denodet.core.losses import DENOISING_LOSSES
     from napari_denodet.core.network import NORMS, VARIANTS, NetworkConfig
-    from napari_denodet.core.train import TRAIN_SCENARIOS, TrainSettings
+    from napari_denodet.core.train import DOMAINS, TRAIN_SCENARIOS, TrainSettings
 
     default = TrainSettings()
     network = NetworkConfig()
@@ -87,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "neighbouring pixels, as many cameras have, with Gaussian "
                              "widths (px) drawn per axis up to WIDTH (default "
                              f"{default.correlated_noise:g}: white noise only)")
+    parser.add_argument("--domain", choices=DOMAINS, default=default.domain,
+                        help="time-lapses: 'realistic' draws most patches through a "
+                             "randomised image formation (camera noise of several kinds, "
+                             "structured backgrounds, PSF 0.7-3.5 px, intensity spread, "
+                             f"clusters); 'ptc' the PTC-like world alone (default "
+                             f"{default.domain})")
     parser.add_argument("--name", default=None,
                         help="model name in the card (default: file stem)")
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -145,7 +151,7 @@ def train_settings(args: argparse.Namespace):
                          network=NetworkConfig(variant=args.variant, norm=args.norm,
                                                **_given(widths=args.widths)),
                          denoising_loss=args.denoising_loss,
-                         correlated_noise=args.correlated_noise,
+                         correlated_noise=args.correlated_noise, domain=args.domain,
                          **_given(halo_range=args.halo_range, blur_range=args.blur_range))
 
 
@@ -172,7 +178,9 @@ def _command(args: argparse.Namespace, settings, out: Path) -> str:
         *_repeated("--halo-range", args.halo_range),
         *_repeated("--blur-range", args.blur_range),
         *(["--correlated-noise", f"{settings.correlated_noise:g}"]
-          if settings.correlated_noise > 0 else []), "--out", out.name])
+          if settings.correlated_noise > 0 else []),
+        *(["--domain", settings.domain] if settings.domain != TrainSettings.domain else []),
+        "--out", out.name])
 
 
 def _repeated(flag: str, values) -> list[str]:

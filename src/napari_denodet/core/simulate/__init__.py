@@ -43,14 +43,21 @@ from napari_denodet.core.simulate.base import (
     Simulation,
     peak_amplitude,
 )
+from napari_denodet.core.simulate.formation import (
+    Camera,
+    Formation,
+    correlate_noise,
+    draw_formation,
+)
 from napari_denodet.core.simulate.micrograph import simulate_micrograph
-from napari_denodet.core.simulate.timelapse import correlate_noise, simulate_timelapse
+from napari_denodet.core.simulate.timelapse import simulate_timelapse
 
 __all__ = [
     "ALL_SCENARIOS", "BACKGROUND", "DEFAULT_DENSITY", "DEFAULT_FRAMES",
     "DEFAULT_MICROGRAPH_SHAPE", "DEFAULT_MICROGRAPH_SNR", "DEFAULT_SCENARIO",
     "DEFAULT_TIMELAPSE_SHAPE", "DEFAULT_TIMELAPSE_SNR", "DENSITIES", "MICROGRAPH_COVERAGE",
-    "SCENARIOS", "Simulation", "correlate_noise", "peak_amplitude", "simulate",
+    "SCENARIOS", "Camera", "Formation", "Simulation", "correlate_noise", "draw_formation",
+    "peak_amplitude", "simulate",
     "simulate_micrograph", "simulate_timelapse",
 ]
 

@@ -19,6 +19,7 @@ from napari_denodet.core.simulate.base import (
     _density,
     peak_amplitude,
 )
+from napari_denodet.core.simulate.formation import Formation, correlate_noise
 
 
 def simulate_timelapse(
@@ -33,6 +34,7 @@ def simulate_timelapse(
     psf_scale: float = 1.0,
     texture: float = 0.0,
     noise_correlation: tuple[float, float] = (0.0, 0.0),
+    formation: Formation | None = None,
 ) -> Simulation:
     """Simulate a 2D+t fluorescence particle stack.
 
@@ -65,6 +67,13 @@ def simulate_timelapse(
         Widths ``(y, x)`` in px of a Gaussian that correlates the noise between
         neighbouring pixels, as many cameras and processed exports do
         (:func:`correlate_noise`); ``(0, 0)``, the default, keeps Poisson noise white.
+    formation : Formation, optional
+        A realistic image formation (:mod:`~napari_denodet.core.simulate.formation`):
+        its camera records the stack (ADU instead of photons; ``clean`` is the camera's
+        noise-free record), and its background level and structure, PSF width,
+        elongation, intensity spread and clusters replace the PTC draws (the comets of
+        ``microtubule`` keep their length). ``background`` and ``noise_correlation``
+        must then stay at their defaults; ``params["formation"]`` records the draw.
 
     Returns
     -------
@@ -82,14 +91,23 @@ def simulate_timelapse(
     rng = np.random.default_rng(seed)
     if not psf_scale > 0 or texture < 0:
         raise ValueError(f"psf_scale must be > 0 and texture >= 0, got {psf_scale}, {texture}")
+    if formation is not None:
+        if background != BACKGROUND or max(noise_correlation) > 0:
+            raise ValueError("with a formation, its own background and camera apply: leave "
+                             "background and noise_correlation at their defaults")
+        background = formation.background
     params = _draw_timelapse_params(scenario, snr, density, (height, width), background,
                                     rng, randomise)
+    if formation is not None:
+        _apply_formation(params, formation)
     params["sigma_along"] *= psf_scale
     params["sigma_across"] *= psf_scale
     params.update(psf_scale=float(psf_scale), texture=float(texture))
     tracks = _TrackSimulator(params, (height, width), rng)
     bg_fields = _Background(frames, (height, width), params["bg_variation"], rng)
 
+    structure = (None if formation is None
+                 else formation.background_field(frames, (height, width), rng))
     clean = np.empty((frames, height, width), dtype=np.float32)
     rows = []
     for t in range(frames):
@@ -98,9 +116,14 @@ def simulate_timelapse(
             (height, width),
             state["y"], state["x"],
             params["amplitude"] * state["brightness"],
-            params["sigma_along"], params["sigma_across"], state["angle"],
+            params["sigma_along"], params["sigma_across"],
+            state["orientation"] if formation is not None else state["angle"],
         )
-        clean[t] = background * bg_fields[t] + frame
+        level = background * bg_fields[t]
+        if structure is not None:
+            # The structure multiplies the background only: spots keep their photons.
+            level = level * structure[t]
+        clean[t] = level + frame
         inside = ((state["y"] >= -0.5) & (state["y"] < height - 0.5)
                   & (state["x"] >= -0.5) & (state["x"] < width - 0.5))
         rows.append((np.full(int(inside.sum()), t), state["y"][inside], state["x"][inside],
@@ -108,7 +131,12 @@ def simulate_timelapse(
         tracks.step()
     if texture > 0:
         clean += np.float32(texture * background) * _texture((height, width), rng)
-    noisy = rng.poisson(clean).astype(np.float32)
+    if formation is not None:
+        noisy = formation.camera.expose(clean, rng)
+        clean = formation.camera.clean(clean)
+        params["formation"] = formation.to_dict()
+    else:
+        noisy = rng.poisson(clean).astype(np.float32)
     if max(noise_correlation) > 0:
         noisy = correlate_noise(noisy, clean, noise_correlation)
     params["noise_correlation"] = [float(w) for w in noise_correlation]
@@ -117,40 +145,15 @@ def simulate_timelapse(
     return Simulation(noisy=noisy, clean=clean, truth=truth, params=params)
 
 
-def correlate_noise(noisy: np.ndarray, clean: np.ndarray,
-                    widths: tuple[float, float]) -> np.ndarray:
-    """Correlate the noise of a simulated stack between neighbouring pixels.
-
-    The noise ``noisy - clean`` of each frame is smoothed by a Gaussian of ``widths``
-    ``(y, x)`` px and scaled back to its own standard deviation, so every pixel keeps its
-    noise level (and the PTC SNR its meaning) while neighbouring pixels share part of it.
-    Neighbours along an axis then correlate by about ``2w / (1 + 2w^2)`` with
-    ``w = exp(-1 / (2 width^2))``: 0.45 at 0.6 px and 0.17 at 0.45 px, what the real
-    camera time-lapse ``timelapse_telomeres_2d.tif`` measures along y and x (0.48 and
-    0.17, from frame differences).
-
-    Parameters
-    ----------
-    noisy, clean : numpy.ndarray
-        ``(frames, y, x)`` stacks of the same shape.
-    widths : tuple of float
-        Gaussian widths (px) along y and x; each >= 0.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 stack, ``clean`` plus the correlated noise.
-    """
-    if len(widths) != 2 or min(widths) < 0:
-        raise ValueError(f"noise widths must be two numbers >= 0, got {widths!r}")
-    out = np.empty(np.shape(noisy), dtype=np.float32)
-    for t, (frame, truth) in enumerate(zip(noisy, clean, strict=True)):
-        noise = np.asarray(frame, np.float64) - truth
-        smooth = ndimage.gaussian_filter(noise, tuple(float(w) for w in widths),
-                                         mode="reflect", truncate=3.0)
-        spread = smooth.std()
-        out[t] = truth + (smooth * (noise.std() / spread) if spread > 0 else noise)
-    return out
+def _apply_formation(params: dict, formation: Formation) -> None:
+    # The formation's particle appearance replaces the PTC draws (comets stay comets).
+    comet = params["sigma_along"] / params["sigma_across"]
+    params["sigma_across"] = formation.psf_sigma
+    params["sigma_along"] = formation.psf_sigma * (
+        comet if params["scenario"] == "microtubule" else formation.elongation)
+    params.update(intensity_spread=formation.intensity_spread, brightness_law="lognormal",
+                  cluster_fraction=formation.cluster_fraction,
+                  cluster_spread=formation.cluster_spread, orientation=True)
 
 
 def _draw_timelapse_params(scenario, snr, density, shape, background, rng, randomise):
@@ -194,7 +197,8 @@ class _TrackSimulator:
         self.p, self.shape, self.rng = params, shape, rng
         self.next_id = 0
         self.arrays = {k: np.empty(0) for k in
-                       ("y", "x", "vy", "vx", "brightness", "angle", "directed")}
+                       ("y", "x", "vy", "vx", "brightness", "angle", "directed",
+                        "orientation")}
         self.arrays["track_id"] = np.empty(0, dtype=np.int64)
         self._birth(self._poisson(self.p["count"]))
 
@@ -216,15 +220,36 @@ class _TrackSimulator:
             "x": rng.uniform(-0.5 - margin, w - 0.5 + margin, n),
             "vy": speed * np.sin(heading),
             "vx": speed * np.cos(heading),
-            "brightness": np.clip(1.0 + p["intensity_spread"] * rng.standard_normal(n),
-                                  0.3, None),
+            "brightness": self._brightness(n),
             "angle": heading,
             "directed": directed.astype(float),
             "track_id": np.arange(self.next_id, self.next_id + n, dtype=np.int64),
         }
+        # Drawn only for a realistic formation, so that PTC seeds keep their stream.
+        new["orientation"] = rng.uniform(0, np.pi, n) if p.get("orientation") else heading
+        if p.get("cluster_fraction", 0.0) > 0 and n > 1:
+            self._cluster(new, n)
         self.next_id += n
         for k, v in new.items():
             self.arrays[k] = np.concatenate([self.arrays[k], v])
+
+    def _brightness(self, n):
+        p, rng = self.p, self.rng
+        if p.get("brightness_law") == "lognormal":
+            spread = p["intensity_spread"]
+            return rng.lognormal(-0.5 * spread**2, spread, n)  # mean 1
+        return np.clip(1.0 + p["intensity_spread"] * rng.standard_normal(n), 0.3, None)
+
+    def _cluster(self, new, n):
+        # A share of the newborn sit beside another newborn: clusters, near neighbours.
+        p, rng = self.p, self.rng
+        moved = np.flatnonzero(rng.random(n) < p["cluster_fraction"])
+        anchor = rng.integers(0, n, len(moved))
+        spread = p["cluster_spread"]
+        for axis in ("y", "x"):
+            new[axis][moved] = new[axis][anchor] + rng.normal(0.0, spread, len(moved))
+        for key in ("vy", "vx", "angle", "directed"):
+            new[key][moved] = new[key][anchor]
 
     def state(self):
         return self.arrays
