@@ -211,3 +211,35 @@ def test_nan_pixels_in_a_layer_are_background_and_the_user_is_told(make_napari_v
     _run(qtbot, _widget(viewer))
     assert np.isfinite(viewer.layers["cells denoised"].data).all()
     assert told == ["Detect 'cells': 1 pixel NaN or infinite, treated as background"]
+
+
+def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_core(
+        make_napari_viewer, qtbot, sim, monkeypatch):
+    from napari_denodet.core.detection import recurrence
+
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    widget = _widget(viewer)
+    assert widget._polarity.value == "auto"
+    _run(qtbot, widget)
+    candidates = widget._candidates["cells"]
+    kept = candidates[candidates.score >= widget._threshold.value]
+    assert widget._found.value.endswith(
+        f"; {recurrence(kept):.0%} found again in the next frame")
+    # A single image has no next frame: nothing said about it.
+    assert "found again" not in detect_module._found_text(
+        candidates.drop(columns="frame"), 0.5)
+    seen = []
+
+    real = detect_module.run_detection
+
+    def record(data, job):
+        seen.append(job.polarity)
+        return (yield from real(data, job))
+
+    monkeypatch.setattr(detect_module, "run_detection", record)
+    widget._polarity.value = "dark"
+    worker = widget.start(start_thread=False)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert seen == ["dark"]

@@ -38,6 +38,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_denodet._reader import POINTS_STYLE
 from napari_denodet._widgets import BINNING_TIP, session
+from napari_denodet.core.detection import POLARITIES
 from napari_denodet.core.normalize import non_finite_note
 from napari_denodet.core.points import SCORE, coordinates
 
@@ -57,6 +58,7 @@ class DetectJob:
     device: str
     frames: tuple[int, int] | None
     binning: int
+    polarity: str = "auto"
 
 
 def run_detection(data, job: DetectJob):
@@ -76,7 +78,7 @@ def run_detection(data, job: DetectJob):
     if job.frames is not None:
         shape = (job.frames[1] - job.frames[0], *shape[1:])
     run = partial(model.detect, data, binning=job.binning, device=job.device,
-                  frames=job.frames)
+                  frames=job.frames, polarity=job.polarity)
     if keeps_denoised_on_disk(data, shape):
         result = yield from _detect_to_disk(run, shape)
     else:
@@ -145,6 +147,11 @@ class DetectWidget(Container):
         self._last = SpinBox(label="last frame (0 = all)", min=0, max=10**7, value=0)
         self._binning = SpinBox(label="binning", min=1, max=16, value=1,
                                 tooltip=BINNING_TIP)
+        self._polarity = ComboBox(
+            label="particles", choices=POLARITIES, value="auto",
+            tooltip="auto: as the model was trained (bright spots for fluorescence "
+                    "models), and for micrograph models chosen per image; dark or "
+                    "bright to say which your particles are")
         self._threshold = FloatSlider(
             label="score threshold", min=0.0, max=1.0, step=0.001, value=0.5,
             tooltip="Scores are the probability that a detection is a particle. Detect "
@@ -153,7 +160,8 @@ class DetectWidget(Container):
         self._found = Label(label="found", value="")
         self._run = PushButton(text="Detect")
         super().__init__(widgets=[self._image, self._model, self._model_file, self._device,
-                                  self._first, self._last, self._binning, self._run,
+                                  self._first, self._last, self._binning, self._polarity,
+                                  self._run,
                                   self._threshold, self._found])
         self._candidates: dict[str, pd.DataFrame] = {}
         self.worker = None
@@ -184,7 +192,7 @@ class DetectWidget(Container):
             last = self._last.value or layer.data.shape[0]
             frames = (self._first.value, last)
         return DetectJob(model=model, device=self._device.value, frames=frames,
-                         binning=self._binning.value)
+                         binning=self._binning.value, polarity=self._polarity.value)
 
     def start(self, _=None, start_thread: bool = True):
         """Check the inputs on the GUI thread, then detect in a worker."""
@@ -275,10 +283,21 @@ class DetectWidget(Container):
             self._found.value = _found_text(table, self._threshold.value)
 
 
+#: Above this many kept detections the label skips the recurrence (the slider stays quick).
+RECURRENCE_LIMIT = 200_000
+
+
 def _found_text(candidates: pd.DataFrame, threshold: float) -> str:
-    # What the slider keeps, and what the probabilities expect of it.
+    # What the slider keeps, what the probabilities expect of it and, on a time-lapse,
+    # how many of the kept detections are found again in the next frame.
     from napari_denodet.core.calibration import expected_scores
+    from napari_denodet.core.detection import recurrence
 
     expected = expected_scores(candidates[SCORE].to_numpy(), threshold)
-    return (f"{expected.kept} particles; expected precision "
+    text = (f"{expected.kept} particles; expected precision "
             f"{expected.expected_precision:.0%}, recall {expected.expected_recall:.0%}")
+    if "frame" in candidates and expected.kept <= RECURRENCE_LIMIT:
+        again = recurrence(candidates[candidates[SCORE] >= threshold])
+        if again is not None:
+            text += f"; {again:.0%} found again in the next frame"
+    return text
