@@ -146,7 +146,38 @@ def test_training_patches_are_made_again_from_their_seed():
     sample = with_formation[0]
     formation = patch_formation(settings, sample.params["seed"])
     assert formation.to_dict() == sample.params["formation"]
-    with pytest.raises(ValueError, match="time-lapses only"):
-        TrainSettings(scenario="micrograph", domain="realistic")
     with pytest.raises(ValueError, match="unknown domain"):
         TrainSettings(domain="mars")
+
+
+def test_micrograph_contrast_transfer_and_artefacts():
+    from napari_denodet.core.simulate import simulate_micrograph
+    from napari_denodet.core.simulate.micrograph import contrast_transfer
+    from napari_denodet.core.train import patch_micrograph
+
+    plain = simulate_micrograph(shape=(256, 256), snr=0.3, seed=1)
+    again = simulate_micrograph(shape=(256, 256), snr=0.3, seed=1, ctf=0.0, artefacts=False)
+    np.testing.assert_array_equal(plain.noisy, again.noisy)  # defaults draw nothing
+    ctf = simulate_micrograph(shape=(256, 256), snr=0.3, seed=1, ctf=0.25)
+    assert ctf.params["ctf"] == 0.25
+    # Rings: the transfer function has zeros, so the clean image's spectrum dips there.
+    impulse = np.zeros((128, 128))
+    impulse[64, 64] = 1.0
+    spectrum = np.abs(np.fft.rfft2(contrast_transfer(impulse, 0.25) - 0.0))
+    radial = spectrum[0, 1:64]
+    assert radial[30:50].min() < 0.1 * radial.max()  # the first zero, at 0.35 cycles/px
+    # Particles stay darker than their surroundings at their centres.
+    yx = np.rint(ctf.truth[["y", "x"]].to_numpy()).astype(int)
+    assert np.median(ctf.clean[yx[:, 0], yx[:, 1]]) < np.median(ctf.clean)
+    # Detector artefacts are in the noisy image only.
+    art = simulate_micrograph(shape=(256, 256), snr=0.3, seed=1, artefacts=True)
+    np.testing.assert_array_equal(art.clean, plain.clean)
+    assert np.abs(art.noisy - plain.noisy).max() > 0
+    # The realistic training domain draws these per patch, from the patch's seed.
+    settings = TrainSettings(scenario="micrograph", domain="realistic", patch_size=64)
+    options = [patch_micrograph(settings, seed) for seed in range(60)]
+    assert options[5] == patch_micrograph(settings, 5)
+    assert any(o.get("ctf", 0) > 0 for o in options) and any(o.get("artefacts") for o in options)
+    assert any(o == {} for o in options)  # the plain world stays in
+    assert patch_micrograph(TrainSettings(scenario="micrograph"), 3) == {
+        "halo": (0.0, 0.0), "blur": (0.0, 0.0)}

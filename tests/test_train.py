@@ -26,7 +26,8 @@ def test_draw_sample_is_normalised_with_truth_inside(scenario):
     s = TrainSettings(scenario=scenario, patch_size=48)
     sample = draw_sample(s, np.random.default_rng(1))
     assert sample.noisy.shape == sample.clean.shape == (48, 48)
-    assert abs(np.median(sample.noisy)) < 0.05  # background at 0 after normalisation
+    # Background at 0 after normalisation (integer photon counts: within the dither).
+    assert abs(np.median(sample.noisy)) < 0.15
     assert sample.truth.shape[1] == 2
     assert np.all((sample.truth > -0.5) & (sample.truth < 47.5))
 

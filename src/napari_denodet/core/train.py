@@ -105,11 +105,13 @@ class TrainSettings:
         (:func:`~napari_denodet.core.simulate.correlate_noise`); the other half keep
         white Poisson noise. 0, the default, keeps every patch white.
     domain : {"ptc", "realistic"}
-        Time-lapses only: ``"realistic"`` draws each patch's camera, background
-        structure, PSF width, intensities and clusters from
-        :data:`~napari_denodet.core.simulate.formation.RANGES` (all but
-        :data:`PTC_SHARE` of the patches; each patch's draw comes from its own seed, so
-        any patch can be made again); ``"ptc"``, the default, the PTC-like world alone.
+        ``"realistic"`` draws each time-lapse patch's camera, background structure, PSF
+        width, intensities and clusters from
+        :data:`~napari_denodet.core.simulate.formation.RANGES`, and each micrograph
+        patch's radius, fringe, low-pass, contrast transfer and detector artefacts from
+        :data:`MICROGRAPH_DOMAIN` (all but :data:`PTC_SHARE` of the patches; each
+        patch's draw comes from its own seed, so any patch can be made again); ``"ptc"``,
+        the default, the PTC-like world alone (and the halo and blur ranges).
     """
 
     scenario: str = "fluorescence"
@@ -160,8 +162,6 @@ class TrainSettings:
         if self.domain not in DOMAINS:
             raise ValueError(f"unknown domain {self.domain!r}; choose one of "
                              f"{', '.join(DOMAINS)}")
-        if self.scenario == "micrograph" and self.domain != "ptc":
-            raise ValueError("the realistic domain applies to time-lapses only")
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")
@@ -245,8 +245,7 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     size = settings.patch_size
     if settings.scenario == "micrograph":
         sim = simulate_micrograph(shape=(size, size), snr=snr, density=rng.uniform(0.05, 0.35),
-                                  seed=seed, halo=tuple(settings.halo_range),
-                                  blur=tuple(settings.blur_range))
+                                  seed=seed, **patch_micrograph(settings, seed))
         noisy, clean = sim.noisy, sim.clean
     else:
         scenario = (settings.scenario if settings.scenario in SCENARIOS
@@ -264,6 +263,40 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
     truth = sim.truth[["y", "x"]].to_numpy(dtype=np.float64)
     return Sample(scale.forward(noisy), scale.forward(clean), truth,
                   params={**sim.params, "seed": seed})
+
+
+#: The realistic micrograph domain: particle radii (px) and, per patch, how often and
+#: over which range each effect is drawn (``simulate_micrograph`` arguments).
+MICROGRAPH_DOMAIN = {
+    "radius": (4.0, 20.0),
+    "halo": (0.5, (0.0, 0.8)),
+    "blur": (0.5, (0.0, 2.5)),
+    "ctf": (0.5, (0.12, 0.4)),
+    "artefacts": 0.3,
+}
+
+
+def patch_micrograph(settings: TrainSettings, seed: int) -> dict:
+    """Return the ``simulate_micrograph`` arguments of the patch simulated from ``seed``.
+
+    The ``"ptc"`` domain uses the settings' halo and blur ranges. The realistic domain
+    draws, from a generator of its own seeded by ``seed``, a wider radius range and, each
+    in part of the patches, a phase-contrast fringe, a low-pass (filtered exports), a
+    contrast transfer function and detector artefacts (:data:`MICROGRAPH_DOMAIN`);
+    :data:`PTC_SHARE` of its patches stay in the plain micrograph world.
+    """
+    if settings.domain != "realistic":
+        return {"halo": tuple(settings.halo_range), "blur": tuple(settings.blur_range)}
+    rng = np.random.default_rng([seed, 2])
+    if rng.random() < PTC_SHARE:
+        return {}
+    d = MICROGRAPH_DOMAIN
+    options = {"radius": d["radius"]}
+    for key in ("halo", "blur", "ctf"):
+        share, (low, high) = d[key]
+        options[key] = float(rng.uniform(low, high)) if rng.random() < share else 0.0
+    options["artefacts"] = bool(rng.random() < d["artefacts"])
+    return options
 
 
 def patch_formation(settings: TrainSettings, seed: int):
@@ -500,6 +533,14 @@ DEVIATIONS = [
 ]
 
 
+def _jsonable(ranges: dict) -> dict:
+    # Tuples become lists, nested ones too, so the card's JSON reads back equal.
+    def convert(v):
+        return [convert(x) for x in v] if isinstance(v, tuple | list) else v
+
+    return {k: convert(v) for k, v in ranges.items()}
+
+
 def model_card(result: TrainedModel, name: str, command: str) -> dict:
     """Build the model card of a trained model.
 
@@ -525,7 +566,11 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
             "simulated 2D fluorescence particles (PTC-like: vesicle, receptor, microtubule)"
             if s.scenario == "fluorescence" else
             f"simulated 2D fluorescence particles ({s.scenario})")
-    if realistic:
+    if realistic and micrograph:
+        data += (f", {1 - PTC_SHARE:.0%} of them with radii 4-20 px and, drawn per patch, "
+                 "phase-contrast fringes, low-pass filtering, a contrast transfer function "
+                 "and detector artefacts")
+    elif realistic:
         data += (f", {1 - PTC_SHARE:.0%} of them through a randomised image formation "
                  "(camera noise of several kinds, structured backgrounds, PSF and "
                  "intensity spread, clusters)")
@@ -538,13 +583,13 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
             "settings": s.to_dict(),
             "wall_time_s": round(result.wall_time, 1),
             "validation": {k: last.get(k) for k in ("val_f1", "val_rmse", "val_loss")},
-            **({"formation_ranges": {k: list(v) if isinstance(v, tuple) else v
-                                     for k, v in RANGES.items()},
+            **({"formation_ranges": _jsonable(MICROGRAPH_DOMAIN if micrograph else RANGES),
                 "ptc_share": PTC_SHARE} if realistic else {}),
         },
         "normalisation": "per frame: subtract the median, divide by 1.4826 x MAD",
         "invert": s.invert,
-        "particle_size": ({"radius_px": [5, 15]} if micrograph else
+        "particle_size": ({"radius_px": list(MICROGRAPH_DOMAIN["radius"]) if realistic
+                           else [5, 15]} if micrograph else
                           {"psf_sigma_px": list(RANGES["psf_sigma_px"]) if realistic
                            else [0.9, 1.6], "comet_length_factor": [2.0, 3.0]}),
         "threshold": result.threshold,

@@ -88,11 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "widths (px) drawn per axis up to WIDTH (default "
                              f"{default.correlated_noise:g}: white noise only)")
     parser.add_argument("--domain", choices=DOMAINS, default=default.domain,
-                        help="time-lapses: 'realistic' draws most patches through a "
-                             "randomised image formation (camera noise of several kinds, "
+                        help="'realistic' draws most patches through a randomised image "
+                             "formation (time-lapses: camera noise of several kinds, "
                              "structured backgrounds, PSF 0.7-3.5 px, intensity spread, "
-                             f"clusters); 'ptc' the PTC-like world alone (default "
-                             f"{default.domain})")
+                             "clusters; micrographs: radii 4-20 px, fringes, low-pass, "
+                             "contrast transfer, detector artefacts); 'ptc' the plain "
+                             f"simulated world alone (default {default.domain})")
     parser.add_argument("--name", default=None,
                         help="model name in the card (default: file stem)")
     parser.add_argument("--checkpoint", type=Path, default=None,

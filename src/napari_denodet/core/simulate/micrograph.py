@@ -26,6 +26,8 @@ def simulate_micrograph(
     carbon: bool | None = None,
     halo: float | tuple[float, float] = 0.0,
     blur: float | tuple[float, float] = 0.0,
+    ctf: float | tuple[float, float] = 0.0,
+    artefacts: bool = False,
 ) -> Simulation:
     """Simulate a binned cryo-EM micrograph.
 
@@ -59,6 +61,14 @@ def simulate_micrograph(
         is set before the low-pass. With the defaults (0), or a range whose ends are
         equal, nothing is drawn, so a seed gives the same micrograph as without these
         two arguments.
+    ctf : float or (float, float)
+        Spatial frequency (cycles/px) of the first zero of a contrast transfer function
+        (phase contrast at defocus, 10 % amplitude contrast, a Gaussian envelope) that
+        filters the particles and the ice: rings in the power spectrum, fringes around
+        every particle. A range is drawn from; 0, the default, applies none.
+    artefacts : bool
+        Add detector artefacts to the noisy image only: a few rows and columns offset
+        (stripes), a brighter or darker band along one edge, and hot pixels.
 
     Returns
     -------
@@ -116,15 +126,25 @@ def simulate_micrograph(
     if halo > 0:
         signal = signal - halo * ndimage.gaussian_filter(
             signal, r_mean * float(rng.uniform(0.5, 1.0)), mode="nearest")
+    first_zero = _drawn(ctf, rng)
+    if first_zero > 0:
+        signal, background = (contrast_transfer(x, first_zero) for x in (signal, background))
+        # The SNR holds for the filtered particles: the noise follows their power.
+        after = float(np.mean(signal[footprint] ** 2)) if footprint.any() else power
+        sigma *= float(np.sqrt(after / power))
+        noise *= float(np.sqrt(after / power))
     clean = (background - signal).astype(np.float32)
     noisy = (clean + noise).astype(np.float32)
+    if artefacts:
+        noisy = noisy + _detector_artefacts((h, w), sigma, rng)
     if blur > 0:
         clean = ndimage.gaussian_filter(clean, blur, mode="reflect")
         noisy = ndimage.gaussian_filter(noisy, blur, mode="reflect")
     truth = points_table(centres[:, 0], centres[:, 1], radius=radii)
     params = {"scenario": "micrograph", "snr": float(snr), "radius": r_mean,
               "coverage": coverage, "noise_sigma": sigma, "carbon": bool(carbon),
-              "count": len(centres), "halo": halo, "blur": blur}
+              "count": len(centres), "halo": halo, "blur": blur, "ctf": first_zero,
+              "artefacts": bool(artefacts)}
     return Simulation(noisy=noisy, clean=clean, truth=truth, params=params)
 
 
@@ -184,3 +204,52 @@ def _render_particles(shape, centres, radii, rng):
             slice(max(x0, 0), min(x0 + 2 * half + 1, w))
         out[sy, sx] += patch[sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0]
     return out / max(out.max(), 1e-9)
+
+
+def contrast_transfer(image: np.ndarray, first_zero: float) -> np.ndarray:
+    """Filter an image by a contrast transfer function whose first zero is at ``first_zero``.
+
+    ``CTF(k) = sqrt(1 - A^2) sin(chi) + A cos(chi)`` with ``chi = pi (k / first_zero)^2``
+    (cycles/px), amplitude contrast ``A = 0.1`` and a Gaussian envelope falling to 1/e at
+    three times the first zero; scaled so that the strongest frequency passes as it is.
+    Structure well below the first zero keeps its sign, so particles stay dark.
+    """
+    h, w = image.shape
+    ky = np.fft.fftfreq(h)[:, None]
+    kx = np.fft.rfftfreq(w)[None, :]
+    k2 = (ky * ky + kx * kx) / (first_zero * first_zero)
+    amplitude = 0.1
+    chi = np.pi * k2 / 2.0  # the first zero of the sine term sits at k = first_zero x sqrt(2)
+    transfer = (np.sqrt(1 - amplitude**2) * np.sin(chi) + amplitude * np.cos(chi)) \
+        * np.exp(-k2 / 9.0)
+    transfer /= np.abs(transfer).max()
+    mean = float(image.mean())
+    out = np.fft.irfft2(np.fft.rfft2(image - mean) * transfer, s=(h, w))
+    return (out + mean).astype(image.dtype)
+
+
+def _detector_artefacts(shape, sigma, rng) -> np.ndarray:
+    # Stripes (offset rows and columns), a band along one edge, hot pixels: noise units.
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    for axis, size in ((0, h), (1, w)):
+        lines = rng.integers(0, size, int(rng.integers(0, 4)))
+        offsets = rng.normal(0.0, 1.5 * sigma, len(lines)).astype(np.float32)
+        if axis == 0:
+            out[lines, :] += offsets[:, None]
+        else:
+            out[:, lines] += offsets[None, :]
+    band = int(rng.uniform(0.02, 0.1) * min(h, w))
+    edge = rng.integers(4)
+    ramp = (np.linspace(1.0, 0.0, band) * rng.normal(0.0, 2.0 * sigma)).astype(np.float32)
+    if edge == 0:
+        out[:band] += ramp[:, None]
+    elif edge == 1:
+        out[-band:] += ramp[::-1, None]
+    elif edge == 2:
+        out[:, :band] += ramp[None, :]
+    else:
+        out[:, -band:] += ramp[None, ::-1]
+    hot = rng.random(shape) < rng.uniform(0.0, 5e-4)
+    out[hot] += np.float32(rng.uniform(5.0, 20.0) * sigma)
+    return out
