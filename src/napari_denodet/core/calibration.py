@@ -209,69 +209,52 @@ def choose_threshold(probabilities, floor: float = 0.05) -> ThresholdChoice:
 # ------------------------------------------------------------------------------ decoys
 
 
-def noise_offset(frame: np.ndarray) -> float | None:
-    """Estimate the intensity at which a frame's noise variance would fall to zero.
-
-    Camera noise is close to Poisson–Gaussian: ``var = a (I - I0)`` and, for its
-    Poisson part, a third cumulant ``a^2 (I - I0)``. Both are measured on the frame's
-    fine-scale residual (the frame minus its 3 x 3 mean) over background pixels, so
-    ``a = k3 / k2`` and ``I0 = mean - k2^2 / k3``, whatever the gain, from one flat
-    frame. Only ``I0`` matters for a decoy (:func:`decoy_frame`). Returns None when the
-    residual is not significantly skewed: the noise is then additive (a filtered
-    micrograph, a bright camera background) and the plain contrast flip is exact.
-
-    Parameters
-    ----------
-    frame : numpy.ndarray
-        A 2D frame, finite.
-    """
-    from scipy.ndimage import uniform_filter
-
-    frame = np.asarray(frame, dtype=np.float64)
-    if min(frame.shape) < 8:
-        return None
-    local = uniform_filter(frame, 5, mode="reflect")
-    residual = frame - uniform_filter(frame, 3, mode="reflect")
-    # Background pixels: particles would add skew of their own.
-    middle = np.median(local)
-    spread = np.median(np.abs(local - middle)) * 1.4826
-    values = residual[local < middle + 2 * spread]
-    if values.size < 1000:
-        return None
-    values = values - values.mean()
-    k2, k3 = np.mean(values**2), np.mean(values**3)
-    # The residual weighs a pixel by 8/9 and its 8 neighbours by -1/9: its second and
-    # third cumulants are 8/9 and 504/729 of the pixel noise's.
-    significant = k3 > 3 * np.sqrt(15 * k2**3 / values.size)
-    if not significant:
-        return None
-    k2, k3 = k2 * 9 / 8, k3 * 729 / 504
-    return float(np.mean(frame[local < middle + 2 * spread]) - k2 * k2 / k3)
-
-
-def decoy_frame(frame: np.ndarray, offset: float | None) -> np.ndarray:
+def decoy_frame(frame: np.ndarray) -> np.ndarray:
     """Return the frame with its contrast flipped about its background, noise kept alike.
 
-    With a noise ``offset`` (:func:`noise_offset`), the flip is done after the
-    generalised Anscombe transform (square root of ``I - I0``), where Poisson–Gaussian
-    noise is symmetric, and mapped back: the decoy has the frame's noise, skew included,
-    and its particles become dark. Without one, it is the plain flip ``2 m - I``.
+    The plain flip ``2 m - I`` turns bright particles dark, but also turns the noise's
+    skew round: camera noise at a few photons is skewed towards bright values (Poisson),
+    so the plain flip holds fewer bright noise peaks than the frame, and the decoys
+    would call too many candidates real. A flip after a square-root transform does the
+    opposite at a few photons (the root of Poisson noise is itself skewed), measured
+    at twice the skew of the frame. So the flip is followed by a quantile map: each
+    flipped residual ``-(I - m)`` goes to the residual value with the same rank among
+    the frame's background residuals, ``T(v) = Q(1 - F(-v))`` with ``F`` and ``Q`` the
+    empirical distribution and quantile function of ``I - m`` on background pixels (the
+    5 x 5 mean below the median plus two MADs). Background noise in the decoy then has
+    the frame's distribution exactly, skew included, and whatever is brighter than the
+    noise in the frame is darker than the background in the decoy. Symmetric noise keeps
+    the plain flip.
 
     Parameters
     ----------
     frame : numpy.ndarray
         A 2D frame, finite.
-    offset : float or None
-        From :func:`noise_offset`.
 
     Returns
     -------
     numpy.ndarray
         float32, same shape.
     """
+    from scipy.ndimage import uniform_filter
+
     frame = np.asarray(frame, dtype=np.float64)
-    if offset is None:
-        return (2 * np.median(frame) - frame).astype(np.float32)
-    root = np.sqrt(np.maximum(frame - offset, 0.0) + 0.375)
-    flipped = np.maximum(2 * np.median(root) - root, 0.0)
-    return (flipped * flipped - 0.375 + offset).astype(np.float32)
+    middle = float(np.median(frame))
+    residual = frame - middle
+    local = uniform_filter(frame, 5, mode="reflect")
+    centre = np.median(local)
+    spread = np.median(np.abs(local - centre)) * 1.4826
+    noise = residual[local <= centre + 2 * spread]
+    if noise.size > 200_000:
+        noise = noise[:: noise.size // 200_000]
+    if noise.size < 100:
+        return (middle - residual).astype(np.float32)
+    noise = np.sort(noise)
+    n = noise.size
+    flipped = -residual
+    # Mid-rank empirical distribution of the noise at each flipped value (ties count half).
+    rank = (np.searchsorted(noise, -flipped, "left")
+            + np.searchsorted(noise, -flipped, "right")) / (2.0 * n)
+    # T(v) = Q(1 - F(-v)), with Q the interpolated quantile function of the noise.
+    mapped = np.interp((1.0 - rank) * n - 0.5, np.arange(n), noise)
+    return (middle + mapped).astype(np.float32)

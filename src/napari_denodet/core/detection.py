@@ -33,7 +33,6 @@ from napari_denodet.core.calibration import (
     decoy_frames,
     expected_scores,
     fit_calibration,
-    noise_offset,
 )
 from napari_denodet.core.points import FRAME, SCORE, X, Y
 
@@ -178,15 +177,19 @@ class _DecoyFrames:
 
     def __getitem__(self, key) -> np.ndarray:
         from napari_denodet.core.io import load_block
-        from napari_denodet.core.normalize import normalise_frame
+        from napari_denodet.core.normalize import looks_integral, normalise_frame
 
         frames = []
         for index in self.indices[key]:
             frame = load_block(self.image[index] if self.stack else self.image)
+            integral = looks_integral(frame)
             # Background-filled and finite, in the frame's own intensity scale.
             normalised, scale, _ = normalise_frame(frame)
             frame = scale.inverse(normalised)
-            frames.append(decoy_frame(frame, noise_offset(frame) if self.anscombe else None))
+            decoy = decoy_frame(frame)
+            # A camera's whole numbers stay whole, so the decoy is normalised as the
+            # frame is (a dithered median and MAD), not by a scale of its own kind.
+            frames.append(np.rint(decoy) if integral else decoy)
         return np.stack(frames)
 
 

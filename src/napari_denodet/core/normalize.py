@@ -69,10 +69,7 @@ def frame_scale(frame: np.ndarray, invert: bool = False, sample: int = 65536) ->
     FrameScale
         Median background and MAD-based noise scale (never zero).
     """
-    values = np.asarray(frame).reshape(-1)
-    if values.size > sample:
-        values = values[:: values.size // sample]
-    values = values.astype(np.float64)
+    values = _sample(frame, sample)
     integral = bool(np.all(values == np.rint(values)))
     if integral:
         values = values + _dither(values.size)
@@ -85,6 +82,24 @@ def frame_scale(frame: np.ndarray, invert: bool = False, sample: int = 65536) ->
         # Flat frames: fall back to the std.
         mad = float(values.std())
     return FrameScale(background=background, scale=mad if mad > 0 else 1.0, invert=invert)
+
+
+def _sample(frame, sample: int) -> np.ndarray:
+    # A regular subsample of at most ``sample`` pixels, as float64.
+    values = np.asarray(frame).reshape(-1)
+    if values.size > sample:
+        values = values[:: values.size // sample]
+    return values.astype(np.float64)
+
+
+def looks_integral(frame, sample: int = 65536) -> bool:
+    """Tell whether a frame holds whole numbers only (as :func:`frame_scale` samples it).
+
+    Such frames are measured with a dither; an image derived from one (a decoy) should be
+    rounded to whole numbers again so that it is measured the same way.
+    """
+    values = _sample(frame, sample)
+    return bool(np.all(values == np.rint(values)))
 
 
 def _dither(size: int) -> np.ndarray:
