@@ -328,7 +328,8 @@ def test_threshold_for_count_keeps_that_many_candidates():
 def test_count_calibration_keeps_the_parents_number_of_detections(shifted, advised):
     parent = load_model("fluorescence")
     if advised:
-        parent.card["finetune"] = {"mode": "weights", "calibration": "count"}
+        parent.card = parent.card.updated(finetune={"mode": "weights",
+                                                    "calibration": "count"})
     settings = FinetuneSettings(steps=3, calibration="auto" if advised else "count")
     result, progress = drain(finetune(parent, shifted.noisy, clicks_of(shifted.truth, 6),
                                       settings=settings))
@@ -381,10 +382,10 @@ def test_auto_mode_follows_the_card(shifted):
     parent = load_model("fluorescence")
     clicks = clicks_of(shifted.truth, 5)
     advised = load_model("fluorescence")
-    advised.card["finetune"] = {"mode": "threshold"}
+    advised.card = advised.card.updated(finetune={"mode": "threshold"})
     result, _ = drain(finetune(advised, shifted.noisy, clicks))
     assert result.steps_done == 0 and result.model.card["training"]["mode"] == "threshold"
-    parent.card.pop("finetune", None)
+    parent.card = parent.card.updated(finetune=None)
     result, _ = drain(finetune(parent, shifted.noisy, clicks,
                                settings=FinetuneSettings(steps=2)))
     assert result.steps_done == 2 and result.model.card["training"]["mode"] == "weights"
@@ -406,7 +407,7 @@ def test_unclicked_particles_tell_a_complete_area_from_scattered_clicks():
 
 def test_auto_mode_trains_when_the_area_is_not_completely_clicked(shifted):
     advised = load_model("fluorescence")
-    advised.card["finetune"] = {"mode": "threshold"}
+    advised.card = advised.card.updated(finetune={"mode": "threshold"})
     clicks = scattered(shifted.truth, 10)[["frame", "y", "x"]]
     result, progress = drain(finetune(advised, shifted.noisy, clicks,
                                       settings=FinetuneSettings(steps=2)))
