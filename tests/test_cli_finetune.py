@@ -12,6 +12,7 @@ from helpers import scattered
 from napari_denodet.cli import main
 from napari_denodet.core.io import read_points, write_points, write_tiff
 from napari_denodet.core.models import load_model
+from napari_denodet.core.predict import run
 from napari_denodet.core.resample import unbin_points
 from napari_denodet.core.simulate import simulate_micrograph, simulate_timelapse
 
@@ -97,6 +98,32 @@ def test_binned_micrograph_clicks_are_mapped_to_binned_pixels(tmp_path, binning)
                  "--steps", "2", "--out", str(tmp_path / "mic.pt")]) == 0
     card = load_model(tmp_path / "mic.pt").card
     assert card["training"]["binning"] == 2 and card["invert"] is True
+
+
+def test_detect_bins_as_the_model_was_fine_tuned(tmp_path, capsys):
+    # A model fine-tuned on 2x binned clicks detects at 2x unless told otherwise.
+    sim = simulate_micrograph(shape=(128, 128), snr=0.3, seed=5)
+    full = np.repeat(np.repeat(sim.noisy, 2, axis=0), 2, axis=1)
+    write_tiff(tmp_path / "mic.tif", full)
+    write_points(tmp_path / "picks.csv", unbin_points(sim.truth.iloc[:5][["y", "x"]], 2))
+    assert main(["finetune", str(tmp_path / "mic.tif"), "--points",
+                 str(tmp_path / "picks.csv"), "--model", "micrograph", "--bin", "2",
+                 "--out", str(tmp_path / "mic.pt")]) == 0
+    training = json.loads((tmp_path / "mic.json").read_text())["training"]
+    assert training["binning"] == 2 and "--bin 2" in training["command"]
+    capsys.readouterr()
+    assert main(["detect", str(tmp_path / "mic.tif"), "--model", str(tmp_path / "mic.pt"),
+                 "--out", str(tmp_path / "found")]) == 0
+    assert "binning 2 x 2, as mic was fine-tuned" in capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "found" / "mic_denoised.tif").shape == (128, 128)
+    model = load_model(tmp_path / "mic.pt")
+    assert model.binning == 2 and run(model.detect(full)).binning == 2
+    assert run(model.detect(full, binning=1)).binning == 1
+    # --bin still wins, without a word.
+    assert main(["detect", str(tmp_path / "mic.tif"), "--model", str(tmp_path / "mic.pt"),
+                 "--bin", "1", "--out", str(tmp_path / "full")]) == 0
+    assert "binning" not in capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "full" / "mic_denoised.tif").shape == (256, 256)
 
 
 def test_threshold_mode_keeps_the_weights(stack, tmp_path, capsys):

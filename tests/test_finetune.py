@@ -328,7 +328,8 @@ def test_threshold_for_count_keeps_that_many_candidates():
 def test_count_calibration_keeps_the_parents_number_of_detections(shifted, advised):
     parent = load_model("fluorescence")
     if advised:
-        parent.card["finetune"] = {"mode": "weights", "calibration": "count"}
+        parent.card = parent.card.updated(finetune={"mode": "weights",
+                                                    "calibration": "count"})
     settings = FinetuneSettings(steps=3, calibration="auto" if advised else "count")
     result, progress = drain(finetune(parent, shifted.noisy, clicks_of(shifted.truth, 6),
                                       settings=settings))
@@ -381,10 +382,10 @@ def test_auto_mode_follows_the_card(shifted):
     parent = load_model("fluorescence")
     clicks = clicks_of(shifted.truth, 5)
     advised = load_model("fluorescence")
-    advised.card["finetune"] = {"mode": "threshold"}
+    advised.card = advised.card.updated(finetune={"mode": "threshold"})
     result, _ = drain(finetune(advised, shifted.noisy, clicks))
     assert result.steps_done == 0 and result.model.card["training"]["mode"] == "threshold"
-    parent.card.pop("finetune", None)
+    parent.card = parent.card.updated(finetune=None)
     result, _ = drain(finetune(parent, shifted.noisy, clicks,
                                settings=FinetuneSettings(steps=2)))
     assert result.steps_done == 2 and result.model.card["training"]["mode"] == "weights"
@@ -406,7 +407,7 @@ def test_unclicked_particles_tell_a_complete_area_from_scattered_clicks():
 
 def test_auto_mode_trains_when_the_area_is_not_completely_clicked(shifted):
     advised = load_model("fluorescence")
-    advised.card["finetune"] = {"mode": "threshold"}
+    advised.card = advised.card.updated(finetune={"mode": "threshold"})
     clicks = scattered(shifted.truth, 10)[["frame", "y", "x"]]
     result, progress = drain(finetune(advised, shifted.noisy, clicks,
                                       settings=FinetuneSettings(steps=2)))
@@ -468,3 +469,47 @@ def test_threshold_mode_fits_a_blob_score_that_detection_applies(shifted, tmp_pa
 def test_bad_blob_settings_are_refused():
     with pytest.raises(InputError, match="blob weight must be in"):
         FinetuneSettings(blob_weight=-0.1)
+
+
+def test_model_finetune_bins_and_the_card_records_it(shifted):
+    from napari_denodet.core.progress import Stage
+    from napari_denodet.core.resample import unbin_points
+
+    parent = load_model("fluorescence")
+    clicks = unbin_points(clicks_of(shifted.truth, 10), 2)  # in 2x "full-res" pixels
+    full = np.repeat(np.repeat(shifted.noisy, 2, axis=1), 2, axis=2)
+    result, progress = drain(parent.finetune(full, clicks,
+                                             settings=FinetuneSettings(mode="threshold"),
+                                             binning=2, name="mine"))
+    assert [p.stage for p in progress] == [Stage.CALIBRATE]
+    assert all(type(p.stage) is Stage for p in progress)
+    card = result.model.card
+    assert card.name == "mine" and card.binning == 2 and result.model.binning == 2
+    assert card.training["clicks"] == 10 and "command" not in card.training
+    assert card.parent["name"] == "fluorescence" and parent.binning == 1
+    with pytest.raises(InputError, match="binning must be an integer >= 1"):
+        drain(parent.finetune(full, clicks, binning=0))
+
+
+def test_the_settings_write_the_command_that_repeats_the_run(tmp_path):
+    import shlex
+
+    from napari_denodet.cli import build_parser
+
+    settings = FinetuneSettings(steps=20, mode="weights", calibration="count",
+                                time_budget=30.0, complete_region=True, pseudo_labels=0.0,
+                                particles_per_frame=12.5, seed=3)
+    command = settings.command("my cells.tif", "clicks.csv", "micrograph",
+                               tmp_path / "mine.pt", negatives="wrong.csv", binning=3)
+    words = shlex.split(command)
+    assert words[:3] == ["napari-denodet", "finetune", "my cells.tif"]
+    args = build_parser().parse_args(words[1:])
+    assert (args.points.name, args.negatives.name, args.model) == (
+        "clicks.csv", "wrong.csv", "micrograph")
+    assert (args.steps, args.bin, args.seed, args.pseudo_labels) == (20, 3, 3, 0.0)
+    assert (args.mode, args.calibration, args.complete_region) == ("weights", "count", True)
+    assert (args.time_budget, args.particles_per_frame) == (30.0, 12.5)
+    assert str(args.out) == "mine.pt"  # without its folder
+    # The threshold mode does not calibrate after training: no --calibration.
+    assert "--calibration" not in FinetuneSettings(mode="threshold").command(
+        "a.tif", "b.csv", "fluorescence", "c.pt")

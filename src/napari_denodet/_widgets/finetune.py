@@ -67,21 +67,16 @@ class FinetuneJob:
 
 def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None,
                    job: FinetuneJob, stop: threading.Event):
-    """Load the model, bin, and fine-tune: the generator the worker runs."""
-    from napari_denodet.core.finetune import FinetuneSettings, finetune
+    """Load the model and fine-tune (binning included): the generator the worker runs."""
+    from napari_denodet.core.finetune import FinetuneSettings
     from napari_denodet.core.models import Model, load_model
-    from napari_denodet.core.resample import bin_lazily, bin_points
 
     model = job.model if isinstance(job.model, Model) else load_model(job.model)
-    image = bin_lazily(data, job.binning)  # only the clicked frames are read
-    positives = bin_points(positives, job.binning)
-    if negatives is not None:
-        negatives = bin_points(negatives, job.binning)
     settings = FinetuneSettings(steps=job.steps, time_budget=job.time_budget,
                                 pseudo_labels=job.pseudo_labels, mode=job.mode)
-    result = yield from finetune(model, image, positives, negatives, settings, stop=stop)
-    result.model.card["training"]["binning"] = job.binning
-    return result
+    # Only the clicked frames are read.
+    return (yield from model.finetune(data, positives, negatives, settings,
+                                      binning=job.binning, stop=stop))
 
 
 class LossPlot(QWidget):
@@ -314,11 +309,13 @@ class FinetuneWidget(Container):
         self._status.value = "stopping after this step..."
 
     def _progress(self, progress) -> None:
-        if progress.stage == "note":
+        from napari_denodet.core.progress import Stage
+
+        if progress.stage == Stage.NOTE:
             show_info(f"'{self._image_name}': {progress.metrics['message']}")
-        elif progress.stage == "calibrate":
+        elif progress.stage == Stage.CALIBRATE:
             self._status.value = progress.metrics["message"]
-        elif progress.stage == "train":
+        elif progress.stage == Stage.TRAIN:
             self.plot.add(progress.metrics["loss"])
             self._status.value = (f"step {progress.step}/{progress.total}, "
                                   f"{progress.elapsed:.0f} s")
@@ -352,9 +349,9 @@ class FinetuneWidget(Container):
         if not str(path) or path.suffix != ".pt":
             show_error("Fine-tune: choose a file name ending in .pt to save the model")
             return None
-        card = dict(self.result.model.card, name=path.stem)
         try:
-            saved = save_model(path, self.result.model.network, card)
+            saved = save_model(path, self.result.model.network, self.result.model.card,
+                               name=path.stem)
         except (InputError, OSError) as exc:
             show_error(f"Fine-tune: could not save: {exc}")
             return None
@@ -368,7 +365,7 @@ class FinetuneWidget(Container):
         name = session.add(self.result.model)
         _, detect = self._viewer.window.add_plugin_dock_widget("napari-denodet",
                                                                "Detect particles")
-        binning = int(self.result.model.card["training"].get("binning", 1))
+        binning = self.result.model.binning
         detect.select_model(name, binning=binning)
         show_info(f"Detect now uses '{name}'" + (f" with binning {binning}" if binning > 1
                                                  else ""))

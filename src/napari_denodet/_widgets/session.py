@@ -11,7 +11,7 @@ _MODELS: dict[str, object] = {}
 
 def add(model) -> str:
     """Keep a model under a new name ("<card name> (session N)") and return the name."""
-    base = model.card.get("name") or "fine-tuned"
+    base = model.card.name or "fine-tuned"
     name = f"{base} (session {len(_MODELS) + 1})"
     _MODELS[name] = model
     return name

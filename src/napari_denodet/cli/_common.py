@@ -108,6 +108,19 @@ def _bin_for(model, diameter: float) -> int:
     return factor
 
 
+def _binning(args: argparse.Namespace, model) -> int:
+    # --bin, else the bin --diameter asks for, else the model's (the binning a fine-tuned
+    # model was fine-tuned at, said on stderr when it bins).
+    if args.bin is not None:
+        return args.bin
+    if args.diameter is not None:
+        return _bin_for(model, args.diameter)
+    if model.binning > 1:
+        print(f"binning {model.binning} x {model.binning}, as {model.name} was fine-tuned "
+              "(--bin to change)", file=sys.stderr)
+    return model.binning
+
+
 def _model_out(out: Path, overwrite: bool) -> Path:
     # Where a train or finetune run writes its model: a .pt file, never replaced silently.
     if out.suffix != ".pt":

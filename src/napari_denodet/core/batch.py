@@ -36,6 +36,7 @@ from typing import Any
 
 from napari_denodet.core.errors import DenodetError, InputError, about_file
 from napari_denodet.core.io import IMAGE_SUFFIXES, atomic_write, is_zarr
+from napari_denodet.core.progress import Stage
 
 #: Formats of the denoised output: a TIFF, an OME-Zarr, or nothing.
 DENOISED_FORMATS = ("tif", "zarr", "none")
@@ -66,8 +67,10 @@ class DetectSettings:
     precision : str
         ``"auto"``, ``"float32"`` or ``"bfloat16"``
         (:func:`~napari_denodet.core.predict.choose_precision`).
-    binning : int
-        Average ``binning x binning`` pixels before detection.
+    binning : int, optional
+        Average ``binning x binning`` pixels before detection; None: the model's
+        (:attr:`~napari_denodet.core.models.Model.binning`: the one a fine-tuned model
+        was fine-tuned at, else 1).
     batch_size : int, optional
         Frames per forward pass; None lets the engine choose.
     axes : str, optional
@@ -93,7 +96,7 @@ class DetectSettings:
     all_candidates: bool = False
     device: str = "auto"
     precision: str = "auto"
-    binning: int = 1
+    binning: int | None = None
     batch_size: int | None = None
     axes: str | None = None
     star: bool = False
@@ -115,15 +118,15 @@ class BatchProgress:
 
     Attributes
     ----------
-    stage : str
-        Always ``"batch"``.
+    stage : Stage
+        Always ``Stage.BATCH``.
     step, total : int
         Files done (including skipped and failed ones) and in all.
     record : dict
         The record of the file just finished (see :data:`MANIFEST_FIELDS`).
     """
 
-    stage: str
+    stage: Stage
     step: int
     total: int
     record: dict
@@ -333,18 +336,19 @@ def detect_file_steps(
         return _record(path, targets, status="skipped")
     _set_torch_threads(settings.torch_threads)
     model = load_model(settings.model)
+    binning = model.binning if settings.binning is None else settings.binning
     image = read_image(path, axes=settings.axes)
     if len(image.shape) == 3 and ("star" in targets or "box" in targets):
         raise InputError(path, "STAR and BOX output is for single micrographs, not stacks")
     try:
-        shape = binned_shape(image.shape, settings.binning)
+        shape = binned_shape(image.shape, binning)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     with about_file(path), open_denoised_output(targets.get("denoised"), shape,
                                                 settings.overwrite) as denoised:
         found = yield from model.detect(image, threshold=settings.threshold,
-                                        binning=settings.binning, polarity=settings.polarity,
+                                        binning=binning, polarity=settings.polarity,
                                         out=denoised, device=settings.device,
                                         precision=settings.precision,
                                         batch_size=settings.batch_size)
@@ -570,7 +574,7 @@ def run_batch(
         else:
             todo.append(path)
     for step, record in enumerate(records.values(), start=1):
-        yield BatchProgress("batch", step, len(paths), record)
+        yield BatchProgress(Stage.BATCH, step, len(paths), record)
     if todo:
         with dask_client(scheduler, n_workers, len(todo)) as (client, where):
             about.update(where)
@@ -587,7 +591,7 @@ def run_batch(
                     records[path] = _task_record(future, path)
                     write_manifest(out_dir, [records[p] for p in paths if p in records],
                                    about, settings)
-                    yield BatchProgress("batch", len(records), len(paths), records[path])
+                    yield BatchProgress(Stage.BATCH, len(records), len(paths), records[path])
             finally:
                 client.cancel([f for f in futures if not f.done()])
     about["finished"] = _now()

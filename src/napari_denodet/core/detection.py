@@ -233,7 +233,7 @@ def detect_with_model(
                                out=out, **settings)
     stack = np.ndim(binned) == 3
     targets, rule = result.points, "given" if threshold is not None else "expected F1"
-    if model.card.get("parent"):
+    if model.card.is_fine_tuned:
         # A fine-tuned model's threshold was fitted to the user's clicks and its scores
         # are its own: no decoy pass.
         calibration, rule = Calibration(np.zeros(0), np.zeros(0), 0), rule.replace(

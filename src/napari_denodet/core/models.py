@@ -2,9 +2,11 @@
 
 A model is two files side by side: ``NAME.pt`` (a ``torch.save`` of a dict with the
 network configuration and its ``state_dict``) and ``NAME.json``, the model card. The
-card says what the model is for and how it was made; :data:`CARD_FIELDS` lists the
-fields every card has. Bundled models live in ``napari_denodet/models`` and load by
-name through :mod:`importlib.resources`; nothing is ever downloaded.
+card says what the model is for and how it was made: a
+:class:`~napari_denodet.core.card.ModelCard`, validated when the model loads;
+:data:`CARD_FIELDS` lists the fields every card has. Bundled models live in
+``napari_denodet/models`` and load by name through :mod:`importlib.resources`; nothing
+is ever downloaded.
 """
 
 from __future__ import annotations
@@ -17,25 +19,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from napari_denodet.core.card import CARD_FIELDS, ModelCard
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.io import atomic_write
 
-#: Fields of every model card (one definition for the CLI, the widgets and the docs).
-CARD_FIELDS = (
-    "name",            # short name, e.g. "fluorescence"
-    "version",         # napari-denodet version that wrote it
-    "scenario",        # what data it is for
-    "training",        # data, command, steps, seed, wall time
-    "normalisation",   # how frames are normalised before the network ("median-mad")
-    "invert",          # particles darker than background (cryo-EM)
-    "particle_size",   # the particle sizes (px) it was trained for
-    "threshold",       # calibrated default score threshold
-    "localisation",    # local DSNT window and temperature; blob score term, if any
-    "network",         # NetworkConfig as a dict
-    "benchmark",       # measured figures (F1/RMSE per SNR), filled by the benchmark
-    "deviations",      # where it departs from the paper, and why
-    "parent",          # the model it was fine-tuned from, or null
-)
+__all__ = ["CARD_FIELDS", "Model", "ModelCard", "bundled_model_purposes", "bundled_models",
+           "load_model", "resolve_model_path", "save_model"]
+
 _FORMAT = "napari-denodet-model/1"
 
 
@@ -47,20 +37,29 @@ class Model:
     ----------
     network : torch.nn.Module
         A :class:`~napari_denodet.core.network.Denodet` in eval mode, on the CPU.
-    card : dict
-        The model card.
+    card : ModelCard
+        The model card (a mapping of its JSON form given here is validated into one).
     source : str
         Where it came from (bundled name or file path).
     """
 
     network: object
-    card: dict
+    card: ModelCard
     source: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.card, ModelCard):
+            self.card = ModelCard.from_dict(self.card, self.source)
+
+    @property
+    def name(self) -> str:
+        """The card's name, else where the model came from."""
+        return self.card.name or self.source
 
     @property
     def threshold(self) -> float:
         """The calibrated default score threshold."""
-        return float(self.card.get("threshold", 0.5))
+        return self.card.threshold
 
     @property
     def localisation(self) -> dict:
@@ -69,9 +68,7 @@ class Model:
         Peak finding and local DSNT settings, and ``blob`` (the score's blob term) for a
         model whose threshold was recalibrated with one.
         """
-        settings = {"radius": 2, "temperature": 1.0, "min_distance": 3, "merge_ratio": 0.0}
-        settings.update(self.card.get("localisation") or {})
-        return settings
+        return self.card.localisation.to_dict()
 
     @property
     def training_temperature(self) -> float:
@@ -81,30 +78,32 @@ class Model:
         differ; fine-tuning trains with this one. Read from the training settings (those
         of the first ancestor that records one, for a fine-tuned model), else 1.
         """
-        training = self.card.get("training") or {}
-        while training:
-            temperature = (training.get("settings") or {}).get("temperature")
-            if temperature is not None:
-                return float(temperature)
-            training = training.get("parent_training") or {}
-        return 1.0
+        return self.card.training_temperature
 
     @property
     def invert(self) -> bool:
         """Whether the model expects dark particles (they are inverted before it)."""
-        return bool(self.card.get("invert", False))
+        return self.card.invert
 
     @property
     def scenario(self) -> str:
         """What data the model is for (``"fluorescence"``, ``"micrograph"``, ...)."""
-        return str(self.card.get("scenario") or "")
+        return self.card.scenario or ""
+
+    @property
+    def binning(self) -> int:
+        """The bin factor a fine-tuned model was fine-tuned at (1 for others).
+
+        :meth:`detect` bins by it unless told otherwise.
+        """
+        return self.card.binning
 
     def detect(
         self,
         image,
         *,
         threshold: float | None = None,
-        binning: int = 1,
+        binning: int | None = None,
         polarity: str | None = None,
         frames=None,
         out=None,
@@ -126,8 +125,9 @@ class Model:
         threshold : float, optional
             Probability threshold; by default the one that maximises the expected F1
             on this image (a fine-tuned model keeps the threshold fitted to its clicks).
-        binning : int
-            Average ``binning x binning`` pixels first (micrographs).
+        binning : int, optional
+            Average ``binning x binning`` pixels first (micrographs); by default the
+            model's :attr:`binning` (the one it was fine-tuned at, else 1).
         polarity : {"auto", "dark", "bright"}, optional
             The particles' polarity; by default the model's, and for micrograph models
             chosen per image (``"auto"``).
@@ -152,9 +152,64 @@ class Model:
         from napari_denodet.core.detection import detect_with_model
 
         return (yield from detect_with_model(
-            self, image, threshold=threshold, binning=binning, polarity=polarity,
+            self, image, threshold=threshold,
+            binning=self.binning if binning is None else binning, polarity=polarity,
             frames=frames, out=out, device=device, precision=precision,
             batch_size=batch_size))
+
+    def finetune(
+        self,
+        image,
+        positives,
+        negatives=None,
+        settings=None,
+        *,
+        binning: int = 1,
+        name: str | None = None,
+        files=None,
+        stop=None,
+        device: str = "auto",
+    ):
+        """Fine-tune on clicked particles: a generator of progress that returns the model.
+
+        Binning, the run and the new card all happen in
+        :func:`napari_denodet.core.finetune.finetune`; drain it with
+        :func:`napari_denodet.core.predict.run` in a script. This model is not changed.
+
+        Parameters
+        ----------
+        image : array_like
+            ``(y, x)`` image or ``(t, y, x)`` stack at full resolution.
+        positives, negatives : pandas.DataFrame or array_like
+            Clicked particle centres and known false detections (optional), in the
+            image's full-resolution pixels.
+        settings : FinetuneSettings, optional
+            The run (:class:`napari_denodet.core.finetune.FinetuneSettings`).
+        binning : int
+            Average ``binning x binning`` pixels first (micrographs); the new card
+            records it and :meth:`detect` with the new model bins by it.
+        name : str, optional
+            The new model's name (default: this one's with ``-finetuned``).
+        files : FinetuneFiles, optional
+            The files a command line read and writes: the card then records the
+            command that repeats the run.
+        stop : threading.Event, optional
+            When set, training ends after the current step; the model so far is kept.
+        device : str
+            Where to train.
+
+        Yields
+        ------
+        napari_denodet.core.finetune.FinetuneProgress
+
+        Returns
+        -------
+        napari_denodet.core.finetune.FinetunedModel
+        """
+        from napari_denodet.core.finetune import finetune
+
+        return (yield from finetune(self, image, positives, negatives, settings, stop=stop,
+                                    device=device, binning=binning, name=name, files=files))
 
     def bin_for_diameter(self, diameter: float) -> int:
         """Return the binning that brings particles of ``diameter`` px to the trained size.
@@ -179,10 +234,11 @@ class Model:
             The diameter is not positive, or the card records no particle radius (a
             fluorescence model: set the bin by hand, usually 1).
         """
-        radii = (self.card.get("particle_size") or {}).get("radius_px")
-        if not radii:
-            raise ValueError(f"model {self.card.get('name') or self.source} records no "
-                             "particle radius; give the binning instead")
+        size = self.card.particle_size
+        radii = None if size is None else size.radius_px
+        if radii is None:
+            raise ValueError(f"model {self.name} records no particle radius; give the "
+                             "binning instead")
         if not math.isfinite(diameter) or diameter <= 0:
             raise ValueError(f"particle diameter must be positive, got {diameter:g}")
         middle = math.sqrt(radii[0] * radii[-1])
@@ -215,10 +271,10 @@ def bundled_model_purposes() -> dict[str, str]:
     for name in bundled_models():
         card_path = _bundled_path(name).with_suffix(".json")
         try:
-            card = json.loads(card_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            card = {}
-        purposes[name] = str((card.get("training") or {}).get("data") or "")
+            card = ModelCard.from_dict(json.loads(card_path.read_text()), card_path)
+        except (OSError, json.JSONDecodeError, InputError):
+            card = ModelCard()
+        purposes[name] = str((card.training or {}).get("data") or "")
     return purposes
 
 
@@ -279,15 +335,17 @@ def load_model(name_or_path: str | os.PathLike) -> Model:
     card_path = path.with_suffix(".json")
     if card_path.is_file():
         try:
-            card = json.loads(card_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(card_path, f"the model card is not valid JSON ({exc})") from None
-    else:
-        card = dict(payload.get("card") or {})
+            card = ModelCard.from_dict(json.loads(card_path.read_text()), card_path)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise InputError(card_path, f"the model card is not valid JSON ({reason})") from None
+    else:  # the copy saved inside the weights
+        card = ModelCard.from_dict(payload.get("card") or {}, path)
     return Model(network=network, card=card, source=os.fspath(name_or_path))
 
 
-def save_model(path: str | os.PathLike, network, card: dict, overwrite: bool = False) -> Path:
+def save_model(path: str | os.PathLike, network, card: ModelCard | dict,
+               overwrite: bool = False, *, name: str | None = None) -> Path:
     """Save a network and its card as ``path`` (``.pt``) and ``path`` with ``.json``.
 
     Parameters
@@ -295,11 +353,14 @@ def save_model(path: str | os.PathLike, network, card: dict, overwrite: bool = F
     path : str or os.PathLike
         Destination of the weights; the card goes beside it.
     network : Denodet
-        The network (its config is saved with the weights).
-    card : dict
-        The model card; missing fields of :data:`CARD_FIELDS` are added as null.
+        The network (its config is saved with the weights and in the card).
+    card : ModelCard or dict
+        The model card, or its JSON form (validated; missing fields take their
+        defaults, :meth:`ModelCard.to_dict` writes every field of :data:`CARD_FIELDS`).
     overwrite : bool
         Replace existing files.
+    name : str, optional
+        The model's name in the saved card (default: the card's).
 
     Returns
     -------
@@ -313,16 +374,17 @@ def save_model(path: str | os.PathLike, network, card: dict, overwrite: bool = F
     path = Path(path)
     if path.suffix != ".pt":
         raise InputError(path, "model files end in .pt")
-    card = {name: card.get(name) for name in CARD_FIELDS} | {
-        k: v for k, v in card.items() if k not in CARD_FIELDS}
-    card["version"] = card.get("version") or __version__
-    card["network"] = network.config.to_dict()
+    card_path = path.with_suffix(".json")
+    if not isinstance(card, ModelCard):
+        card = ModelCard.from_dict(card, card_path)
+    card = card.updated(card_path, name=card.name if name is None else name,
+                        version=card.version or __version__,
+                        network=network.config.to_dict()).to_dict()
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     payload = {"format": _FORMAT, "config": network.config.to_dict(), "state_dict": state,
                "card": card}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    card_path = path.with_suffix(".json")
     if not overwrite and card_path.exists():
         raise InputError(card_path, "already exists; choose another name or allow "
                                     "overwriting (--overwrite)")

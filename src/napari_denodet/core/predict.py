@@ -50,6 +50,7 @@ from napari_denodet.core.localize import BlobScore, blob_response, detect_points
 from napari_denodet.core.network import STRIDE
 from napari_denodet.core.normalize import FrameScale, normalise_frame
 from napari_denodet.core.points import points_table
+from napari_denodet.core.progress import Stage
 
 #: A prepared network: ``(B, 1, H, W)`` float32 batch -> ``(denoised, logits)``.
 PreparedNetwork = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -319,15 +320,15 @@ class DetectProgress:
 
     Attributes
     ----------
-    stage : str
-        Always ``"detect"``.
+    stage : Stage
+        Always ``Stage.DETECT``.
     step, total : int
         Forward passes (batches of frames, or of tiles of a large frame) done and in all.
     frames_done, frames_total : int
         Frames fully processed (denoised and detected) and to process.
     """
 
-    stage: str
+    stage: Stage
     step: int
     total: int
     frames_done: int
@@ -630,7 +631,7 @@ def detect(
             normalised = read(first, last)
             scales.extend(scale for _, scale in normalised)
             write(first, _run_frames(model, normalised, found, first, settings))
-            yield DetectProgress("detect", step, total, last - start, n_frames)
+            yield DetectProgress(Stage.DETECT, step, total, last - start, n_frames)
     else:
         tiles = _tiles(height, width, tile_size, overlap)
         (window_y, window_x), _, _ = tiles[0]
@@ -649,7 +650,8 @@ def detect(
                 done = i + batch_size >= len(tiles)
                 if done:
                     write(index, stitched.finish(scale, found, index, settings))
-                yield DetectProgress("detect", step, total, index - start + int(done), n_frames)
+                yield DetectProgress(Stage.DETECT, step, total, index - start + int(done),
+                                     n_frames)
 
     return DetectionResult(
         denoised=out,

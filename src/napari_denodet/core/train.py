@@ -31,6 +31,7 @@ from napari_denodet.core.metrics import f1_by_threshold, score_detections
 from napari_denodet.core.network import Denodet, NetworkConfig, build_network, train_mode
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import points_table
+from napari_denodet.core.progress import Stage
 from napari_denodet.core.simulate import (
     SCENARIOS,
     draw_formation,
@@ -194,7 +195,7 @@ class TrainSettings:
 class TrainProgress:
     """One report of a training run."""
 
-    stage: str  # "train" or "validate"
+    stage: Stage  # Stage.TRAIN or Stage.VALIDATE
     step: int
     total: int
     metrics: dict
@@ -396,7 +397,7 @@ def train(
     Yields
     ------
     TrainProgress
-        After every step (``stage="train"``) and every validation (``"validate"``).
+        After every step (``Stage.TRAIN``) and every validation (``Stage.VALIDATE``).
 
     Returns
     -------
@@ -454,9 +455,9 @@ def train(
         if checkpoint is not None and (step % checkpoint_every == 0 or step == settings.steps):
             _save_checkpoint(checkpoint, settings, step, network, optimiser, scheduler, rng,
                              history, time.perf_counter() - started)
-        yield TrainProgress("train", step, settings.steps, metrics)
+        yield TrainProgress(Stage.TRAIN, step, settings.steps, metrics)
         if val is not None:
-            yield TrainProgress("validate", step, settings.steps, val)
+            yield TrainProgress(Stage.VALIDATE, step, settings.steps, val)
     final = evaluate(network, validation, settings, settings.gamma)
     network.eval()
     return TrainedModel(network=network, threshold=final["threshold"], history=history,

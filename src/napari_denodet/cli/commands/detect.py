@@ -9,7 +9,7 @@ from pathlib import Path
 from napari_denodet.cli._common import (
     EXIT_FAILURE,
     PROG,
-    _bin_for,
+    _binning,
     _drain,
     _positive_float,
     _positive_int,
@@ -53,10 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "native bfloat16 instructions, about 1.7x faster with the same "
                              "detections; float32 elsewhere)")
     binning = parser.add_mutually_exclusive_group()
-    binning.add_argument("--bin", type=_positive_int, default=DetectSettings.binning,
-                         metavar="N",
+    binning.add_argument("--bin", type=_positive_int, default=None, metavar="N",
                          help="average N x N pixels before detection (micrographs); "
-                              "coordinates are mapped back to full-resolution pixels")
+                              "coordinates are mapped back to full-resolution pixels "
+                              "(default: the binning a fine-tuned model was fine-tuned "
+                              "at, else 1)")
     binning.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
                          help="particle diameter in full-resolution pixels: bin so that "
                               "particles take the size the model was trained on "
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_denodet.core.predict import choose_device
 
     model = load_model(str(args.model))  # fail before any work on a bad model
-    binning = args.bin if args.diameter is None else _bin_for(model, args.diameter)
+    binning = _binning(args, model)
     settings = DetectSettings(model=str(args.model), threshold=args.threshold,
                               all_candidates=args.all_candidates, device=args.device,
                               precision=args.precision, binning=binning,

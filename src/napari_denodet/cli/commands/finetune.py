@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from napari_denodet.cli._common import (
-    PROG,
-    _bin_for,
+    _binning,
     _drain,
     _model_out,
     _positive_float,
@@ -44,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles-per-frame", type=_positive_float, default=None,
                         help="expected particles per frame (default: estimated)")
     binning = parser.add_mutually_exclusive_group()
-    binning.add_argument("--bin", type=_positive_int, default=DetectSettings.binning,
-                         metavar="N",
-                         help="average N x N pixels first (use the same --bin for detect)")
+    binning.add_argument("--bin", type=_positive_int, default=None, metavar="N",
+                         help="average N x N pixels first (the model records it: detect "
+                              "with it bins alike; default: the binning the starting "
+                              "model was fine-tuned at, else 1)")
     binning.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
                          help="particle diameter in full-resolution pixels: bin as the "
                               "model card asks for that size (replaces --bin)")
@@ -77,15 +77,14 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune the model on the clicks, save it with its card and report."""
     from dataclasses import replace
 
-    from napari_denodet.core.finetune import FinetuneSettings, finetune
+    from napari_denodet.core.finetune import FinetuneFiles, FinetuneSettings
     from napari_denodet.core.io import read_image
     from napari_denodet.core.models import load_model, save_model
-    from napari_denodet.core.resample import bin_image
+    from napari_denodet.core.progress import Stage
 
     out = _model_out(args.out, args.overwrite)
     model = load_model(args.model)
-    if args.diameter is not None:
-        args.bin = _bin_for(model, args.diameter)
+    args.bin = _binning(args, model)
     image = read_image(args.image, axes=args.axes)
     if image.ndim == 3 and args.bin > 1:
         raise InputError(args.image, "--bin is for single micrographs, not stacks")
@@ -97,16 +96,17 @@ def run(args: argparse.Namespace) -> int:
                                 calibration=args.calibration)
     if args.steps:
         settings = replace(settings, steps=args.steps)
-    binned = bin_image(image, args.bin)
+    files = FinetuneFiles(image=args.image, points=args.points, model=args.model, out=out,
+                          negatives=args.negatives)
 
     def describe(progress):
-        if progress.stage == "note":
+        if progress.stage == Stage.NOTE:
             print(f"{args.image}: {progress.metrics['message']}", file=sys.stderr)
             return None
-        if progress.stage == "calibrate":
+        if progress.stage == Stage.CALIBRATE:
             print(progress.metrics["message"], file=sys.stderr)
             return None
-        if progress.stage == "check":
+        if progress.stage == Stage.CHECK:
             print(f"step {progress.step}: held-out recall "
                   f"{progress.metrics['heldout_recall']:.2f} at threshold "
                   f"{progress.metrics['threshold']:.2f}", file=sys.stderr)
@@ -115,25 +115,22 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"{args.image}: {len(clicks['positives'])} clicked centres"
           + (f", {len(clicks['negatives'])} negatives" if "negatives" in clicks else "")
-          + f"; fine-tuning {model.card.get('name') or args.model}", file=sys.stderr)
+          + f"; fine-tuning {model.card.name or args.model}", file=sys.stderr)
     with about_file(args.image):
-        result = _drain(finetune(model, binned, clicks["positives"], clicks.get("negatives"),
-                                 settings), describe, lambda p: p.total)
-    card = result.model.card
-    card["name"] = out.stem
-    card["training"]["binning"] = args.bin
-    card["training"]["command"] = _command(args, card, settings.steps, out)
-    save_model(out, result.model.network, card, overwrite=args.overwrite)
+        result = _drain(model.finetune(image, clicks["positives"], clicks.get("negatives"),
+                                       settings, binning=args.bin, name=out.stem,
+                                       files=files),
+                        describe, lambda p: p.total)
+    save_model(out, result.model.network, result.model.card, overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_suffix('.json')} ({result.steps_done} steps in "
           f"{result.wall_time:.0f} s, threshold {result.model.threshold:.2f})")
     return 0
 
 
 def _read_clicks(args: argparse.Namespace, stack: bool) -> dict:
-    # The clicked positives (and negatives, if given), binned as the image will be.
+    # The clicked positives (and negatives, if given), in full-resolution pixels.
     from napari_denodet.core.io import read_points
     from napari_denodet.core.points import FRAME
-    from napari_denodet.core.resample import bin_points
 
     clicks = {"positives": read_points(args.points)}
     if args.negatives is not None:
@@ -143,25 +140,4 @@ def _read_clicks(args: argparse.Namespace, stack: bool) -> dict:
             raise InputError(path, f"has {'a' if FRAME in clicks[name].columns else 'no'} "
                                    f"'frame' column but {args.image} is "
                                    f"{'a stack' if stack else 'a single image'}")
-        if name in clicks:
-            clicks[name] = bin_points(clicks[name], args.bin)
     return clicks
-
-
-def _command(args: argparse.Namespace, card: dict, steps: int, out: Path) -> str:
-    # The command that reproduces this fine-tuning, for the model card.
-    import shlex
-
-    return shlex.join([
-        PROG, "finetune", str(args.image), "--points", str(args.points),
-        *(["--negatives", str(args.negatives)] if args.negatives else []),
-        "--model", str(args.model), "--steps", str(steps), "--bin", str(args.bin),
-        "--seed", str(args.seed), "--pseudo-labels", f"{args.pseudo_labels:g}",
-        "--mode", card["training"]["mode"],
-        *(["--calibration", card["training"]["settings"]["calibration"]]
-          if card["training"]["mode"] == "weights" else []),
-        "--out", out.name,
-        *(["--complete-region"] if args.complete_region else []),
-        *(["--time-budget", f"{args.time_budget:g}"] if args.time_budget else []),
-        *(["--particles-per-frame", f"{args.particles_per_frame:g}"]
-          if args.particles_per_frame else [])])

@@ -106,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, save the model with its card and report the validation F1."""
     from napari_denodet.core.models import save_model
+    from napari_denodet.core.progress import Stage
     from napari_denodet.core.train import model_card, train
 
     out = _model_out(args.out, args.overwrite)
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     def describe(progress):
         last.update(progress.metrics)
-        if progress.stage == "validate":
+        if progress.stage == Stage.VALIDATE:
             print(f"step {progress.step}: validation F1 {progress.metrics['val_f1']:.3f} "
                   f"RMSE {progress.metrics['val_rmse']:.3f} px (threshold "
                   f"{progress.metrics['threshold']:.2f})", file=sys.stderr)

@@ -30,16 +30,19 @@ micrograph model's) is not trained by default: its threshold is recalibrated fro
 clicked area (:func:`calibrate_from_area`), which the fine-tuning benchmark measured
 better than training from ten clicks for it.
 
-:func:`finetune` is a generator (the project's pattern for long work): it yields
-:class:`FinetuneProgress` after every step and returns a :class:`FinetunedModel`.
+:func:`finetune` is a generator (the project's pattern for long work), run by
+:meth:`Model.finetune <napari_denodet.core.models.Model.finetune>`: it bins the image
+and clicks when asked, yields :class:`FinetuneProgress` after every step and returns a
+:class:`FinetunedModel` whose card (:func:`finetune_card`) records the binning.
 Setting the ``stop`` event ends the training at the next step and still returns a usable
 model; closing the generator abandons it.
 
 The package follows the run's seams:
 
-- :mod:`~napari_denodet.core.finetune.settings`: :class:`FinetuneSettings`,
-  :class:`FinetuneProgress`, :class:`FinetunedModel`, the constants and the
-  ``"auto"`` choices (:func:`resolve_mode`, :func:`resolve_calibration`);
+- :mod:`~napari_denodet.core.finetune.settings`: :class:`FinetuneSettings` (and the
+  command line that repeats a run, :meth:`FinetuneSettings.command`),
+  :class:`FinetuneFiles`, :class:`FinetuneProgress`, :class:`FinetunedModel`, the
+  constants and the ``"auto"`` choices (:func:`resolve_mode`, :func:`resolve_calibration`);
 - :mod:`~napari_denodet.core.finetune.clicks`: the clicks on their frames, the held-out
   split, the clicked area (:func:`clicked_area`, :func:`click_density`), the
   pseudo-labels and the class prior;
@@ -48,7 +51,8 @@ The package follows the run's seams:
   (:func:`calibrate_threshold`, :func:`calibrate_from_area`, :func:`threshold_for_count`,
   :func:`unclicked_in_area`, :func:`area_is_incomplete`);
 - :mod:`~napari_denodet.core.finetune.card`: the fine-tuned model's card
-  (:func:`finetune_card`);
+  (:func:`finetune_card`): the parent's, with the run, the threshold, the binning and,
+  for a command-line run, the command that repeats it;
 - :mod:`~napari_denodet.core.finetune.run`: :func:`finetune` itself, its steps and
   held-out checks.
 
@@ -80,6 +84,7 @@ from napari_denodet.core.finetune.settings import (
     NEGATIVE_RADIUS,
     RAISE_KEEPS,
     FinetunedModel,
+    FinetuneFiles,
     FinetuneProgress,
     FinetuneSettings,
     resolve_calibration,
@@ -99,6 +104,7 @@ __all__ = [
     "MODES",
     "NEGATIVE_RADIUS",
     "RAISE_KEEPS",
+    "FinetuneFiles",
     "FinetuneProgress",
     "FinetuneSettings",
     "FinetunedModel",

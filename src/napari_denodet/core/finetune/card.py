@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
-from napari_denodet.core.finetune.settings import FinetuneSettings
+from napari_denodet.core.card import ModelCard
+from napari_denodet.core.finetune.settings import FinetuneFiles, FinetuneSettings
 from napari_denodet.core.localize import BlobScore
 from napari_denodet.core.models import Model
 
@@ -14,7 +14,8 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
                   n_negatives: int, steps_done: int, threshold: float, prior: float,
                   frames: Sequence[int], wall_time: float,
                   unclicked: int | None = None, blob: BlobScore | None = None,
-                  calibration: dict | None = None) -> dict:
+                  calibration: dict | None = None, binning: int = 1,
+                  name: str | None = None, files: FinetuneFiles | None = None) -> ModelCard:
     """Build the card of a fine-tuned model from its parent's card.
 
     Parameters
@@ -22,7 +23,7 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
     parent : Model
         The model fine-tuning started from.
     settings : FinetuneSettings
-        The run.
+        The run, with the mode and calibration it used (not ``"auto"``).
     n_positives, n_negatives : int
         Clicked centres and negatives used.
     steps_done : int
@@ -45,26 +46,36 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
         After training, the two thresholds :data:`CALIBRATIONS` offer and the parent's
         count (recorded as ``training.calibration``; ``training.settings.calibration``
         says which was used).
+    binning : int
+        The bin factor of the image and clicks (``training.binning``; detection with
+        the model bins by it by default).
+    name : str, optional
+        The new model's name (default: the parent's with ``-finetuned``).
+    files : FinetuneFiles, optional
+        The files of a command-line run: ``training.command`` then repeats it
+        (:meth:`FinetuneSettings.command`).
 
     Returns
     -------
-    dict
-        The card: the parent's, with ``parent``, ``training``, ``threshold`` and
-        ``localisation.blob`` replaced.
+    ModelCard
+        The parent's card with ``name``, ``parent``, ``training``, ``threshold``,
+        ``benchmark`` and ``localisation.blob`` replaced.
     """
-    card = copy.deepcopy(parent.card)
-    name = parent.card.get("name") or "model"
-    localisation = {k: v for k, v in (card.get("localisation") or {}).items() if k != "blob"}
+    card = parent.card
+    localisation = {k: v for k, v in card.localisation.to_dict().items() if k != "blob"}
     if blob is not None:
         localisation["blob"] = blob.to_dict()
-    card.update({
-        "localisation": localisation,
-        "name": f"{name}-finetuned",
-        "parent": {"name": parent.card.get("name"), "source": parent.source,
-                   "threshold": parent.threshold},
-        "threshold": float(threshold),
-        "benchmark": None,
-        "training": {
+    command = None if files is None else settings.command(
+        files.image, files.points, files.model, files.out, negatives=files.negatives,
+        binning=binning)
+    return card.updated(
+        parent.source,
+        localisation=localisation,
+        name=name or f"{card.name or 'model'}-finetuned",
+        parent={"name": card.name, "source": parent.source, "threshold": parent.threshold},
+        threshold=float(threshold),
+        benchmark=None,
+        training={
             "data": ("the parent's weights unchanged; threshold recalibrated from the "
                      "clicked area on the user's own image" if settings.mode == "threshold"
                      else "the user's own image, weakly supervised: blind-spot denoising, "
@@ -82,7 +93,7 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
             "wall_time_s": round(float(wall_time), 1),
             **({} if unclicked is None else {"unclicked_in_area": int(unclicked)}),
             **({} if calibration is None else {"calibration": calibration}),
-            "parent_training": parent.card.get("training"),
-        },
-    })
-    return card
+            "parent_training": card.training,
+            "binning": int(binning),
+            **({} if command is None else {"command": command}),
+        })

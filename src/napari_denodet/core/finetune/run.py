@@ -51,6 +51,7 @@ from napari_denodet.core.finetune.settings import (
     CLICK_CLEARANCE,
     NEGATIVE_RADIUS,
     FinetunedModel,
+    FinetuneFiles,
     FinetuneProgress,
     FinetuneSettings,
     resolve_calibration,
@@ -68,6 +69,7 @@ from napari_denodet.core.network import train_mode
 from napari_denodet.core.normalize import non_finite_note
 from napari_denodet.core.points import FRAME, SCORE, X, Y
 from napari_denodet.core.predict import DetectionResult, choose_device, detect, run
+from napari_denodet.core.progress import Stage
 
 
 @dataclass
@@ -89,6 +91,9 @@ class _Job:
     parent_found: pd.DataFrame  # those at its threshold, scored as its card scores them
     prior: float  # particles per pixel
     mode: str  # "weights" or "threshold"
+    binning: int = 1  # of the image and clicks, recorded in the card
+    name: str | None = None  # of the new model
+    files: FinetuneFiles | None = None  # of a command-line run, for the card's command
     unclicked: int | None = None  # `unclicked_in_area`, when the threshold mode is asked
 
 
@@ -114,19 +119,26 @@ def finetune(
     settings: FinetuneSettings | None = None,
     stop: threading.Event | None = None,
     device: str = "auto",
+    *,
+    binning: int = 1,
+    name: str | None = None,
+    files: FinetuneFiles | None = None,
 ) -> Generator[FinetuneProgress, None, FinetunedModel]:
     """Fine-tune ``model`` on ``image`` from clicked particle centres.
+
+    :meth:`Model.finetune <napari_denodet.core.models.Model.finetune>` runs this.
 
     Parameters
     ----------
     model : Model
         The starting model (never modified; a copy is trained).
     image : array_like
-        ``(y, x)`` image or ``(t, y, x)`` stack in the model's input scale (binned if
-        the model works on binned data). Only frames holding clicks are read.
+        ``(y, x)`` image or ``(t, y, x)`` stack at full resolution (binned here by
+        ``binning``). Only frames holding clicks are read.
     positives : pandas.DataFrame or array_like
-        Clicked particle centres: a points table, or ``(N, 2)`` ``(y, x)`` /
-        ``(N, 3)`` ``(frame, y, x)`` coordinates. At least :data:`MIN_CLICKS`.
+        Clicked particle centres in the image's pixels: a points table, or ``(N, 2)``
+        ``(y, x)`` / ``(N, 3)`` ``(frame, y, x)`` coordinates. At least
+        :data:`MIN_CLICKS`.
     negatives : pandas.DataFrame or array_like, optional
         Known false detections (deleted or negative clicks), same forms.
     settings : FinetuneSettings, optional
@@ -137,6 +149,14 @@ def finetune(
     device : str
         Where to train: ``"auto"`` (CUDA, then MPS, then CPU) or a device name
         (:func:`napari_denodet.core.predict.choose_device`).
+    binning : int
+        Average ``binning x binning`` pixels of the image first, and map the clicks to
+        the binned pixels (micrographs). The card records it (``training.binning``).
+    name : str, optional
+        The new model's name in its card (default: the parent's with ``-finetuned``).
+    files : FinetuneFiles, optional
+        The files of a command-line run: the card records the command that repeats it
+        (``training.command``, :meth:`FinetuneSettings.command`).
 
     Yields
     ------
@@ -145,7 +165,7 @@ def finetune(
         (``settings.mode``, or the model card's advice under ``"auto"``) once, after
         the threshold is recalibrated and without training. The threshold mode needs
         a completely clicked area: when the area does not look so
-        (:func:`area_is_incomplete`), a ``"note"`` comes first, and ``"auto"`` trains
+        (:func:`area_is_incomplete`), a ``Stage.NOTE`` comes first, and ``"auto"`` trains
         the weights instead.
 
     Returns
@@ -157,16 +177,38 @@ def finetune(
     ------
     InputError
         Fewer than two clicks, clicks outside the image, an image that is not 2D/3D or
-        too small, or a clicked frame without a finite pixel (NaN and inf pixels are
-        otherwise treated as background, and a ``"note"`` says how many).
+        too small (for the binning), or a clicked frame without a finite pixel (NaN and
+        inf pixels are otherwise treated as background, and a ``Stage.NOTE`` says how many).
     """
     settings = settings or FinetuneSettings()
+    image, positives, negatives = _binned(image, positives, negatives, binning)
     job = yield from _prepare(model, image, positives, negatives, settings, device)
+    job.binning, job.name, job.files = int(binning), name, files
     yield from _check_area(job)
     if job.mode == "threshold":
         return (yield from _recalibrate(job))
     training = yield from _train(job, stop)
     return (yield from _calibrate_trained(training))
+
+
+def _binned(image: Any, positives: Any, negatives: Any, binning: int) -> tuple[Any, Any, Any]:
+    # The image binned (a stack frame by frame, as it is read) and the clicks mapped to
+    # its pixels.
+    from napari_denodet.core.resample import bin_lazily, bin_points
+
+    if isinstance(binning, bool) or not isinstance(binning, (int, np.integer)) or binning < 1:
+        raise InputError(None, f"the binning must be an integer >= 1, got {binning!r}")
+    if binning == 1:
+        return image, positives, negatives
+    stack = len(np.shape(image)) == 3
+    try:
+        image = bin_lazily(image, int(binning))
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+    positives = bin_points(_as_table(positives, stack, "clicked points"), int(binning))
+    if negatives is not None:
+        negatives = bin_points(_as_table(negatives, stack, "negative points"), int(binning))
+    return image, positives, negatives
 
 
 def _prepare(model: Model, image: Any, positives: Any, negatives: Any,
@@ -188,7 +230,7 @@ def _prepare(model: Model, image: Any, positives: Any, negatives: Any,
     frames, non_finite = _frames(image, positives, negatives, model.invert, held,
                                  settings.complete_region)
     if non_finite:
-        yield FinetuneProgress("note", 0, settings.steps, time.perf_counter() - started,
+        yield FinetuneProgress(Stage.NOTE, 0, settings.steps, time.perf_counter() - started,
                                {"message": non_finite_note(non_finite)})
     size = _patch_size(frames, settings.patch_size)
     # Candidates are scored by their peak probability here: a parent's blob score was
@@ -230,7 +272,7 @@ def _check_area(job: _Job) -> Generator[FinetuneProgress, None, None]:
     else:
         message = (f"{found}; threshold only assumes every particle there is "
                    "clicked, so the threshold may come out too high")
-    yield FinetuneProgress("note", 0, settings.steps if job.mode == "weights" else 0,
+    yield FinetuneProgress(Stage.NOTE, 0, settings.steps if job.mode == "weights" else 0,
                            time.perf_counter() - job.started,
                            {"message": message, "unclicked": job.unclicked})
 
@@ -260,7 +302,7 @@ def _train(job: _Job, stop: threading.Event | None) -> Generator[FinetuneProgres
         training.steps_done = step
         training.history.append({"step": step, **metrics})
         elapsed = time.perf_counter() - training.started
-        yield FinetuneProgress("train", step, settings.steps, elapsed, metrics)
+        yield FinetuneProgress(Stage.TRAIN, step, settings.steps, elapsed, metrics)
         out_of_time = settings.time_budget is not None and elapsed >= settings.time_budget
         if len(training.heldout) and (step % settings.check_every == 0
                                       or step == settings.steps):
@@ -268,7 +310,7 @@ def _train(job: _Job, stop: threading.Event | None) -> Generator[FinetuneProgres
             with _swapped(trained, averaged):
                 check = _check(training)
             training.history[-1].update(check)
-            yield FinetuneProgress("check", step, settings.steps, elapsed, check)
+            yield FinetuneProgress(Stage.CHECK, step, settings.steps, elapsed, check)
         if out_of_time or (stop is not None and stop.is_set()):
             break
     if averaged is not None:
@@ -297,7 +339,7 @@ def _calibrate_trained(training: _Run) -> Generator[FinetuneProgress, None, Fine
         calibration = "clicks"
     threshold = keeping if calibration == "count" else from_clicks
     step = training.steps_done
-    yield FinetuneProgress("calibrate", step, settings.steps,
+    yield FinetuneProgress(Stage.CALIBRATE, step, settings.steps,
                            time.perf_counter() - training.started,
                            {"threshold": threshold, "calibration": calibration,
                             "message": _calibration_message(calibration, threshold,
@@ -309,7 +351,8 @@ def _calibrate_trained(training: _Run) -> Generator[FinetuneProgress, None, Fine
                          wall_time=time.perf_counter() - job.started, unclicked=job.unclicked,
                          calibration={"threshold_from_clicks": from_clicks,
                                       "threshold_keeping_count": keeping,
-                                      "parent_count": len(parent_found)})
+                                      "parent_count": len(parent_found)},
+                         binning=job.binning, name=job.name, files=job.files)
     result = Model(network=network, card=card, source=f"fine-tuned from {job.model.source}")
     return FinetunedModel(model=result, history=training.history, steps_done=step,
                           wall_time=time.perf_counter() - job.started)
@@ -339,7 +382,7 @@ def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]
     elapsed = time.perf_counter() - job.started
     message = (f"weights kept; threshold recalibrated from {source}: {threshold:.2f}"
                + (", ties broken by the denoised image" if blob is not None else ""))
-    yield FinetuneProgress("calibrate", 0, 0, elapsed,
+    yield FinetuneProgress(Stage.CALIBRATE, 0, 0, elapsed,
                            {"threshold": threshold, "blob_score": blob is not None,
                             "message": message, **facts})
     card = finetune_card(model, replace(settings, mode="threshold"),
@@ -347,7 +390,7 @@ def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]
                          steps_done=0, threshold=threshold, prior=job.prior,
                          frames=[f.index for f in frames],
                          wall_time=time.perf_counter() - job.started, unclicked=job.unclicked,
-                         blob=blob)
+                         blob=blob, binning=job.binning, name=job.name, files=job.files)
     network = copy.deepcopy(model.network).cpu().eval()
     result = Model(network=network, card=card, source=f"recalibrated from {model.source}")
     return FinetunedModel(model=result, history=[], steps_done=0,

@@ -1,17 +1,20 @@
 """What defines a fine-tuning run, what it reports and returns, and its constants.
 
-The settings are recorded in the fine-tuned model's card (``training.settings``).
+The settings are recorded in the fine-tuned model's card (``training.settings``), and
+:meth:`FinetuneSettings.command` writes the command line that repeats a run.
 :func:`resolve_mode` and :func:`resolve_calibration` turn their ``"auto"`` choices into
 the starting model's card advice.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.metrics import GATE
 from napari_denodet.core.models import Model
+from napari_denodet.core.progress import Stage
 
 #: Fewest clicked centres fine-tuning accepts.
 MIN_CLICKS = 2
@@ -34,7 +37,7 @@ HIGHEST_THRESHOLD = 0.9
 #: What fine-tuning changes: ``"weights"`` trains the network and then recalibrates the
 #: threshold; ``"threshold"`` keeps the parent's weights and only recalibrates its
 #: threshold from the clicked area (:func:`calibrate_from_area`); ``"auto"`` takes the
-#: starting model's card advice (``card["finetune"]["mode"]``), else ``"weights"``, and
+#: starting model's card advice (``card.finetune["mode"]``), else ``"weights"``, and
 #: ``"weights"`` too when the advice is ``"threshold"`` but the clicked area does not look
 #: completely clicked (:func:`area_is_incomplete`).
 MODES = ("auto", "weights", "threshold")
@@ -43,7 +46,7 @@ MODES = ("auto", "weights", "threshold")
 #: frames as the parent made at its own threshold (:func:`threshold_for_count`): the
 #: trained network's probabilities are no longer calibrated, but where the parent's
 #: threshold already suited the data its operating point still does; ``"auto"`` takes
-#: the starting model's card advice (``card["finetune"]["calibration"]``), else
+#: the starting model's card advice (``card.finetune["calibration"]``), else
 #: ``"clicks"``.
 CALIBRATIONS = ("auto", "clicks", "count")
 #: The clicked area counts as not completely clicked when more than this many, and more
@@ -179,6 +182,75 @@ class FinetuneSettings:
         """Return the settings as JSON-serialisable values."""
         return asdict(self)
 
+    def command(self, image: str | os.PathLike, points: str | os.PathLike,
+                model: str | os.PathLike, out: str | os.PathLike, *,
+                negatives: str | os.PathLike | None = None, binning: int = 1) -> str:
+        """Return the ``napari-denodet finetune`` command line that repeats this run.
+
+        Call it on the settings a run used (its mode and calibration resolved, as
+        :func:`~napari_denodet.core.finetune.finetune` records them): ``"auto"`` could
+        choose otherwise with another starting card. Only the command line's options
+        are written; the other settings keep their defaults there.
+
+        Parameters
+        ----------
+        image, points : str or os.PathLike
+            The image and the clicked centres, as given.
+        model : str or os.PathLike
+            The starting model's bundled name or path, as given.
+        out : str or os.PathLike
+            The model file written (the command names it without its folder).
+        negatives : str or os.PathLike, optional
+            The known false detections, as given.
+        binning : int
+            The ``--bin`` used.
+
+        Returns
+        -------
+        str
+            The command, quoted for a POSIX shell.
+        """
+        import shlex
+
+        return shlex.join([
+            "napari-denodet", "finetune", os.fspath(image), "--points", os.fspath(points),
+            *(["--negatives", os.fspath(negatives)] if negatives else []),
+            "--model", os.fspath(model), "--steps", str(self.steps), "--bin", str(binning),
+            "--seed", str(self.seed), "--pseudo-labels", f"{self.pseudo_labels:g}",
+            "--mode", self.mode,
+            *(["--calibration", self.calibration] if self.mode == "weights" else []),
+            "--out", os.path.basename(os.fspath(out)),
+            *(["--complete-region"] if self.complete_region else []),
+            *(["--time-budget", f"{self.time_budget:g}"] if self.time_budget else []),
+            *(["--particles-per-frame", f"{self.particles_per_frame:g}"]
+              if self.particles_per_frame else [])])
+
+
+@dataclass(frozen=True)
+class FinetuneFiles:
+    """The files a command-line fine-tuning read and writes, as the user gave them.
+
+    With them, the fine-tuned card records the command that repeats the run
+    (``training.command``, :meth:`FinetuneSettings.command`).
+
+    Attributes
+    ----------
+    image, points : str or os.PathLike
+        The image and the clicked centres.
+    model : str or os.PathLike
+        The starting model's bundled name or path.
+    out : str or os.PathLike
+        The model file written.
+    negatives : str or os.PathLike, optional
+        The known false detections.
+    """
+
+    image: str | os.PathLike
+    points: str | os.PathLike
+    model: str | os.PathLike
+    out: str | os.PathLike
+    negatives: str | os.PathLike | None = None
+
 
 @dataclass(frozen=True)
 class FinetuneProgress:
@@ -186,12 +258,13 @@ class FinetuneProgress:
 
     Attributes
     ----------
-    stage : str
-        ``"train"`` after a step, ``"check"`` after a held-out check, ``"calibrate"``
-        once when the threshold is set, after training or in the ``"threshold"`` mode
-        (``metrics["message"]`` says what was set), ``"note"`` before either when the
-        user should read ``metrics["message"]`` (the clicked area does not look
-        completely clicked, :func:`area_is_incomplete`).
+    stage : Stage
+        ``Stage.TRAIN`` after a step, ``Stage.CHECK`` after a held-out check,
+        ``Stage.CALIBRATE`` once when the threshold is set, after training or in the
+        ``"threshold"`` mode (``metrics["message"]`` says what was set), ``Stage.NOTE``
+        before either when the user should read ``metrics["message"]`` (NaN pixels, or
+        a clicked area that does not look completely clicked,
+        :func:`area_is_incomplete`).
     step, total : int
         Steps done and the most steps.
     elapsed : float
@@ -201,7 +274,7 @@ class FinetuneProgress:
         the check's ``threshold`` and ``heldout_recall``.
     """
 
-    stage: str
+    stage: Stage
     step: int
     total: int
     elapsed: float
@@ -234,7 +307,7 @@ def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
     """Return ``"weights"`` or ``"threshold"``: the settings' mode, or the card's advice."""
     if settings.mode != "auto":
         return settings.mode
-    advice = (model.card.get("finetune") or {}).get("mode")
+    advice = (model.card.finetune or {}).get("mode")
     return advice if advice in MODES[1:] else "weights"
 
 
@@ -242,5 +315,5 @@ def resolve_calibration(settings: FinetuneSettings, model: Model) -> str:
     """Return ``"clicks"`` or ``"count"``: the settings' calibration, or the card's advice."""
     if settings.calibration != "auto":
         return settings.calibration
-    advice = (model.card.get("finetune") or {}).get("calibration")
+    advice = (model.card.finetune or {}).get("calibration")
     return advice if advice in CALIBRATIONS[1:] else "clicks"
