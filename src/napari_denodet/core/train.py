@@ -113,6 +113,9 @@ class TrainSettings:
         :data:`MICROGRAPH_DOMAIN` (all but :data:`PTC_SHARE` of the patches; each
         patch's draw comes from its own seed, so any patch can be made again); ``"ptc"``,
         the default, the PTC-like world alone (and the halo and blur ranges).
+    init : str, optional
+        A model (bundled name or ``.pt`` path) whose weights the network starts from,
+        instead of a random initialisation; its shape must match ``network``.
     """
 
     scenario: str = "fluorescence"
@@ -137,6 +140,7 @@ class TrainSettings:
     blur_range: tuple[float, float] = (0.0, 0.0)
     correlated_noise: float = 0.0
     domain: str = "ptc"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in TRAIN_SCENARIOS:
@@ -407,6 +411,8 @@ def train(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     network = build_network(settings.network)
+    if settings.init:
+        _warm_start(network, settings.init)
     optimiser = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.3, patience=2)
     history: list[dict] = []
@@ -462,6 +468,18 @@ def train(
     network.eval()
     return TrainedModel(network=network, threshold=final["threshold"], history=history,
                         settings=settings, wall_time=time.perf_counter() - started)
+
+
+def _warm_start(network: Denodet, init: str) -> None:
+    # Start from a trained model's weights (same network shape), e.g. to widen the domain
+    # of a bundled model instead of learning the narrow world again from scratch.
+    from napari_denodet.core.models import load_model
+
+    start = load_model(init)
+    if start.network.config.to_dict() != network.config.to_dict():
+        raise ValueError(f"--init {init}: its network {start.network.config.to_dict()} is "
+                         f"not the one asked for ({network.config.to_dict()})")
+    network.load_state_dict(start.network.state_dict())
 
 
 #: What a training checkpoint holds (plain types and tensors only: it loads without

@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "clusters; micrographs: radii 4-20 px, fringes, low-pass, "
                              "contrast transfer, detector artefacts); 'ptc' the plain "
                              f"simulated world alone (default {default.domain})")
+    parser.add_argument("--init", default=None, metavar="MODEL",
+                        help="start from this model's weights (bundled name or .pt path) "
+                             "instead of a random initialisation")
     parser.add_argument("--name", default=None,
                         help="model name in the card (default: file stem)")
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -154,6 +157,7 @@ def train_settings(args: argparse.Namespace):
                                                **_given(widths=args.widths)),
                          denoising_loss=args.denoising_loss,
                          correlated_noise=args.correlated_noise, domain=args.domain,
+                         init=args.init,
                          **_given(halo_range=args.halo_range, blur_range=args.blur_range))
 
 
@@ -182,6 +186,7 @@ def _command(args: argparse.Namespace, settings, out: Path) -> str:
         *(["--correlated-noise", f"{settings.correlated_noise:g}"]
           if settings.correlated_noise > 0 else []),
         *(["--domain", settings.domain] if settings.domain != TrainSettings.domain else []),
+        *(["--init", settings.init] if settings.init else []),
         "--out", out.name])
 
 
