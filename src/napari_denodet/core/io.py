@@ -1,4 +1,4 @@
-"""Reading images and reading/writing particle positions.
+"""Reading images, and writing images and denoised stacks, frame by frame.
 
 Images come back as ``(t, y, x)`` stacks or ``(y, x)`` images, memory-mapped where the
 file allows it (uncompressed TIFF, MRC) or as a lazy dask array (Zarr and OME-Zarr), so
@@ -12,10 +12,9 @@ than memory keeps the process's resident memory at the size of a batch.
 Denoised stacks are written frame by frame (:func:`open_denoised_output`) into a TIFF
 or an OME-Zarr that becomes visible under its name only when complete.
 
-Points are written as CSV in the one schema of :mod:`napari_denodet.core.points`, as
-RELION STAR (``_rlnCoordinateX/Y``) or as EMAN ``.box``. Every write is atomic (a
-temporary file in the same folder, then a rename) and refuses to replace an existing
-file unless asked to.
+Points files (CSV, STAR, BOX) are read and written by
+:mod:`napari_denodet.core.pointfiles`, and every write is atomic
+(:mod:`napari_denodet.core.atomic`); both are importable from here too.
 """
 
 from __future__ import annotations
@@ -25,15 +24,25 @@ import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from napari_denodet.core.atomic import (
+    _check_destination,
+    _move_into_place,
+    _temporary_file,
+    atomic_write,
+)
 from napari_denodet.core.errors import InputError
-from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table, validate_points_table
+from napari_denodet.core.pointfiles import POINTS_SUFFIXES, read_points, write_points
+
+__all__ = ["EAGER_BYTE_SWAP_BYTES", "IMAGE_SUFFIXES", "MRC_SUFFIXES", "PICTURE_SUFFIXES",
+           "POINTS_SUFFIXES", "TIFF_SUFFIXES", "ZARR_SUFFIXES", "DiscardedOutput",
+           "FrameWriter", "TiffFrameWriter", "ZarrFrameWriter", "atomic_write", "is_zarr",
+           "load_block", "open_denoised_output", "read_image", "read_points",
+           "release_pages", "write_points", "write_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
@@ -43,7 +52,6 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES + ZARR_SUFFIXES
 #: Files in a byte order other than the machine's are converted to it in memory up to
 #: this size, and lazily (a dask array, frame by frame) beyond it.
 EAGER_BYTE_SWAP_BYTES = 256 * 2**20
-POINTS_SUFFIXES = (".csv", ".star", ".box")
 
 _TIME_AXES = "TIQ"  # tifffile's names for a time-like leading axis (I, Q: unnamed pages)
 
@@ -289,86 +297,6 @@ def _grey_from_colour(path: Path, data: np.ndarray, axes: str) -> tuple[np.ndarr
     raise InputError(path, "a colour (RGB) image; napari-denodet needs a single-channel "
                            "image (convert to greyscale, e.g. Fiji: Image > Type > 16-bit)")
 
-
-# ------------------------------------------------------------------------- atomic write
-
-
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False
-) -> Path:
-    """Write a file through a temporary file in the same folder, then move it in place.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The destination.
-    write : callable
-        Called with the temporary path; writes the whole file there.
-    overwrite : bool
-        Replace an existing file. Without it an existing file is never touched.
-
-    Returns
-    -------
-    pathlib.Path
-        The destination.
-
-    Raises
-    ------
-    InputError
-        When the destination exists and ``overwrite`` is False, or its folder is missing.
-    """
-    path = Path(path)
-    tmp = _temporary_file(path, overwrite)
-    try:
-        write(tmp)
-        _move_into_place(tmp, path, overwrite)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
-def _check_destination(path: Path, overwrite: bool) -> None:
-    if not path.parent.is_dir():
-        raise InputError(path, f"folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise InputError(path, "already exists; choose another name or allow overwriting "
-                               "(--overwrite)")
-
-
-def _temporary_file(path: Path, overwrite: bool) -> Path:
-    # An empty temporary file beside the destination (same file system: renames are
-    # atomic), after checking that the destination may be written.
-    _check_destination(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                    suffix=".partial" + path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp makes the file private (0600); give it the mode a plain open() would.
-    os.chmod(tmp, 0o666 & ~_current_umask())
-    return tmp
-
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    # A hard link fails if the name was taken meanwhile: no silent clobbering.
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise InputError(path, "already exists; choose another name or allow "
-                               "overwriting (--overwrite)") from None
-    except OSError:  # file systems without hard links
-        if path.exists():
-            raise InputError(path, "already exists") from None
-        os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_tiff(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False) -> Path:
@@ -707,163 +635,3 @@ def open_denoised_output(
     if suffix in ZARR_SUFFIXES:
         return ZarrFrameWriter(path, shape, overwrite)
     raise InputError(path, f"unsupported output type '{suffix}' (use .tif or .zarr)")
-
-
-# ------------------------------------------------------------------------------ points
-
-
-def write_points(
-    path: str | os.PathLike,
-    table: pd.DataFrame,
-    overwrite: bool = False,
-    box_size: int | None = None,
-) -> Path:
-    """Write a points table as CSV, STAR or BOX, chosen by the file suffix.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        ``.csv`` (every column), ``.star`` (RELION coordinates and score) or ``.box``
-        (EMAN boxes; needs ``box_size``).
-    table : pandas.DataFrame
-        A points table (see :mod:`napari_denodet.core.points`).
-    overwrite : bool
-        Replace an existing file.
-    box_size : int, optional
-        Box edge in pixels, for ``.box``.
-
-    Returns
-    -------
-    pathlib.Path
-        The destination.
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    table = validate_points_table(table)
-    if suffix == ".csv":
-        return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False), overwrite)
-    if suffix in (".star", ".box"):
-        _require_single_image(path, table)
-        if suffix == ".star":
-            text = _star_text(table)
-        else:
-            if not box_size or box_size <= 0:
-                raise InputError(path, "a .box file needs a box size in pixels (--box-size)")
-            text = _box_text(table, int(box_size))
-        return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
-    raise InputError(path, f"unsupported points file type '{suffix}' "
-                           f"(use {', '.join(POINTS_SUFFIXES)})")
-
-
-def read_points(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a points file written by napari-denodet (CSV), RELION (STAR) or EMAN (BOX).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        A points table; STAR and BOX give ``y, x`` (and ``score`` where the STAR file has
-        ``_rlnAutopickFigureOfMerit``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    suffix = _suffix(path)
-    try:
-        if suffix == ".csv":
-            table = pd.read_csv(path)
-        elif suffix == ".star":
-            table = _read_star(path)
-        elif suffix == ".box":
-            table = _read_box(path)
-        else:
-            raise InputError(path, f"unsupported points file type '{suffix}' "
-                                   f"(use {', '.join(POINTS_SUFFIXES)})")
-    except InputError:
-        raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-            ValueError) as exc:
-        raise InputError(path, f"cannot parse the file ({str(exc).strip() or 'empty'})") \
-            from None
-    return validate_points_table(table, source=path)
-
-
-def _require_single_image(path: Path, table: pd.DataFrame) -> None:
-    if FRAME in table.columns and table[FRAME].nunique() > 1:
-        raise InputError(path, "STAR and BOX files hold the particles of one micrograph; "
-                               "these points span several frames (write CSV instead)")
-
-
-def _star_text(table: pd.DataFrame) -> str:
-    from napari_denodet import __version__
-
-    labels = ["_rlnCoordinateX", "_rlnCoordinateY"]
-    columns = [table[X].to_numpy(), table[Y].to_numpy()]
-    if SCORE in table.columns:
-        labels.append("_rlnAutopickFigureOfMerit")
-        columns.append(table[SCORE].to_numpy())
-    lines = [f"# written by napari-denodet {__version__}; x = column, y = row, in pixels",
-             "", "data_", "", "loop_"]
-    lines += [f"{label} #{i}" for i, label in enumerate(labels, start=1)]
-    lines += [" ".join(f"{v:.6f}" for v in row) for row in zip(*columns, strict=True)]
-    return "\n".join(lines) + "\n"
-
-
-def _read_star(path: Path) -> pd.DataFrame:
-    labels: list[str] = []
-    rows: list[list[str]] = []
-    best: tuple[list[str], list[list[str]]] | None = None
-    in_loop = False
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("data_"):
-            if "_rlnCoordinateX" in labels:
-                best = (labels, rows)
-            labels, rows, in_loop = [], [], False
-        elif line.startswith("loop_"):
-            in_loop, labels, rows = True, [], []
-        elif line.startswith("_"):
-            labels.append(line.split()[0])
-        elif in_loop:
-            rows.append(line.split())
-    if "_rlnCoordinateX" in labels:
-        best = (labels, rows)
-    if best is None or "_rlnCoordinateY" not in best[0]:
-        raise InputError(path, "no _rlnCoordinateX/_rlnCoordinateY loop in this STAR file")
-    labels, rows = best
-    frame = pd.DataFrame(rows, columns=labels) if rows else pd.DataFrame(columns=labels)
-    table = {Y: frame["_rlnCoordinateY"].astype(float), X: frame["_rlnCoordinateX"].astype(float)}
-    if "_rlnAutopickFigureOfMerit" in labels:
-        table[SCORE] = frame["_rlnAutopickFigureOfMerit"].astype(float)
-    return points_table(table[Y], table[X], score=table.get(SCORE))
-
-
-def _box_text(table: pd.DataFrame, box_size: int) -> str:
-    # EMAN boxes store the corner of a box_size square: centre minus half a box.
-    # Integer pixels, as EMAN2, cryoSPARC and RELION importers expect.
-    half = box_size / 2.0
-    xs = np.rint(table[X].to_numpy() - half).astype(np.int64)
-    ys = np.rint(table[Y].to_numpy() - half).astype(np.int64)
-    return "".join(f"{x}\t{y}\t{box_size}\t{box_size}\n" for x, y in zip(xs, ys, strict=True))
-
-
-def _read_box(path: Path) -> pd.DataFrame:
-    values = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        if not raw.strip():
-            continue
-        parts = raw.split()
-        if len(parts) < 4:
-            raise InputError(path, f"line {number}: a box line needs x, y, width, height")
-        try:
-            values.append([float(p) for p in parts[:4]])
-        except ValueError:
-            raise InputError(path, f"line {number}: not numbers: {raw.strip()!r}") from None
-    arr = np.asarray(values, dtype=np.float64).reshape(-1, 4)
-    return points_table(arr[:, 1] + arr[:, 3] / 2.0, arr[:, 0] + arr[:, 2] / 2.0)
