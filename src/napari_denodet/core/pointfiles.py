@@ -8,6 +8,7 @@ hold the particles of one micrograph. Writes go through
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def write_points(
     overwrite : bool
         Replace an existing file.
     box_size : int, optional
-        Box edge in pixels, for ``.box``.
+        Box edge in pixels, for ``.box``: a positive whole number (a float is rounded).
 
     Returns
     -------
@@ -60,9 +61,7 @@ def write_points(
         if suffix == ".star":
             text = _star_text(table)
         else:
-            if not box_size or box_size <= 0:
-                raise InputError(path, "a .box file needs a box size in pixels (--box-size)")
-            text = _box_text(table, int(box_size))
+            text = _box_text(table, _box_size(path, box_size))
         return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
     raise InputError(path, f"unsupported points file type '{suffix}' "
                            f"(use {', '.join(POINTS_SUFFIXES)})")
@@ -105,6 +104,21 @@ def read_points(path: str | os.PathLike) -> pd.DataFrame:
     return validate_points_table(table, source=path)
 
 
+def _box_size(path: Path, box_size) -> int:
+    # A box edge in whole pixels >= 1, from whatever the caller (a napari layer's
+    # metadata, a script) gave.
+    if box_size is None:
+        raise InputError(path, "a .box file needs a box size in pixels (--box-size)")
+    number = None
+    if not isinstance(box_size, (bool, np.bool_)):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(box_size)
+    if number is None or not np.isfinite(number) or round(number) < 1:
+        raise InputError(path, f"a .box file needs a box size in pixels, a number >= 1 "
+                               f"(got {box_size!r})")
+    return int(round(number))
+
+
 def _require_single_image(path: Path, table: pd.DataFrame) -> None:
     if FRAME in table.columns and table[FRAME].nunique() > 1:
         raise InputError(path, "STAR and BOX files hold the particles of one micrograph; "
@@ -127,34 +141,63 @@ def _star_text(table: pd.DataFrame) -> str:
 
 
 def _read_star(path: Path) -> pd.DataFrame:
-    labels: list[str] = []
-    rows: list[list[str]] = []
-    best: tuple[list[str], list[list[str]]] | None = None
-    in_loop = False
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("data_"):
-            if "_rlnCoordinateX" in labels:
-                best = (labels, rows)
-            labels, rows, in_loop = [], [], False
-        elif line.startswith("loop_"):
-            in_loop, labels, rows = True, [], []
-        elif line.startswith("_"):
-            labels.append(line.split()[0])
-        elif in_loop:
-            rows.append(line.split())
-    if "_rlnCoordinateX" in labels:
-        best = (labels, rows)
-    if best is None or "_rlnCoordinateY" not in best[0]:
+    # The last table with coordinates: a loop_ (one row per particle), or a block of
+    # "_label value" pairs (one particle).
+    tables = [t for t in _star_tables(path, path.read_text())
+              if "_rlnCoordinateX" in t[0] and "_rlnCoordinateY" in t[0]]
+    if not tables:
         raise InputError(path, "no _rlnCoordinateX/_rlnCoordinateY loop in this STAR file")
-    labels, rows = best
-    frame = pd.DataFrame(rows, columns=labels) if rows else pd.DataFrame(columns=labels)
+    labels, rows = tables[-1]
+    for number, row in rows:
+        if len(row) != len(labels):
+            raise InputError(path, f"line {number}: {len(row)} values for a table of "
+                                   f"{len(labels)} columns")
+    frame = pd.DataFrame([row for _, row in rows], columns=labels) if rows else \
+        pd.DataFrame(columns=labels)
     table = {Y: frame["_rlnCoordinateY"].astype(float), X: frame["_rlnCoordinateX"].astype(float)}
     if "_rlnAutopickFigureOfMerit" in labels:
         table[SCORE] = frame["_rlnAutopickFigureOfMerit"].astype(float)
     return points_table(table[Y], table[X], score=table.get(SCORE))
+
+
+def _star_tables(path: Path, text: str) -> list[tuple[list[str], list[tuple[int, list[str]]]]]:
+    # Every table of a STAR file, in order: each loop_ (its labels, its rows with their
+    # line numbers), and each data block's "_label value" pairs as a table of one row.
+    tables: list[tuple[list[str], list[tuple[int, list[str]]]]] = []
+    pairs: dict[str, str] = {}
+    pairs_line = 0
+    loop: tuple[list[str], list[tuple[int, list[str]]]] | None = None
+
+    def close_pairs() -> None:
+        nonlocal pairs, pairs_line
+        if pairs:
+            tables.append((list(pairs), [(pairs_line, list(pairs.values()))]))
+        pairs, pairs_line = {}, 0
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("data_"):
+            close_pairs()
+            loop = None
+        elif line.startswith("loop_"):
+            loop = ([], [])
+            tables.append(loop)
+        elif line.startswith("_"):
+            name, _, value = line.partition(" ")
+            if loop is not None and not loop[1]:
+                loop[0].append(name)  # a loop's label (and a comment such as "#1")
+                continue
+            loop = None  # a label after a loop's rows ends the loop
+            if not value.strip():
+                raise InputError(path, f"line {number}: {name} has no value")
+            pairs.setdefault(name, value.split()[0])
+            pairs_line = pairs_line or number
+        elif loop is not None:
+            loop[1].append((number, line.split()))
+    close_pairs()
+    return tables
 
 
 def _box_text(table: pd.DataFrame, box_size: int) -> str:
