@@ -131,11 +131,14 @@ def read_tiff(path: Path) -> tuple[np.ndarray, str]:
 
 def _tiff_stored_bytes(path: Path, series) -> int:
     # The bytes the pages of a compressed or scattered TIFF claim to hold, all inside
-    # the file: the bound on what decoding them can honestly give.
-    size, stored = os.path.getsize(path), 0
+    # their file (a multi-file OME-TIFF's pages lie in several): the bound on what
+    # decoding them can honestly give.
+    stored = 0
     for page in series.pages:
         if page is None:
             continue
+        handle = getattr(getattr(page, "parent", None), "filehandle", None)
+        size = handle.size if handle is not None else os.path.getsize(path)
         for start, count in zip(page.dataoffsets, page.databytecounts, strict=False):
             if start + count > size:
                 raise InputError(path, f"the file is truncated: a page's data runs to byte "
