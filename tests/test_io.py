@@ -217,8 +217,9 @@ def test_atomic_write_failing_writer_creates_nothing(tmp_path):
         tmp.write_bytes(b"partial")
         raise OSError("no space left")
 
-    with pytest.raises(OSError, match="no space left"):
+    with pytest.raises(InputError, match="no space left") as info:
         atomic_write(tmp_path / "new.txt", broken)
+    assert info.value.path == str(tmp_path / "new.txt")  # the destination, not the temporary
     assert listing(tmp_path) == []
 
 
@@ -530,7 +531,7 @@ def test_tiff_zstack_refused_unless_axes_given(tmp_path):
         np.testing.assert_array_equal(image, data)
 
 
-@pytest.mark.parametrize("axes", ["YX", "TTYX", "X"])
+@pytest.mark.parametrize("axes", ["YX", "ZTYX"])
 def test_axes_override_of_wrong_length(tmp_path, axes):
     path = tmp_path / "movie.tif"
     tifffile.imwrite(path, np.zeros((2, 5, 6), np.uint16), imagej=True, metadata={"axes": "TYX"})

@@ -150,3 +150,35 @@ def test_psnr_of_a_stack_is_the_mean_over_frames():
     assert psnr(ref, est) == pytest.approx(expected)
     with pytest.raises(ValueError, match="shapes differ"):
         psnr(ref, est[0])
+
+
+def test_large_groups_are_solved_sparsely_with_the_same_answer(monkeypatch):
+    # A frame whose candidate pairs form one large group was solved as a dense N x M
+    # matrix; large groups now go through a sparse minimum-weight matching that keeps
+    # the same rule (most pairs first, then the least total distance).
+    from napari_denodet.core import metrics
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n, m = rng.integers(5, 200, 2)
+        predicted, reference = rng.uniform(0, 40, (n, 2)), rng.uniform(0, 40, (m, 2))
+        dense = match_points(predicted, reference, 5.0)
+        monkeypatch.setattr(metrics, "MAX_DENSE_CELLS", 0)
+        p, r, d = match_points(predicted, reference, 5.0)
+        monkeypatch.undo()
+        assert len(d) == len(dense[2])
+        assert d.sum() == pytest.approx(dense[2].sum(), abs=1e-9)
+        assert len(set(p)) == len(p) and len(set(r)) == len(r)
+        np.testing.assert_allclose(np.hypot(*(predicted[p] - reference[r]).T), d)
+        assert np.all(d <= 5.0)
+
+
+def test_points_too_dense_to_match_are_refused_naming_the_frame(monkeypatch):
+    from napari_denodet.core import metrics
+    from napari_denodet.core.errors import InputError
+
+    monkeypatch.setattr(metrics, "MAX_GATED_PAIRS", 100)
+    rng = np.random.default_rng(6)
+    table = points_table(rng.uniform(0, 10, 50), rng.uniform(0, 10, 50), frame=[3] * 50)
+    with pytest.raises(InputError, match="frame 3: 50 predicted and 50 reference points"):
+        score_detections(table, table)

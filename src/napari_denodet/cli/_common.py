@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -25,6 +26,29 @@ class _Parser(argparse.ArgumentParser):
 
 # Argument types. argparse names a type in its messages ("invalid _positive_int value"),
 # so these names are part of the command line's output.
+
+
+def _path(text: str) -> Path:
+    # An empty argument would be the current folder (Path("") == Path(".")).
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
+def _axes(text: str) -> str:
+    from napari_denodet.core.io import check_axes
+
+    try:
+        return check_axes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -122,9 +146,12 @@ def _binning(args: argparse.Namespace, model) -> int:
 
 
 def _model_out(out: Path, overwrite: bool) -> Path:
-    # Where a train or finetune run writes its model: a .pt file, never replaced silently.
+    # Where a train or finetune run writes its model: a .pt file, never replaced silently,
+    # in a folder that exists and takes files: checked before the run, not after it.
+    from napari_denodet.core.atomic import check_writable
+
     if out.suffix != ".pt":
         raise InputError(out, "model files end in .pt")
     if out.exists() and not overwrite:
         raise InputError(out, "already exists; use --overwrite or another --out")
-    return out
+    return check_writable(out, overwrite)

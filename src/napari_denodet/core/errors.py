@@ -19,13 +19,14 @@ class InputError(DenodetError):
     path : str or os.PathLike or None
         The offending file, named at the start of the message when given.
     reason : str
-        What is wrong, in words a user can act on.
+        What is wrong, in words a user can act on. Kept to one line: line breaks (in
+        the messages of libraries it quotes) become spaces.
     """
 
     def __init__(self, path: str | os.PathLike | None, reason: str) -> None:
         self.path = None if path is None else os.fspath(path)
-        self.reason = reason
-        super().__init__(reason if path is None else f"{self.path}: {reason}")
+        self.reason = " ".join(str(reason).split())
+        super().__init__(self.reason if path is None else f"{self.path}: {self.reason}")
 
 
 @contextlib.contextmanager

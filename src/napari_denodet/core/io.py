@@ -1,4 +1,4 @@
-"""Reading images and reading/writing particle positions.
+"""Reading images, and writing images and denoised stacks, frame by frame.
 
 Images come back as ``(t, y, x)`` stacks or ``(y, x)`` images, memory-mapped where the
 file allows it (uncompressed TIFF, MRC) or as a lazy dask array (Zarr and OME-Zarr), so
@@ -12,10 +12,9 @@ than memory keeps the process's resident memory at the size of a batch.
 Denoised stacks are written frame by frame (:func:`open_denoised_output`) into a TIFF
 or an OME-Zarr that becomes visible under its name only when complete.
 
-Points are written as CSV in the one schema of :mod:`napari_denodet.core.points`, as
-RELION STAR (``_rlnCoordinateX/Y``) or as EMAN ``.box``. Every write is atomic (a
-temporary file in the same folder, then a rename) and refuses to replace an existing
-file unless asked to.
+Points files (CSV, STAR, BOX) are read and written by
+:mod:`napari_denodet.core.pointfiles`, and every write is atomic
+(:mod:`napari_denodet.core.atomic`); both are importable from here too.
 """
 
 from __future__ import annotations
@@ -25,15 +24,34 @@ import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from napari_denodet.core.atomic import (
+    _check_destination,
+    _move_into_place,
+    _temporary_file,
+    atomic_write,
+    writing_to,
+)
 from napari_denodet.core.errors import InputError
-from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table, validate_points_table
+from napari_denodet.core.formats import (
+    check_pixel_type,
+    import_zarr,
+    read_mrc,
+    read_picture,
+    read_tiff,
+    read_zarr,
+)
+from napari_denodet.core.pointfiles import POINTS_SUFFIXES, read_points, write_points
+
+__all__ = ["EAGER_BYTE_SWAP_BYTES", "IMAGE_SUFFIXES", "MRC_SUFFIXES", "PICTURE_SUFFIXES",
+           "POINTS_SUFFIXES", "TIFF_SUFFIXES", "ZARR_SUFFIXES", "DiscardedOutput",
+           "FrameWriter", "TiffFrameWriter", "ZarrFrameWriter", "atomic_write", "check_axes",
+           "is_zarr", "load_block", "open_denoised_output", "read_image", "read_points",
+           "release_pages", "write_points", "write_tiff"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
@@ -43,9 +61,12 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES + ZARR_SUFFIXES
 #: Files in a byte order other than the machine's are converted to it in memory up to
 #: this size, and lazily (a dask array, frame by frame) beyond it.
 EAGER_BYTE_SWAP_BYTES = 256 * 2**20
-POINTS_SUFFIXES = (".csv", ".star", ".box")
 
 _TIME_AXES = "TIQ"  # tifffile's names for a time-like leading axis (I, Q: unnamed pages)
+#: The letters a caller may give as axes: T (time, frames), Y (rows), X (columns); Z, C
+#: and S name what an axis is (a volume, channels, colour samples) so that it is refused
+#: as such, or dropped when it has a single entry.
+AXIS_LETTERS = "TZCSYX"
 
 
 def _suffix(path: Path) -> str:
@@ -66,7 +87,8 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Any:
     axes : str, optional
         The file's axes when its metadata is missing or wrong, one letter per dimension
         from ``T`` (time or frames), ``Y``, ``X``, e.g. ``"TYX"`` to read a stack that
-        its metadata calls a Z-stack as a time-lapse.
+        its metadata calls a Z-stack as a time-lapse (see :func:`check_axes`: images are
+        never transposed, so ``Y`` comes right before ``X``).
 
     Returns
     -------
@@ -78,30 +100,72 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Any:
     Raises
     ------
     InputError
-        When the file is missing, unreadable, or not a single-channel 2D image or
-        2D+t stack.
+        When the file is missing, unreadable, not a single-channel 2D image or 2D+t
+        stack of real numbers, or claims more than it holds or memory allows (see
+        :mod:`napari_denodet.core.limits`).
     """
     path = Path(path)
+    if axes is not None:
+        try:
+            axes = check_axes(axes)
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from None
     if not path.exists():
         raise InputError(path, "no such file")
     suffix = _suffix(path)
     if is_zarr(path):
-        data, file_axes = _read_zarr(path)
+        data, file_axes = read_zarr(path)
     elif path.is_dir():
         raise InputError(path, "is a folder, not an image file")
     elif suffix in TIFF_SUFFIXES:
-        data, file_axes = _read_tiff(path)
+        data, file_axes = read_tiff(path)
     elif suffix in MRC_SUFFIXES:
-        data, file_axes = _read_mrc(path)
+        data, file_axes = read_mrc(path)
     elif suffix in PICTURE_SUFFIXES:
-        data, file_axes = _read_picture(path)
+        data, file_axes = read_picture(path)
     else:
         raise InputError(path, f"unsupported file type '{suffix}' (napari-denodet reads "
                                f"{', '.join(IMAGE_SUFFIXES)})")
+    check_pixel_type(path, data.dtype)
     data = _to_standard_axes(path, data, axes or file_axes, from_user=axes is not None)
     if not data.dtype.isnative:
         data = _in_native_byte_order(data)
     return data
+
+
+def check_axes(axes: str) -> str:
+    """Check axes a user gives for an image; return them in upper case.
+
+    Parameters
+    ----------
+    axes : str
+        One letter per dimension from :data:`AXIS_LETTERS`, each at most once, with ``Y``
+        (rows) right before ``X`` (columns) and nothing after ``X`` but ``S`` (colour
+        samples): ``"YX"``, ``"TYX"``, ``"YXS"``. Images are not transposed: a file
+        stored column by column must be transposed first.
+
+    Returns
+    -------
+    str
+        The axes in upper case.
+
+    Raises
+    ------
+    ValueError
+        For any other string.
+    """
+    text = str(axes).strip().upper()
+    unknown = "".join(sorted(set(text) - set(AXIS_LETTERS)))
+    if unknown:
+        raise ValueError(f"axes '{axes}': unknown letter(s) '{unknown}' (use T for time or "
+                         f"frames, Y for rows, X for columns, e.g. TYX)")
+    repeated = "".join(sorted({c for c in text if text.count(c) > 1}))
+    if repeated:
+        raise ValueError(f"axes '{axes}': '{repeated}' given more than once")
+    if text.rstrip("S")[-2:] != "YX":
+        raise ValueError(f"axes '{axes}' must end in YX (rows, then columns), e.g. TYX; "
+                         f"napari-denodet does not transpose images")
+    return text
 
 
 def _in_native_byte_order(data: Any) -> Any:
@@ -134,117 +198,6 @@ def is_zarr(path: str | os.PathLike) -> bool:
         return False
     return _suffix(path) in ZARR_SUFFIXES or any(
         (path / name).is_file() for name in (".zarray", ".zgroup", "zarr.json"))
-
-
-def _import_zarr(path: Path):
-    try:
-        import zarr
-    except ImportError:
-        raise InputError(path, "reading and writing Zarr needs the 'zarr' package "
-                               "(pip install zarr)") from None
-    return zarr
-
-
-def _read_zarr(path: Path) -> tuple[Any, str]:
-    import dask.array as da
-
-    zarr = _import_zarr(path)
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:  # zarr raises many types for damaged stores
-        raise InputError(path, f"not a readable Zarr folder ({exc})") from None
-    axes = None
-    if not hasattr(node, "shape"):  # a group: OME-Zarr, or a folder of arrays
-        node, axes = _ome_zarr_level(path, node)
-    if 0 in node.shape:
-        raise InputError(path, f"the image is empty (shape {node.shape})")
-    # Plain arrays carry no axis names: the leading ones are taken as frames.
-    return da.from_zarr(node), axes or ("I" * (len(node.shape) - 2) + "YX")[-len(node.shape):]
-
-
-def _ome_zarr_level(path: Path, group) -> tuple[Any, str | None]:
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    if multiscales:
-        first = multiscales[0]
-        level = group[first["datasets"][0]["path"]]
-        names = [a["name"] if isinstance(a, dict) else a for a in first.get("axes") or []]
-        axes = "".join(str(n)[:1].upper() for n in names) or None
-        return level, axes
-    arrays = [name for name, node in group.members() if hasattr(node, "shape")]
-    if len(arrays) == 1:
-        return group[arrays[0]], None
-    raise InputError(path, "a Zarr group without OME-Zarr multiscales metadata; open one "
-                           f"of its arrays instead ({', '.join(sorted(arrays)) or 'none'})")
-
-
-def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise InputError(path, "the TIFF file holds no image")
-            series = tif.series[0]
-            axes = series.axes
-            shape = series.shape
-    except InputError:
-        raise
-    except Exception as exc:  # tifffile raises many types for damaged files
-        raise InputError(path, f"not a readable TIFF file ({exc})") from None
-    if 0 in shape:
-        raise InputError(path, f"the image is empty (shape {shape})")
-    try:
-        data = tifffile.memmap(path, mode="r")
-        if data.shape != tuple(shape):
-            data = data.reshape(shape)
-    except Exception:  # compressed or tiled: memory mapping is impossible, read it
-        try:
-            data = tifffile.imread(path)
-        except Exception as exc:
-            raise InputError(path, f"cannot read the TIFF pixel data ({exc})") from None
-    return data, axes
-
-
-def _read_mrc(path: Path) -> tuple[np.ndarray, str]:
-    import mrcfile
-    from mrcfile.utils import data_dtype_from_header
-
-    try:
-        with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
-            header = mrc.header
-            nx, ny, nz = (int(header.nx), int(header.ny), int(header.nz))
-            dtype = data_dtype_from_header(header)
-            offset = header.nbytes + int(header.nsymbt)
-            ispg = int(header.ispg)
-    except Exception as exc:
-        raise InputError(path, f"not a readable MRC file ({exc})") from None
-    if min(nx, ny, nz) <= 0:
-        raise InputError(path, f"the MRC header gives an empty image ({nz} x {ny} x {nx})")
-    needed = offset + nx * ny * nz * dtype.itemsize
-    if os.path.getsize(path) < needed:
-        raise InputError(path, f"the file is truncated: the header promises {needed} bytes, "
-                               f"the file has {os.path.getsize(path)}")
-    data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(nz, ny, nx))
-    if nz == 1:
-        return data[0], "YX"
-    # Space group 0 marks a stack of 2D images (.mrcs); anything else is a volume,
-    # unless the suffix says it is a stack.
-    is_stack = ispg == 0 or _suffix(path) in (".mrcs", ".st")
-    return data, ("TYX" if is_stack else "ZYX")
-
-
-def _read_picture(path: Path) -> tuple[np.ndarray, str]:
-    import imageio.v3 as iio
-
-    try:
-        data = iio.imread(path)
-    except Exception as exc:
-        raise InputError(path, f"not a readable {_suffix(path)[1:].upper()} image "
-                               f"({exc})") from None
-    if data.ndim == 3 and data.shape[-1] in (3, 4):
-        return data, "YXS"
-    return data, "YX"[-data.ndim:] if data.ndim <= 2 else "?" * data.ndim
 
 
 def _to_standard_axes(path: Path, data: np.ndarray, axes: str, from_user: bool) -> np.ndarray:
@@ -289,86 +242,6 @@ def _grey_from_colour(path: Path, data: np.ndarray, axes: str) -> tuple[np.ndarr
     raise InputError(path, "a colour (RGB) image; napari-denodet needs a single-channel "
                            "image (convert to greyscale, e.g. Fiji: Image > Type > 16-bit)")
 
-
-# ------------------------------------------------------------------------- atomic write
-
-
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False
-) -> Path:
-    """Write a file through a temporary file in the same folder, then move it in place.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The destination.
-    write : callable
-        Called with the temporary path; writes the whole file there.
-    overwrite : bool
-        Replace an existing file. Without it an existing file is never touched.
-
-    Returns
-    -------
-    pathlib.Path
-        The destination.
-
-    Raises
-    ------
-    InputError
-        When the destination exists and ``overwrite`` is False, or its folder is missing.
-    """
-    path = Path(path)
-    tmp = _temporary_file(path, overwrite)
-    try:
-        write(tmp)
-        _move_into_place(tmp, path, overwrite)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
-def _check_destination(path: Path, overwrite: bool) -> None:
-    if not path.parent.is_dir():
-        raise InputError(path, f"folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise InputError(path, "already exists; choose another name or allow overwriting "
-                               "(--overwrite)")
-
-
-def _temporary_file(path: Path, overwrite: bool) -> Path:
-    # An empty temporary file beside the destination (same file system: renames are
-    # atomic), after checking that the destination may be written.
-    _check_destination(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                    suffix=".partial" + path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp makes the file private (0600); give it the mode a plain open() would.
-    os.chmod(tmp, 0o666 & ~_current_umask())
-    return tmp
-
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    # A hard link fails if the name was taken meanwhile: no silent clobbering.
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise InputError(path, "already exists; choose another name or allow "
-                               "overwriting (--overwrite)") from None
-    except OSError:  # file systems without hard links
-        if path.exists():
-            raise InputError(path, "already exists") from None
-        os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_tiff(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False) -> Path:
@@ -575,11 +448,12 @@ class TiffFrameWriter(FrameWriter):
         # ImageJ hyperstacks open in Fiji with a time axis; they are classic TIFFs.
         imagej = nbytes < 2**32 - 2**25
         try:
-            offset, _ = tifffile.imwrite(
-                self._tmp, shape=self.shape, dtype="<f4", photometric="minisblack",
-                imagej=imagej, bigtiff=not imagej, returnoffset=True,
-                metadata={"axes": "TYX" if self.ndim == 3 else "YX"})
-            self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in commit/discard
+            with writing_to(path):
+                offset, _ = tifffile.imwrite(
+                    self._tmp, shape=self.shape, dtype="<f4", photometric="minisblack",
+                    imagej=imagej, bigtiff=not imagej, returnoffset=True,
+                    metadata={"axes": "TYX" if self.ndim == 3 else "YX"})
+                self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in commit/discard
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise
@@ -587,14 +461,16 @@ class TiffFrameWriter(FrameWriter):
         self._frame_bytes = self.shape[-1] * self.shape[-2] * 4
 
     def _write(self, start: int, frames: np.ndarray) -> None:
-        self._file.seek(self._offset + start * self._frame_bytes)
-        self._file.write(frames.astype("<f4", copy=False).data)
+        with writing_to(self.path):
+            self._file.seek(self._offset + start * self._frame_bytes)
+            self._file.write(frames.astype("<f4", copy=False).data)
 
     def commit(self) -> Path:
         """Close the file and move it to the destination (see :class:`FrameWriter`)."""
-        self._file.close()
         try:
-            _move_into_place(self._tmp, self.path, self.overwrite)
+            with writing_to(self.path):
+                self._file.close()  # closes even when flushing fails (a full disk)
+                _move_into_place(self._tmp, self.path, self.overwrite)
         finally:
             self._tmp.unlink(missing_ok=True)
             self._done = True
@@ -602,7 +478,8 @@ class TiffFrameWriter(FrameWriter):
 
     def discard(self) -> None:
         """Close and remove the temporary file."""
-        self._file.close()
+        with contextlib.suppress(OSError):  # unflushed frames of a failed run
+            self._file.close()
         self._tmp.unlink(missing_ok=True)
         self._done = True
 
@@ -617,32 +494,35 @@ class ZarrFrameWriter(FrameWriter):
     CHUNK = 1024
 
     def __init__(self, path: Path, shape: tuple[int, ...], overwrite: bool) -> None:
-        zarr = _import_zarr(path)
+        zarr = import_zarr(path)
         super().__init__(path, shape, overwrite)
         _check_destination(path, overwrite)
-        self._tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.",
-                                          suffix=".partial.zarr"))
+        with writing_to(path):
+            self._tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.",
+                                              suffix=".partial.zarr"))
         names = "tyx"[-self.ndim:]
         axes = [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
         chunks = (1,) * (self.ndim - 2) + tuple(min(n, self.CHUNK) for n in self.shape[-2:])
         try:
-            group = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
-            self._array = group.create_array("0", shape=self.shape, chunks=chunks,
-                                             dtype="float32")
-            group.attrs["multiscales"] = [{
-                "version": "0.4", "name": path.stem, "axes": axes,
-                "datasets": [{"path": "0", "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0] * self.ndim}]}],
-            }]
+            with writing_to(path):
+                group = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
+                self._array = group.create_array("0", shape=self.shape, chunks=chunks,
+                                                 dtype="float32")
+                group.attrs["multiscales"] = [{
+                    "version": "0.4", "name": path.stem, "axes": axes,
+                    "datasets": [{"path": "0", "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0] * self.ndim}]}],
+                }]
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
 
     def _write(self, start: int, frames: np.ndarray) -> None:
-        if self.ndim == 2:
-            self._array[...] = frames[0]
-        else:
-            self._array[start : start + len(frames)] = frames
+        with writing_to(self.path):
+            if self.ndim == 2:
+                self._array[...] = frames[0]
+            else:
+                self._array[start : start + len(frames)] = frames
 
     def commit(self) -> Path:
         """Move the finished Zarr folder to the destination (see :class:`FrameWriter`)."""
@@ -652,7 +532,8 @@ class ZarrFrameWriter(FrameWriter):
                     raise InputError(self.path, "already exists; choose another name or "
                                                 "allow overwriting (--overwrite)")
                 _remove(self.path)
-            os.rename(self._tmp, self.path)
+            with writing_to(self.path):
+                os.rename(self._tmp, self.path)
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._done = True
@@ -707,163 +588,3 @@ def open_denoised_output(
     if suffix in ZARR_SUFFIXES:
         return ZarrFrameWriter(path, shape, overwrite)
     raise InputError(path, f"unsupported output type '{suffix}' (use .tif or .zarr)")
-
-
-# ------------------------------------------------------------------------------ points
-
-
-def write_points(
-    path: str | os.PathLike,
-    table: pd.DataFrame,
-    overwrite: bool = False,
-    box_size: int | None = None,
-) -> Path:
-    """Write a points table as CSV, STAR or BOX, chosen by the file suffix.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        ``.csv`` (every column), ``.star`` (RELION coordinates and score) or ``.box``
-        (EMAN boxes; needs ``box_size``).
-    table : pandas.DataFrame
-        A points table (see :mod:`napari_denodet.core.points`).
-    overwrite : bool
-        Replace an existing file.
-    box_size : int, optional
-        Box edge in pixels, for ``.box``.
-
-    Returns
-    -------
-    pathlib.Path
-        The destination.
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    table = validate_points_table(table)
-    if suffix == ".csv":
-        return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False), overwrite)
-    if suffix in (".star", ".box"):
-        _require_single_image(path, table)
-        if suffix == ".star":
-            text = _star_text(table)
-        else:
-            if not box_size or box_size <= 0:
-                raise InputError(path, "a .box file needs a box size in pixels (--box-size)")
-            text = _box_text(table, int(box_size))
-        return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite)
-    raise InputError(path, f"unsupported points file type '{suffix}' "
-                           f"(use {', '.join(POINTS_SUFFIXES)})")
-
-
-def read_points(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a points file written by napari-denodet (CSV), RELION (STAR) or EMAN (BOX).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        A points table; STAR and BOX give ``y, x`` (and ``score`` where the STAR file has
-        ``_rlnAutopickFigureOfMerit``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    suffix = _suffix(path)
-    try:
-        if suffix == ".csv":
-            table = pd.read_csv(path)
-        elif suffix == ".star":
-            table = _read_star(path)
-        elif suffix == ".box":
-            table = _read_box(path)
-        else:
-            raise InputError(path, f"unsupported points file type '{suffix}' "
-                                   f"(use {', '.join(POINTS_SUFFIXES)})")
-    except InputError:
-        raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-            ValueError) as exc:
-        raise InputError(path, f"cannot parse the file ({str(exc).strip() or 'empty'})") \
-            from None
-    return validate_points_table(table, source=path)
-
-
-def _require_single_image(path: Path, table: pd.DataFrame) -> None:
-    if FRAME in table.columns and table[FRAME].nunique() > 1:
-        raise InputError(path, "STAR and BOX files hold the particles of one micrograph; "
-                               "these points span several frames (write CSV instead)")
-
-
-def _star_text(table: pd.DataFrame) -> str:
-    from napari_denodet import __version__
-
-    labels = ["_rlnCoordinateX", "_rlnCoordinateY"]
-    columns = [table[X].to_numpy(), table[Y].to_numpy()]
-    if SCORE in table.columns:
-        labels.append("_rlnAutopickFigureOfMerit")
-        columns.append(table[SCORE].to_numpy())
-    lines = [f"# written by napari-denodet {__version__}; x = column, y = row, in pixels",
-             "", "data_", "", "loop_"]
-    lines += [f"{label} #{i}" for i, label in enumerate(labels, start=1)]
-    lines += [" ".join(f"{v:.6f}" for v in row) for row in zip(*columns, strict=True)]
-    return "\n".join(lines) + "\n"
-
-
-def _read_star(path: Path) -> pd.DataFrame:
-    labels: list[str] = []
-    rows: list[list[str]] = []
-    best: tuple[list[str], list[list[str]]] | None = None
-    in_loop = False
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("data_"):
-            if "_rlnCoordinateX" in labels:
-                best = (labels, rows)
-            labels, rows, in_loop = [], [], False
-        elif line.startswith("loop_"):
-            in_loop, labels, rows = True, [], []
-        elif line.startswith("_"):
-            labels.append(line.split()[0])
-        elif in_loop:
-            rows.append(line.split())
-    if "_rlnCoordinateX" in labels:
-        best = (labels, rows)
-    if best is None or "_rlnCoordinateY" not in best[0]:
-        raise InputError(path, "no _rlnCoordinateX/_rlnCoordinateY loop in this STAR file")
-    labels, rows = best
-    frame = pd.DataFrame(rows, columns=labels) if rows else pd.DataFrame(columns=labels)
-    table = {Y: frame["_rlnCoordinateY"].astype(float), X: frame["_rlnCoordinateX"].astype(float)}
-    if "_rlnAutopickFigureOfMerit" in labels:
-        table[SCORE] = frame["_rlnAutopickFigureOfMerit"].astype(float)
-    return points_table(table[Y], table[X], score=table.get(SCORE))
-
-
-def _box_text(table: pd.DataFrame, box_size: int) -> str:
-    # EMAN boxes store the corner of a box_size square: centre minus half a box.
-    # Integer pixels, as EMAN2, cryoSPARC and RELION importers expect.
-    half = box_size / 2.0
-    xs = np.rint(table[X].to_numpy() - half).astype(np.int64)
-    ys = np.rint(table[Y].to_numpy() - half).astype(np.int64)
-    return "".join(f"{x}\t{y}\t{box_size}\t{box_size}\n" for x, y in zip(xs, ys, strict=True))
-
-
-def _read_box(path: Path) -> pd.DataFrame:
-    values = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        if not raw.strip():
-            continue
-        parts = raw.split()
-        if len(parts) < 4:
-            raise InputError(path, f"line {number}: a box line needs x, y, width, height")
-        try:
-            values.append([float(p) for p in parts[:4]])
-        except ValueError:
-            raise InputError(path, f"line {number}: not numbers: {raw.strip()!r}") from None
-    arr = np.asarray(values, dtype=np.float64).reshape(-1, 4)
-    return points_table(arr[:, 1] + arr[:, 3] / 2.0, arr[:, 0] + arr[:, 2] / 2.0)

@@ -4,6 +4,11 @@ A predicted particle and a reference particle can match only when they are at mo
 ``gate`` pixels apart (5 px by default, as in the Particle Tracking Challenge and the
 DENODET paper). Within each frame the matching is the one-to-one assignment that first
 maximises the number of matched pairs and then minimises their total distance.
+
+Only the pairs within the gate are ever built (a k-d tree, sparse distances), and they
+are counted before they are built: a frame whose points are so dense that the pairs
+would not fit (:data:`MAX_GATED_PAIRS`) is refused with an
+:class:`~napari_denodet.core.errors.InputError` instead of exhausting memory.
 """
 
 from __future__ import annotations
@@ -14,13 +19,24 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix, csr_matrix
-from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
+from scipy.sparse.csgraph import (
+    connected_components,
+    maximum_bipartite_matching,
+    min_weight_full_bipartite_matching,
+)
 from scipy.spatial import cKDTree
 
+from napari_denodet.core.errors import InputError
 from napari_denodet.core.points import FRAME, SCORE, X, Y
 
 #: Default matching distance in pixels.
 GATE = 5.0
+#: Most pairs within the gate in one frame (about 24 bytes each, several copies): in a
+#: real frame each particle has a few neighbours within the gate, not thousands.
+MAX_GATED_PAIRS = 2**24
+#: Groups of candidate pairs up to this many cells are solved as dense cost matrices;
+#: larger ones as sparse graphs.
+MAX_DENSE_CELLS = 2**22
 
 
 @dataclass(frozen=True)
@@ -91,9 +107,7 @@ def match_points(
     predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
     reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     n = len(predicted)
-    pairs = cKDTree(predicted).sparse_distance_matrix(
-        cKDTree(reference), gate, output_type="ndarray"
-    )
+    pairs = _gated_pairs(predicted, reference, gate)
     rows, cols, dist = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
     if len(rows) == 0:
         return empty
@@ -115,6 +129,12 @@ def match_points(
             out_r.append(gr[r_inv[best]:r_inv[best] + 1])
             out_d.append(dist[idx][best:best + 1])
             continue
+        if len(gp) * len(gr) > MAX_DENSE_CELLS:
+            pi, ri, d = _sparse_assignment(p_inv, r_inv, dist[idx], len(gp), len(gr), gate)
+            out_p.append(gp[pi])
+            out_r.append(gr[ri])
+            out_d.append(d)
+            continue
         # Forbidden pairs cost more than any feasible assignment, so the solver first
         # maximises the number of gated matches, then minimises their total distance.
         big = gate * (min(len(gp), len(gr)) + 1) * 2.0 + 1.0
@@ -127,6 +147,45 @@ def match_points(
         out_d.append(cost[ri[ok], ci[ok]])
     return (np.concatenate(out_p).astype(np.int64), np.concatenate(out_r).astype(np.int64),
             np.concatenate(out_d))
+
+
+def _gated_pairs(predicted: np.ndarray, reference: np.ndarray, gate: float) -> np.ndarray:
+    # The pairs within the gate, as a record array (i, j, v), counted first: the count
+    # costs no memory, the pairs about 24 bytes each.
+    tree_p, tree_r = cKDTree(predicted), cKDTree(reference)
+    if len(predicted) * len(reference) > MAX_GATED_PAIRS:
+        count = int(tree_p.count_neighbors(tree_r, gate))
+        if count > MAX_GATED_PAIRS:
+            raise InputError(None, f"{len(predicted)} predicted and {len(reference)} "
+                                   f"reference points in one frame make {count:,} pairs "
+                                   f"within the {gate:g} px gate (at most "
+                                   f"{MAX_GATED_PAIRS:,}): far too dense to match; check "
+                                   "the coordinates' units, or use a smaller --gate")
+    return tree_p.sparse_distance_matrix(tree_r, gate, output_type="ndarray")
+
+
+def _sparse_assignment(
+    p: np.ndarray, r: np.ndarray, d: np.ndarray, n_p: int, n_r: int, gate: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # The assignment of a large group without a dense n_p x n_r matrix: a perfect
+    # matching of minimum weight in a graph that always has one. Left: the predictions,
+    # then one stand-in per reference; right: the references, then one stand-in per
+    # prediction. A prediction may stay unmatched (its own stand-in, cost `big`), as may
+    # a reference; the stand-ins of a matched pair take the mirrored edge. Every perfect
+    # matching has n_p + n_r edges, so adding 1 to every weight (no zero weights, which a
+    # sparse matrix would drop) changes nothing. Its cost is sum(d) + 2k +
+    # big (n_p + n_r - 2k) for k pairs: with big > gate * min(n_p, n_r) + 1 the matching
+    # first maximises k, then minimises the distances, as the dense path does.
+    big = gate * (min(n_p, n_r) + 1) * 2.0 + 2.0
+    own_p, own_r = np.arange(n_p), np.arange(n_r)
+    rows = np.concatenate([p, own_p, n_p + own_r, n_p + r])
+    cols = np.concatenate([r, n_r + own_p, own_r, n_r + p])
+    weights = np.concatenate([d + 1.0, np.full(n_p + n_r, big), np.ones(len(p))])
+    graph = csr_matrix((weights, (rows, cols)), shape=(n_p + n_r,) * 2)
+    left, right = min_weight_full_bipartite_matching(graph)
+    real = (left < n_p) & (right < n_r)
+    left, right = left[real].astype(np.int64), right[real].astype(np.int64)
+    return left, right, np.asarray(graph[left, right]).ravel() - 1.0
 
 
 def _frames(table: pd.DataFrame) -> np.ndarray:
@@ -158,9 +217,15 @@ def score_detections(
     rxy = reference[[Y, X]].to_numpy(dtype=np.float64)
     tp = 0
     squared = []
+    stack = FRAME in predicted.columns or FRAME in reference.columns
     for frame in np.union1d(pf, rf):
         p_sel, r_sel = pxy[pf == frame], rxy[rf == frame]
-        _, _, d = match_points(p_sel, r_sel, gate)
+        try:
+            _, _, d = match_points(p_sel, r_sel, gate)
+        except InputError as error:
+            if not stack:
+                raise
+            raise InputError(error.path, f"frame {frame}: {error.reason}") from None
         tp += len(d)
         squared.append(d * d)
     sq = np.concatenate(squared) if squared else np.empty(0)
@@ -203,8 +268,7 @@ def f1_by_threshold(
     rows, cols = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     for frame in np.intersect1d(pf, rf):
         p_index, r_index = np.flatnonzero(pf == frame), np.flatnonzero(rf == frame)
-        pairs = cKDTree(pxy[p_index]).sparse_distance_matrix(
-            cKDTree(rxy[r_index]), gate, output_type="ndarray")
+        pairs = _gated_pairs(pxy[p_index], rxy[r_index], gate)
         rows.append(p_index[pairs["i"].astype(np.int64)])
         cols.append(r_index[pairs["j"].astype(np.int64)])
     rows, cols = np.concatenate(rows), np.concatenate(cols)

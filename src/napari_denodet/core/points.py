@@ -24,6 +24,9 @@ X = "x"
 SCORE = "score"
 #: The leading columns of a points table, in order; ``frame`` and ``score`` are optional.
 POINT_COLUMNS = (FRAME, Y, X, SCORE)
+#: The largest frame number a table may hold (a frame index of a stack; larger numbers
+#: would not survive the cast to 64-bit integers, or are typos).
+MAX_FRAME = 2**31 - 1
 
 
 def points_table(
@@ -143,7 +146,8 @@ def validate_points_table(table: pd.DataFrame, source=None) -> pd.DataFrame:
     Raises
     ------
     InputError
-        When ``y`` or ``x`` is missing, or a standard column is not numeric or finite.
+        When ``y`` or ``x`` is missing, a standard column is not numeric or finite, or
+        a frame number is not a whole number in ``[0, MAX_FRAME]``.
     """
     missing = [c for c in (Y, X) if c not in table.columns]
     if missing:
@@ -164,6 +168,11 @@ def validate_points_table(table: pd.DataFrame, source=None) -> pd.DataFrame:
         if name == FRAME:
             if np.any(values != np.rint(values)) or np.any(values < 0):
                 raise InputError(source, "column 'frame' must hold whole numbers >= 0")
+            if np.any(values > MAX_FRAME):
+                bad = int(np.flatnonzero(values > MAX_FRAME)[0])
+                raise InputError(source, f"column 'frame' holds {table[name].iloc[bad]} in "
+                                         f"row {bad + 1}, beyond the largest frame number "
+                                         f"({MAX_FRAME:,})")
             standard[name] = values.astype(np.int64)
         else:
             standard[name] = values

@@ -9,8 +9,10 @@ from pathlib import Path
 from napari_denodet.cli._common import (
     EXIT_FAILURE,
     PROG,
+    _axes,
     _binning,
     _drain,
+    _path,
     _positive_float,
     _positive_int,
     _share,
@@ -31,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.predict import DEVICES, PRECISIONS
 
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+    parser.add_argument("inputs", nargs="+", type=_path, metavar="INPUT",
                         help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
                              "images), glob patterns, or .txt list files (one path a line)")
     parser.add_argument("--model", default=DetectSettings.model,
                         help=f"bundled model name or a .pt file (default: "
                              f"{DetectSettings.model})")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--out", type=_path, required=True, metavar="DIR")
     parser.add_argument("--threshold", type=_share, default=None,
                         help="keep particles whose score (the probability of a true "
                              "particle) is at least this (default: chosen for each image, "
@@ -64,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "(micrograph models; replaces --bin)")
     parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="frames per forward pass (default: chosen for the device)")
-    parser.add_argument("--axes", default=None, help="axes of the inputs, e.g. TYX, when "
-                                                     "their metadata is missing or wrong")
+    parser.add_argument("--axes", type=_axes, default=None,
+                        help="axes of the inputs, e.g. TYX, when their metadata is missing "
+                             "or wrong (T, Y, X; ending in YX: images are not transposed)")
     parser.add_argument("--denoised", choices=DENOISED_FORMATS,
                         default=DetectSettings.denoised,
                         help="denoised output: TIFF (default), OME-Zarr, or none")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from napari_denodet.cli._common import _positive_float
+from napari_denodet.cli._common import _finite_float, _path, _positive_float
 from napari_denodet.core.errors import InputError
 
 NAME = "evaluate"
@@ -19,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``evaluate``."""
     from napari_denodet.core.metrics import GATE
 
-    parser.add_argument("predicted", type=Path, metavar="PRED",
+    parser.add_argument("predicted", type=_path, metavar="PRED",
                         help="points file (.csv/.star/.box)")
-    parser.add_argument("reference", type=Path, metavar="TRUTH",
+    parser.add_argument("reference", type=_path, metavar="TRUTH",
                         help="points file (.csv/.star/.box)")
     parser.add_argument("--gate", type=_positive_float, default=GATE,
                         help=f"largest matching distance in pixels (default {GATE:g})")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=_finite_float, default=None,
                         help="keep only predictions with score >= this")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
 
@@ -45,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         if SCORE not in predicted.columns:
             raise InputError(args.predicted, "has no 'score' column to apply --threshold to")
         predicted = predicted[predicted[SCORE] >= args.threshold]
-    scores = score_detections(predicted, reference, gate=args.gate)
+    try:
+        scores = score_detections(predicted, reference, gate=args.gate)
+    except InputError as error:  # about both files (points too dense to match)
+        if error.path is not None:
+            raise
+        raise InputError(None, f"{args.predicted} against {args.reference}: "
+                               f"{error.reason}") from None
     if args.json:
         print(json.dumps(dict(scores.as_dict(), gate=args.gate), indent=2))
     else:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from napari_denodet.cli._common import (
+    _axes,
     _binning,
     _drain,
     _model_out,
+    _path,
     _positive_float,
     _positive_int,
     _share,
@@ -28,14 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from napari_denodet.core.batch import DetectSettings
     from napari_denodet.core.finetune import CALIBRATIONS, MODES, FinetuneSettings
 
-    parser.add_argument("image", type=Path, metavar="IMAGE", help="TIFF, MRC, PNG or JPEG file")
-    parser.add_argument("--points", type=Path, required=True, metavar="CLICKS",
+    parser.add_argument("image", type=_path, metavar="IMAGE", help="TIFF, MRC, PNG or JPEG file")
+    parser.add_argument("--points", type=_path, required=True, metavar="CLICKS",
                         help="clicked particle centres (.csv/.star/.box, full-resolution px)")
-    parser.add_argument("--negatives", type=Path, default=None, metavar="NEG",
+    parser.add_argument("--negatives", type=_path, default=None, metavar="NEG",
                         help="known false detections (same formats)")
     parser.add_argument("--model", default=DetectSettings.model,
                         help="bundled model name or a .pt file to start from")
-    parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
+    parser.add_argument("--out", type=_path, required=True, metavar="MODEL.pt")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help=f"most training steps (default {FinetuneSettings.steps})")
     parser.add_argument("--time-budget", type=_positive_float, default=None,
@@ -68,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--complete-region", action="store_true",
                         help="every particle in the area the clicks cover is clicked: the "
                              "rest of that area is learnt as background")
-    parser.add_argument("--axes", default=None, help="axes of IMAGE, e.g. TYX")
+    parser.add_argument("--axes", type=_axes, default=None,
+                        help="axes of IMAGE, e.g. TYX (ending in YX)")
     parser.add_argument("--seed", type=int, default=FinetuneSettings.seed)
     parser.add_argument("--overwrite", action="store_true")
 

@@ -10,6 +10,7 @@ from napari_denodet.cli._common import (
     _frame_size,
     _given,
     _non_negative_float,
+    _path,
     _positive_float,
     _positive_int,
 )
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time-lapses: correlate the noise between neighbouring pixels "
                              "with a Gaussian of these widths (px) along y and x, as many "
                              "cameras do (default 0 0: white)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+    parser.add_argument("--out", type=_path, required=True, metavar="DIR",
                         help="output folder (created if missing)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
 
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     """Simulate, write the four files and say what was written."""
     import numpy as np
 
-    from napari_denodet.core.io import write_points, write_tiff
+    from napari_denodet.core.atomic import all_or_nothing
+    from napari_denodet.core.io import atomic_write, write_points, write_tiff
     from napari_denodet.core.simulate import (
         DEFAULT_MICROGRAPH_SHAPE,
         DEFAULT_MICROGRAPH_SNR,
@@ -91,12 +93,15 @@ def run(args: argparse.Namespace) -> int:
     # Photon counts are whole numbers: uint16 is what a camera would have written
     # (correlated noise is not whole, so it is rounded rather than truncated).
     noisy = sim.noisy if micrograph else np.clip(np.rint(sim.noisy), 0, 65535).astype(np.uint16)
-    write_tiff(targets[0], noisy, overwrite=args.overwrite)
-    write_tiff(targets[1], sim.clean, overwrite=args.overwrite)
-    write_points(targets[2], sim.truth, overwrite=args.overwrite)
     params = dict(sim.params, seed=args.seed, frames=None if micrograph else args.frames,
                   shape=list(size), density=args.density)
-    targets[3].write_text(json.dumps(params, indent=2) + "\n")
+    text = json.dumps(params, indent=2) + "\n"
+    # The four files appear together or not at all (a full disk leaves nothing behind).
+    with all_or_nothing(out, [p.name for p in targets], overwrite=args.overwrite) as staged:
+        write_tiff(staged["noisy.tif"], noisy)
+        write_tiff(staged["clean.tif"], sim.clean)
+        write_points(staged["truth.csv"], sim.truth)
+        atomic_write(staged["simulation.json"], lambda tmp: tmp.write_text(text))
     print(f"wrote {', '.join(str(p) for p in targets)} "
           f"({len(sim.truth)} particle positions)")
     return 0

@@ -12,6 +12,7 @@ from napari_denodet.cli._common import (
     _given,
     _model_out,
     _non_negative_float,
+    _path,
     _positive_float,
     _positive_int,
     _share,
@@ -99,10 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of a random initialisation")
     parser.add_argument("--name", default=None,
                         help="model name in the card (default: file stem)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
+    parser.add_argument("--checkpoint", type=_path, default=None,
                         help="training state file, written every --eval-every steps")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
+    parser.add_argument("--out", type=_path, required=True, metavar="MODEL.pt")
     parser.add_argument("--overwrite", action="store_true")
 
 
