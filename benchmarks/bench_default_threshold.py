@@ -183,6 +183,31 @@ def real_data(folder: Path) -> dict:
     return out
 
 
+def reliability(rows) -> list[str]:
+    """Reliability diagrams as tables: per SNR, every cell's candidates pooled by bin."""
+    lines = ["", "## Reliability", "",
+             "Candidates with a probability of at least 0.1, pooled over the cells of each "
+             "SNR and binned by probability: how many, their mean probability and the "
+             "share that lies within 5 px of a true particle. Calibrated scores have the "
+             "two close.", "",
+             "| SNR | " + " | ".join(f"{0.1 + 0.09 * b:.2f}-{0.1 + 0.09 * (b + 1):.2f}"
+                                     for b in range(10)) + " |",
+             "|---|" + "---|" * 10]
+    for snr in SNRS:
+        pooled = np.zeros((10, 3))
+        for r in rows:
+            if r["snr"] != snr:
+                continue
+            for edge, count, mean_p, share in r["reliability"]:
+                b = int(round((edge - 0.1) / 0.09))
+                pooled[b] += [count, count * mean_p, count * share]
+        cells = [f"{int(n)}: {sp / n:.2f} / {st / n:.2f}" if n else "-"
+                 for n, sp, st in pooled]
+        lines.append(f"| {snr:g} | " + " | ".join(cells) + " |")
+    lines += ["", "Each entry: candidates: mean probability / share true."]
+    return lines
+
+
 def markdown(rows, real, args, seconds) -> str:
     options = "".join(f" --{k} {v}" for k, v in (
         ("condition", args.condition if args.condition != "plain" else None),
@@ -231,6 +256,7 @@ def markdown(rows, real, args, seconds) -> str:
     ratio = np.median([r["seconds_auto"] / r["seconds_engine"] for r in rows])
     lines.append(f"- time of `Model.detect` against the engine alone (same stack): median "
                  f"ratio {ratio:.2f} (the decoy pass on up to 8 frames).")
+    lines += reliability(rows)
     if real:
         lines += ["", "## Real data", ""]
         t = real.get("telomeres")
