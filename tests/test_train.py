@@ -193,3 +193,18 @@ def test_a_checkpoint_is_loaded_without_running_code_from_it(tmp_path):
     torch.save({"weight": torch.zeros(2)}, ckpt)  # plain, but not ours
     with pytest.raises(InputError, match="not a napari-denodet training checkpoint"):
         next(train(TrainSettings(**TINY), checkpoint=ckpt, resume=True))
+
+
+def test_a_run_can_start_from_a_trained_models_weights():
+    import torch
+
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.network import NetworkConfig, build_network
+    from napari_denodet.core.train import _warm_start
+
+    network = build_network(NetworkConfig())
+    _warm_start(network, "fluorescence")
+    start = load_model("fluorescence").network.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in network.state_dict().items())
+    with pytest.raises(ValueError, match="not the one asked for"):
+        _warm_start(build_network(NetworkConfig(widths=(4, 8, 16))), "fluorescence")
