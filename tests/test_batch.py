@@ -19,6 +19,7 @@ import tifffile
 from helpers import drain
 from napari_denodet.cli import main
 from napari_denodet.core import batch
+from napari_denodet.core import scheduler as scheduler_module
 from napari_denodet.core.batch import (
     MANIFEST_FIELDS,
     DetectSettings,
@@ -79,8 +80,9 @@ def test_a_rerun_into_the_input_folder_does_not_take_outputs_for_inputs(tmp_path
     folder = tmp_path / "data"
     folder.mkdir()
     write_tiff(folder / "cells.tif", _stack(0))
-    write_tiff(folder / "cells_denoised.tif", _stack(1))  # a previous run's output
     write_tiff(folder / "other_denoised.tif", _stack(2))  # an input that merely looks like one
+    # A previous run's output (cells_denoised.tif), recorded in the folder's manifest.
+    assert detect_file(folder / "cells.tif", folder, DetectSettings())["status"] == "ok"
     kept = batch.without_outputs(expand_inputs([folder]), folder)
     assert kept == [folder / "cells.tif", folder / "other_denoised.tif"]
     assert batch.without_outputs(expand_inputs([folder]), tmp_path) == \
@@ -295,16 +297,18 @@ def test_cli_batch_through_a_scheduler_address(scheduler, inputs, tmp_path, caps
     assert "Traceback" not in printed.err
     assert f"manifest: {out / 'manifest.csv'}" in printed.err
     assert sorted(pd.read_csv(out / "manifest.csv").status) == ["failed"] + ["skipped"] * 3
-    # --overwrite redoes them.
+    # --overwrite redoes them; the row of the file this run left out stays.
     assert main(["detect", pattern, "--out", str(out), "--scheduler", scheduler,
                  "--overwrite"]) == 0
-    assert pd.read_csv(out / "manifest.csv").status.tolist() == ["ok"] * 3
+    table = pd.read_csv(out / "manifest.csv")
+    assert table.status.tolist() == ["failed", "ok", "ok", "ok"]
+    assert table.file[0] == str(inputs / "broken.tif")
 
 
 def test_an_unreachable_scheduler_is_one_line(inputs, tmp_path, capsys, monkeypatch):
     import socket
 
-    monkeypatch.setattr(batch, "SCHEDULER_TIMEOUT", "1s")
+    monkeypatch.setattr(scheduler_module, "SCHEDULER_TIMEOUT", 1.0)
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

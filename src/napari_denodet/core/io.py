@@ -24,7 +24,6 @@ import contextlib
 import mmap
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from napari_denodet.core.errors import InputError
+from napari_denodet.core.partial import new_partial_dir, new_partial_file, release
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table, validate_points_table
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -325,6 +325,7 @@ def atomic_write(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        release(tmp)
     return path
 
 
@@ -338,15 +339,10 @@ def _check_destination(path: Path, overwrite: bool) -> None:
 
 def _temporary_file(path: Path, overwrite: bool) -> Path:
     # An empty temporary file beside the destination (same file system: renames are
-    # atomic), after checking that the destination may be written.
+    # atomic), after checking that the destination may be written; locked while this
+    # process writes it (core/partial.py), so a rerun can tell it from a stale one.
     _check_destination(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                    suffix=".partial" + path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp makes the file private (0600); give it the mode a plain open() would.
-    os.chmod(tmp, 0o666 & ~_current_umask())
-    return tmp
+    return new_partial_file(path)
 
 
 def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -363,12 +359,6 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
         if path.exists():
             raise InputError(path, "already exists") from None
         os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_tiff(path: str | os.PathLike, data: np.ndarray, overwrite: bool = False) -> Path:
@@ -582,6 +572,7 @@ class TiffFrameWriter(FrameWriter):
             self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in commit/discard
         except BaseException:
             self._tmp.unlink(missing_ok=True)
+            release(self._tmp)
             raise
         self._offset = int(offset)
         self._frame_bytes = self.shape[-1] * self.shape[-2] * 4
@@ -597,6 +588,7 @@ class TiffFrameWriter(FrameWriter):
             _move_into_place(self._tmp, self.path, self.overwrite)
         finally:
             self._tmp.unlink(missing_ok=True)
+            release(self._tmp)
             self._done = True
         return self.path
 
@@ -604,6 +596,7 @@ class TiffFrameWriter(FrameWriter):
         """Close and remove the temporary file."""
         self._file.close()
         self._tmp.unlink(missing_ok=True)
+        release(self._tmp)
         self._done = True
 
 
@@ -620,8 +613,7 @@ class ZarrFrameWriter(FrameWriter):
         zarr = _import_zarr(path)
         super().__init__(path, shape, overwrite)
         _check_destination(path, overwrite)
-        self._tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.",
-                                          suffix=".partial.zarr"))
+        self._tmp = new_partial_dir(path)
         names = "tyx"[-self.ndim:]
         axes = [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
         chunks = (1,) * (self.ndim - 2) + tuple(min(n, self.CHUNK) for n in self.shape[-2:])
@@ -636,6 +628,7 @@ class ZarrFrameWriter(FrameWriter):
             }]
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            release(self._tmp)
             raise
 
     def _write(self, start: int, frames: np.ndarray) -> None:
@@ -655,12 +648,14 @@ class ZarrFrameWriter(FrameWriter):
             os.rename(self._tmp, self.path)
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            release(self._tmp)
             self._done = True
         return self.path
 
     def discard(self) -> None:
         """Remove the temporary folder."""
         shutil.rmtree(self._tmp, ignore_errors=True)
+        release(self._tmp)
         self._done = True
 
 
