@@ -317,3 +317,116 @@ def test_an_unreachable_scheduler_is_one_line(inputs, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach the dask scheduler" in err
     assert "Traceback" not in err and err.strip().count("\n") == 0
+
+
+@pytest.fixture
+def quick_scheduler_timeout(monkeypatch):
+    monkeypatch.setattr(scheduler_module, "SCHEDULER_TIMEOUT", 1.0)
+
+
+def _serve(answer: bytes | None):
+    """A TCP server on loopback that accepts and then never answers (answer None), or
+    answers every connection with ``answer`` whatever it is sent; return its socket."""
+    import contextlib
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def _main_with_deadline(argv, seconds: float):
+    # main() in a thread, so that a hang fails the test instead of stalling the suite.
+    import threading
+
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("code", main(argv)), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    return done["code"], time.monotonic() - started
+
+
+@pytest.mark.usefixtures("quick_scheduler_timeout")
+@pytest.mark.parametrize(("answer", "said"), [
+    (None, "no answer within 1 s"),
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+     "the server there does not answer as a dask scheduler"),
+])
+def test_a_scheduler_that_never_answers_or_speaks_http_is_one_line(inputs, tmp_path, capsys,
+                                                                   answer, said):
+    server = _serve(answer)
+    try:
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        code, seconds = _main_with_deadline(["detect", str(inputs / "cells0.tif"), "--out",
+                                             str(tmp_path / "out"), "--scheduler", address],
+                                            60)
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 1 and seconds < 20
+    assert err == f"napari-denodet: error: cannot reach the dask scheduler at {address} " \
+                  f"({said})\n"
+    assert not (tmp_path / "out").exists()  # nothing written before the check
+
+
+def test_a_bad_scheduler_address_is_one_line_and_exits_at_once(inputs, tmp_path):
+    # Run as a process: the dask client used to print a traceback when it was collected,
+    # tens of seconds after the error line.
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "napari_denodet.cli", "detect",
+                             str(inputs / "cells0.tif"), "--out", str(tmp_path),
+                             "--scheduler", "foo"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "napari-denodet: error: cannot reach the dask scheduler at foo " \
+                            "(missing port number in address 'foo')\n"
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("address", ["", "  "])
+def test_an_empty_scheduler_address_is_a_usage_error(inputs, tmp_path, capsys, address):
+    code = main(["detect", str(inputs / "cells0.tif"), "--out", str(tmp_path),
+                 "--scheduler", address])
+    err = capsys.readouterr().err
+    assert code == 2 and "--scheduler" in err and "empty" in err
+    assert err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_file_name_that_is_not_utf8_does_not_stop_the_batch(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_tiff(folder / "cells0.tif", _stack(0))
+    write_tiff(folder / "cells1.tif", _stack(1))
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xff.tif"))
+    write_tiff(odd, _stack(2))
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--out", str(out), "--workers", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "caf\\xff.tif: " in printed.out and "Traceback" not in printed.err
+    document = json.loads((out / "manifest.json").read_text())
+    assert {r["file"]: r["status"] for r in document["files"]} == {
+        str(folder / "caf\udcff.tif"): "ok", str(folder / "cells0.tif"): "ok",
+        str(folder / "cells1.tif"): "ok"}
+    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xff_points.csv"))
+    # The table keeps the name's bytes.
+    table = pd.read_csv(out / "manifest.csv", encoding_errors="surrogateescape")
+    assert str(folder / "caf\udcff.tif") in table.file.tolist()

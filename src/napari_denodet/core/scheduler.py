@@ -41,6 +41,7 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
     import asyncio
 
     from dask.utils import parse_timedelta
+    from distributed.comm.core import CommClosedError
 
     seconds = parse_timedelta(SCHEDULER_TIMEOUT if timeout is None else timeout, "s")
 
@@ -49,6 +50,10 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
 
     if not address.strip():
         raise fail("the address is empty")
+    try:
+        _check_address(address)
+    except ValueError as exc:
+        raise fail(" ".join(str(exc).split())) from None
 
     async def ask() -> Any:
         from distributed.comm import connect
@@ -76,11 +81,19 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
     error = outcome.get("error")
     if thread.is_alive() or isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         raise fail(f"no answer within {seconds:g} s")
-    if isinstance(error, (MemoryError, EOFError)) or (
-            error is None and not (isinstance(outcome.get("answer"), dict)
-                                   and "type" in outcome["answer"])):
+    if isinstance(error, OSError) and not isinstance(error, CommClosedError):
+        raise fail(" ".join(str(error).split()) or type(error).__name__)
+    answer = outcome.get("answer")
+    if error is not None or not (isinstance(answer, dict) and "type" in answer):
+        # Garbage read as a frame length (a MemoryError of exbibytes), a closed stream,
+        # a reply that is no identity: something else listens there.
         raise fail("the server there does not answer as a dask scheduler")
-    if isinstance(error, (ValueError, TypeError)):
-        raise fail(" ".join(str(error).split()))
-    if error is not None:
-        raise fail(" ".join(f"{type(error).__name__}: {error}".split()))
+
+
+def _check_address(address: str) -> None:
+    # A malformed address (no port...) raises ValueError with a message fit for users.
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        parse_host_port(location)
