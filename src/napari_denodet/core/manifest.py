@@ -42,6 +42,8 @@ MANIFEST_NAMES = ("manifest.csv", "manifest.json")
 LOCK_NAME = ".manifest.lock"
 #: A lock older than this (s) was left by a killed run; changes take milliseconds.
 LOCK_STALE = 30.0
+#: Give up waiting for the lock after this long (s): a lock that cannot be broken.
+LOCK_WAIT = 120.0
 #: Settings that decide an output's content: an output is resumed only if they match.
 OUTPUT_SETTINGS = ("model", "binning", "polarity", "axes", "threshold", "all_candidates",
                    "box_size")
@@ -75,12 +77,16 @@ def manifest_lock(out_dir: str | os.PathLike, stale: float | None = None) -> Ite
     stale = LOCK_STALE if stale is None else stale
     lock = Path(out_dir) / LOCK_NAME
     token = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex}\n".encode()
-    delay = 0.005
+    delay, deadline = 0.005, time.monotonic() + max(LOCK_WAIT, 2 * stale)
     while True:
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             _break_if_stale(lock, stale)
+            if time.monotonic() > deadline:
+                raise InputError(lock, f"another run has held the manifest's lock for over "
+                                       f"{max(LOCK_WAIT, 2 * stale):g} s; remove this file "
+                                       f"if no run is writing into this folder") from None
             time.sleep(delay)
             delay = min(2 * delay, 0.2)
             continue
@@ -144,7 +150,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
         document = json.loads(path.read_text(errors="surrogateescape"))
         if not isinstance(document, dict) or not isinstance(document.get("files", []), list):
             raise ValueError("not a napari-denodet manifest")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {"files": [], "runs": {}, "written": {}}
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)

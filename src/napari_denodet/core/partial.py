@@ -32,7 +32,8 @@ except ImportError:  # Windows: an open file cannot be removed there anyway
 PARTIAL = ".partial"
 #: A fresh, still empty temporary file may not be locked yet: leave it this long (s).
 YOUNG = 5.0
-#: Without file locks (Windows), a temporary file untouched this long (s) is stale.
+#: Without file locks (Windows, file systems without flock), a temporary file
+#: untouched this long (s) is stale.
 UNLOCKED_STALE = 600.0
 
 _held: dict[str, int] = {}  # temporary path -> descriptor holding its lock
@@ -95,7 +96,11 @@ def _hold(tmp: Path, fd: int) -> None:
     if fcntl is None:  # keeping it open would stop it from being moved on Windows
         os.close(fd)
         return
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without flock (some cluster mounts): age decides
+        os.close(fd)
+        return
     with _held_lock:
         _held[os.fspath(tmp)] = fd
 
@@ -179,8 +184,10 @@ def _remove_if_stale(path: str) -> bool:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             return False  # a live writer holds it
+        except OSError:  # no flock on this file system
+            return age > UNLOCKED_STALE and _remove(path, is_dir)
         return _remove(path, is_dir)
     finally:
         os.close(fd)

@@ -24,7 +24,9 @@ DESCRIPTION = ("Denoise and detect particles in each INPUT; write DIR/<stem>_poi
                "DIR/<stem>_denoised.tif. One file runs in this process; several run as one "
                "dask task each (a local cluster, or --scheduler), listed with their status "
                "in DIR/manifest.csv and DIR/manifest.json. Files whose outputs exist are "
-               "skipped unless --overwrite.")
+               "skipped unless --overwrite; outputs that a stopped run left unwritten are "
+               "written. A file in DIR that napari-denodet did not write is never skipped, "
+               "resumed or replaced.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
