@@ -279,6 +279,9 @@ def output_paths(path: str | os.PathLike, out_dir: str | os.PathLike,
     return targets
 
 
+# --------------------------------------------------------------------------- one file
+
+
 def _record(path: Path, targets: dict[str, Path], **values: Any) -> dict:
     record = dict.fromkeys(MANIFEST_FIELDS)
     record.update(file=str(path), outputs=[str(p) for p in targets.values()], **values)
@@ -524,6 +527,29 @@ def detect_file(
                        seconds=round(time.perf_counter() - started, 3))
 
 
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _detect_on_worker(path: Path, out_dir: Path, settings: DetectSettings,
+                      workers_per_host: dict[str, int]) -> dict:
+    # The dask task: give the network this worker's share of its machine's cores (dask
+    # starts workers with one OpenMP thread), then detect_file.
+    from distributed import get_worker
+
+    worker = get_worker()
+    if settings.torch_threads is None:
+        share = workers_per_host.get(worker.host, 1) * max(1, worker.state.nthreads)
+        settings = replace(settings, torch_threads=max(1, _cpu_count() // share))
+    return {**detect_file(path, out_dir, settings), "worker": worker.address}
+
+
+# ------------------------------------------------------------------------------ batch
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None, n_workers: int | None = None, n_tasks: int | None = None
@@ -571,29 +597,6 @@ def dask_client(
                        "torch_threads": max(1, cores // n)}
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _detect_on_worker(path: Path, out_dir: Path, settings: DetectSettings,
-                      workers_per_host: dict[str, int]) -> dict:
-    # The dask task: give the network this worker's share of its machine's cores (dask
-    # starts workers with one OpenMP thread), then detect_file.
-    from distributed import get_worker
-
-    worker = get_worker()
-    if settings.torch_threads is None:
-        share = workers_per_host.get(worker.host, 1) * max(1, worker.state.nthreads)
-        settings = replace(settings, torch_threads=max(1, _cpu_count() // share))
-    return {**detect_file(path, out_dir, settings), "worker": worker.address}
-
-
-# ------------------------------------------------------------------------------ batch
-
-
 def _check_unique_names(paths: Sequence[Path], out_dir: Path,
                         settings: DetectSettings) -> None:
     seen: dict[Path, Path] = {}
@@ -621,19 +624,24 @@ def run_batch(
     paths : sequence of str or os.PathLike
         Input files (see :func:`expand_inputs` to build it from folders and globs).
     out_dir : str or os.PathLike
-        Output folder for every file's results and the manifest.
+        Output folder for every file's results and the manifest; each record is merged
+        into the manifest as its file finishes, beside the rows of other runs
+        (:func:`napari_denodet.core.manifest.record_results`).
     settings : DetectSettings
         The settings, the same for every file.
     scheduler : str, optional
-        Address of an existing dask scheduler; by default a local cluster.
+        Address of an existing dask scheduler (checked first, within
+        :data:`napari_denodet.core.scheduler.SCHEDULER_TIMEOUT`); by default a local
+        cluster.
     n_workers : int, optional
         Local workers (default: one per core, at most one per file).
 
     Yields
     ------
     BatchProgress
-        One per file, as files finish (skipped files first). Closing the generator
-        cancels the files not yet started.
+        One per file, as files finish (skipped and refused files first). Closing the
+        generator cancels the files not yet started and, once the local cluster is
+        down, removes the temporary files of their outputs.
 
     Returns
     -------
