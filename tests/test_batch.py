@@ -225,6 +225,27 @@ def test_inputs_whose_results_would_collide_are_refused(inputs, tmp_path):
                        DetectSettings()))
 
 
+def test_a_file_name_that_is_not_utf8_does_not_stop_the_batch(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_tiff(folder / "cells0.tif", _stack(0))
+    write_tiff(folder / "cells1.tif", _stack(1))
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xff.tif"))
+    write_tiff(odd, _stack(2))
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--out", str(out), "--workers", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "caf\\xff.tif: " in printed.out and "Traceback" not in printed.err
+    document = json.loads((out / "manifest.json").read_text())
+    assert {r["file"]: r["status"] for r in document["files"]} == {
+        str(folder / "caf\udcff.tif"): "ok", str(folder / "cells0.tif"): "ok",
+        str(folder / "cells1.tif"): "ok"}
+    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xff_points.csv"))
+    # The table keeps the name's bytes.
+    table = pd.read_csv(out / "manifest.csv", encoding_errors="surrogateescape")
+    assert str(folder / "caf\udcff.tif") in table.file.tolist()
+
+
 # ---------------------------------------------- a scheduler and a worker as processes
 
 
@@ -409,24 +430,3 @@ def test_an_empty_scheduler_address_is_a_usage_error(inputs, tmp_path, capsys, a
     err = capsys.readouterr().err
     assert code == 2 and "--scheduler" in err and "empty" in err
     assert err.count("\n") == 1 and not list(tmp_path.iterdir())
-
-
-def test_a_file_name_that_is_not_utf8_does_not_stop_the_batch(tmp_path, capsys):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    write_tiff(folder / "cells0.tif", _stack(0))
-    write_tiff(folder / "cells1.tif", _stack(1))
-    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xff.tif"))
-    write_tiff(odd, _stack(2))
-    out = tmp_path / "out"
-    assert main(["detect", str(folder), "--out", str(out), "--workers", "1"]) == 0
-    printed = capsys.readouterr()
-    assert "caf\\xff.tif: " in printed.out and "Traceback" not in printed.err
-    document = json.loads((out / "manifest.json").read_text())
-    assert {r["file"]: r["status"] for r in document["files"]} == {
-        str(folder / "caf\udcff.tif"): "ok", str(folder / "cells0.tif"): "ok",
-        str(folder / "cells1.tif"): "ok"}
-    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xff_points.csv"))
-    # The table keeps the name's bytes.
-    table = pd.read_csv(out / "manifest.csv", encoding_errors="surrogateescape")
-    assert str(folder / "caf\udcff.tif") in table.file.tolist()

@@ -135,3 +135,14 @@ def test_an_unreadable_manifest_is_left_alone(data, tmp_path):
     with pytest.raises(InputError, match="manifest.json: cannot read the manifest"):
         drain(run_batch([data / "cells0.tif"], out, DetectSettings()))
     assert (out / "manifest.json").read_text() == "{ half written by hand"
+
+
+def test_a_manifest_of_an_earlier_version_vouches_for_its_outputs(data, tmp_path):
+    # Earlier versions wrote no `written` record: the outputs of their ok rows are ours.
+    out = tmp_path / "out"
+    record, _ = drain(detect_file_steps(data / "cells0.tif", out, DetectSettings()))
+    document = {"settings": {"model": "fluorescence", "binning": 1}, "files": [record]}
+    (out / "manifest.json").write_text(json.dumps(document))
+    result, _ = drain(run_batch([data / "cells0.tif"], out, DetectSettings()))
+    assert result.records[0]["status"] == "skipped"
+    assert _rows(out)["cells0.tif"]["n_points"] == record["n_points"]

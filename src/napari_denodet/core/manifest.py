@@ -210,7 +210,7 @@ def _output_settings(settings: dict) -> dict:
 
 
 def differing_settings(entry: dict, settings: dict) -> list[str]:
-    """Names of the :data:`OUTPUT_SETTINGS` in which an output's entry and ``settings`` differ."""
+    """Return the :data:`OUTPUT_SETTINGS` in which an output's entry and ``settings`` differ."""
     recorded = entry.get("settings") or {}
     return [name for name in OUTPUT_SETTINGS if recorded.get(name) != settings.get(name)]
 
@@ -256,10 +256,12 @@ def plan_outputs(path: str | os.PathLike, targets: dict[str, Path],
     entries = {k: written_entry(document, p, path) for k, p in existing.items()}
     for key, entry in entries.items():
         if entry is None:
-            raise InputError(existing[key], f"already exists and napari-denodet did not "
-                                            f"write it for {Path(path).name} (it is not "
-                                            f"in {MANIFEST_NAMES[1]}); it is left as it "
-                                            f"is: move it away or choose another --out")
+            other = written_entry(document, existing[key])
+            why = (f"napari-denodet wrote it for {other['file']}" if other is not None else
+                   f"napari-denodet did not write it for {Path(path).name} (it is not in "
+                   f"{MANIFEST_NAMES[1]}); it is left as it is")
+            raise InputError(existing[key], f"already exists and {why}: move it away or "
+                                            f"choose another --out")
     if settings.get("overwrite"):
         return list(targets)
     if len(existing) == len(targets):
@@ -283,9 +285,6 @@ def written_by_twin(source: str | os.PathLike, target: Path, settings: dict) -> 
         return False
     entry = written_entry(read_manifest(target.parent), target, source)
     return entry is not None and not differing_settings(entry, settings)
-
-
-# --------------------------------------------------------------------------- one file
 
 
 # ------------------------------------------------------------------------------ writing
