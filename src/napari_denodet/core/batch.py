@@ -374,27 +374,10 @@ def detect_file_steps(
 def detect_and_record(
     path: str | os.PathLike, out_dir: str | os.PathLike, settings: DetectSettings
 ) -> Generator[Any, None, dict]:
-    """Run :func:`detect_file_steps` in this process, then put its record in the manifest.
+    """Run :func:`detect_file_steps`, then merge its record into the folder's manifest.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The input.
-    out_dir : str or os.PathLike
-        The output folder; its ``manifest.csv`` and ``manifest.json`` get this file's
-        row, beside the rows of other runs.
-    settings : DetectSettings
-        The settings.
-
-    Yields
-    ------
-    napari_denodet.core.predict.DetectProgress
-        As :func:`detect_file_steps`.
-
-    Returns
-    -------
-    dict
-        The record.
+    Parameters, progress and record are those of :func:`detect_file_steps`; the row
+    joins the rows of other runs in ``manifest.csv`` and ``manifest.json``.
     """
     about = manifest.new_run(scheduler="in process", workers=1)
     record = yield from detect_file_steps(path, out_dir, settings)
