@@ -19,6 +19,7 @@ import tifffile
 from helpers import drain
 from napari_denodet.cli import main
 from napari_denodet.core import batch
+from napari_denodet.core import scheduler as scheduler_module
 from napari_denodet.core.batch import (
     MANIFEST_FIELDS,
     DetectSettings,
@@ -79,8 +80,9 @@ def test_a_rerun_into_the_input_folder_does_not_take_outputs_for_inputs(tmp_path
     folder = tmp_path / "data"
     folder.mkdir()
     write_tiff(folder / "cells.tif", _stack(0))
-    write_tiff(folder / "cells_denoised.tif", _stack(1))  # a previous run's output
     write_tiff(folder / "other_denoised.tif", _stack(2))  # an input that merely looks like one
+    # A previous run's output (cells_denoised.tif), recorded in the folder's manifest.
+    assert detect_file(folder / "cells.tif", folder, DetectSettings())["status"] == "ok"
     kept = batch.without_outputs(expand_inputs([folder]), folder)
     assert kept == [folder / "cells.tif", folder / "other_denoised.tif"]
     assert batch.without_outputs(expand_inputs([folder]), tmp_path) == \
@@ -223,6 +225,27 @@ def test_inputs_whose_results_would_collide_are_refused(inputs, tmp_path):
                        DetectSettings()))
 
 
+def test_a_file_name_that_is_not_utf8_does_not_stop_the_batch(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_tiff(folder / "cells0.tif", _stack(0))
+    write_tiff(folder / "cells1.tif", _stack(1))
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xff.tif"))
+    write_tiff(odd, _stack(2))
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--out", str(out), "--workers", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "caf\\xff.tif: " in printed.out and "Traceback" not in printed.err
+    document = json.loads((out / "manifest.json").read_text())
+    assert {r["file"]: r["status"] for r in document["files"]} == {
+        str(folder / "caf\udcff.tif"): "ok", str(folder / "cells0.tif"): "ok",
+        str(folder / "cells1.tif"): "ok"}
+    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xff_points.csv"))
+    # The table keeps the name's bytes.
+    table = pd.read_csv(out / "manifest.csv", encoding_errors="surrogateescape")
+    assert str(folder / "caf\udcff.tif") in table.file.tolist()
+
+
 # ---------------------------------------------- a scheduler and a worker as processes
 
 
@@ -295,16 +318,18 @@ def test_cli_batch_through_a_scheduler_address(scheduler, inputs, tmp_path, caps
     assert "Traceback" not in printed.err
     assert f"manifest: {out / 'manifest.csv'}" in printed.err
     assert sorted(pd.read_csv(out / "manifest.csv").status) == ["failed"] + ["skipped"] * 3
-    # --overwrite redoes them.
+    # --overwrite redoes them; the row of the file this run left out stays.
     assert main(["detect", pattern, "--out", str(out), "--scheduler", scheduler,
                  "--overwrite"]) == 0
-    assert pd.read_csv(out / "manifest.csv").status.tolist() == ["ok"] * 3
+    table = pd.read_csv(out / "manifest.csv")
+    assert table.status.tolist() == ["failed", "ok", "ok", "ok"]
+    assert table.file[0] == str(inputs / "broken.tif")
 
 
 def test_an_unreachable_scheduler_is_one_line(inputs, tmp_path, capsys, monkeypatch):
     import socket
 
-    monkeypatch.setattr(batch, "SCHEDULER_TIMEOUT", "1s")
+    monkeypatch.setattr(scheduler_module, "SCHEDULER_TIMEOUT", 1.0)
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -313,3 +338,125 @@ def test_an_unreachable_scheduler_is_one_line(inputs, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach the dask scheduler" in err
     assert "Traceback" not in err and err.strip().count("\n") == 0
+
+
+@pytest.fixture
+def quick_scheduler_timeout(monkeypatch):
+    monkeypatch.setattr(scheduler_module, "SCHEDULER_TIMEOUT", 1.0)
+
+
+def _serve(answer: bytes | None):
+    """A TCP server on loopback that accepts and then never answers (answer None), or
+    answers every connection with ``answer`` whatever it is sent; return its socket."""
+    import contextlib
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def _main_with_deadline(argv, seconds: float):
+    # main() in a thread, so that a hang fails the test instead of stalling the suite.
+    import threading
+
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("code", main(argv)), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    return done["code"], time.monotonic() - started
+
+
+@pytest.mark.usefixtures("quick_scheduler_timeout")
+@pytest.mark.parametrize(("answer", "said"), [
+    (None, "no answer within 1 s"),
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+     "the server there does not answer as a dask scheduler"),
+])
+def test_a_scheduler_that_never_answers_or_speaks_http_is_one_line(inputs, tmp_path, capsys,
+                                                                   answer, said):
+    server = _serve(answer)
+    try:
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        code, seconds = _main_with_deadline(["detect", str(inputs / "cells0.tif"), "--out",
+                                             str(tmp_path / "out"), "--scheduler", address],
+                                            60)
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 1 and seconds < 20
+    assert err == f"napari-denodet: error: cannot reach the dask scheduler at {address} " \
+                  f"({said})\n"
+    assert not (tmp_path / "out").exists()  # nothing written before the check
+
+
+def test_a_bad_scheduler_address_is_one_line_and_exits_at_once(inputs, tmp_path):
+    # Run as a process: the dask client used to print a traceback when it was collected,
+    # tens of seconds after the error line.
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "napari_denodet.cli", "detect",
+                             str(inputs / "cells0.tif"), "--out", str(tmp_path),
+                             "--scheduler", "foo"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "napari-denodet: error: cannot reach the dask scheduler at foo " \
+                            "(missing port number in address 'foo')\n"
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("address", ["", "  "])
+def test_an_empty_scheduler_address_is_a_usage_error(inputs, tmp_path, capsys, address):
+    code = main(["detect", str(inputs / "cells0.tif"), "--out", str(tmp_path),
+                 "--scheduler", address])
+    err = capsys.readouterr().err
+    assert code == 2 and "--scheduler" in err and "empty" in err
+    assert err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_list_of_inputs_that_includes_itself_is_one_line(tmp_path):
+    own = tmp_path / "own.txt"
+    own.write_text(f"{own}\n")
+    with pytest.raises(InputError, match="includes itself"):
+        batch.expand_inputs([own])
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(f"{second}\n")
+    second.write_text(f"{first}\n")
+    with pytest.raises(InputError, match="includes itself"):
+        batch.expand_inputs([first])
+
+
+def test_the_local_cluster_starts_while_port_8787_is_taken():
+    # dask's dashboard port: held by another program, it must not make the batch fail
+    # (pytest turns dask's "port already in use" warning into an error).
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+    except OSError:
+        pytest.skip("port 8787 is already held here: the situation the test makes")
+    holder.listen()
+    try:
+        with batch.dask_client(n_workers=1) as (client, _):
+            assert client.submit(sum, [1, 2]).result() == 3
+    finally:
+        holder.close()

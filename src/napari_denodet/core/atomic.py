@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from napari_denodet.core.errors import InputError
+from napari_denodet.core.partial import new_partial_file, release
 
 
 def atomic_write(
@@ -53,6 +54,7 @@ def atomic_write(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        release(tmp)
     return path
 
 
@@ -142,7 +144,9 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
         there and removed), or the file exists and ``overwrite`` is False.
     """
     path = Path(path)
-    _temporary_file(path, overwrite).unlink()
+    tmp = _temporary_file(path, overwrite)
+    tmp.unlink()
+    release(tmp)
     return path
 
 
@@ -156,20 +160,11 @@ def _check_destination(path: Path, overwrite: bool) -> None:
 
 def _temporary_file(path: Path, overwrite: bool) -> Path:
     # An empty temporary file beside the destination (same file system: renames are
-    # atomic), after checking that the destination may be written.
+    # atomic), after checking that the destination may be written; locked while this
+    # process writes it (core/partial.py), so a rerun can tell it from a stale one.
     _check_destination(path, overwrite)
     with writing_to(path):
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                        suffix=".partial" + path.suffix)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            # mkstemp makes the file private (0600); give it the mode open() would.
-            os.chmod(tmp, 0o666 & ~_current_umask())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return tmp
+        return new_partial_file(path)
 
 
 def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -186,9 +181,3 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
         if path.exists():
             raise InputError(path, "already exists") from None
         os.replace(tmp, path)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -13,16 +13,18 @@ a local cluster sized to this machine by default, or an existing scheduler by ad
 (``dask scheduler`` plus ``dask worker`` processes, dask-jobqueue, Coiled...). It yields a
 :class:`BatchProgress` per finished file and keeps ``manifest.csv`` and
 ``manifest.json`` in the output folder up to date. Files whose outputs all exist are
-skipped unless the settings say ``overwrite``. On a remote cluster the workers need
-napari-denodet installed and must see the input and output paths (a shared file
-system).
+skipped unless the settings say ``overwrite``; a file whose outputs were only partly
+written (a killed run, a full disk) gets the missing ones. Only files that the
+manifest records as written by napari-denodet (:mod:`napari_denodet.core.manifest`)
+count as outputs: a user's file that has an output's name is never skipped, resumed or
+replaced. On a remote cluster the workers need napari-denodet installed and must see
+the input and output paths (a shared file system).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import os
 import time
@@ -30,24 +32,22 @@ import uuid
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from napari_denodet.core import manifest
+from napari_denodet.core import scheduler as _scheduler
 from napari_denodet.core.errors import DenodetError, InputError, about_file
-from napari_denodet.core.io import IMAGE_SUFFIXES, atomic_write, is_zarr
+from napari_denodet.core.io import IMAGE_SUFFIXES, is_zarr
+from napari_denodet.core.manifest import MANIFEST_FIELDS, MANIFEST_NAMES  # noqa: F401
+from napari_denodet.core.partial import remove_stale_partials
 from napari_denodet.core.progress import Stage
+from napari_denodet.core.scheduler import check_scheduler
 
 #: Formats of the denoised output: a TIFF, an OME-Zarr, or nothing.
 DENOISED_FORMATS = ("tif", "zarr", "none")
-#: Columns of ``manifest.csv`` (and keys of every record).
-MANIFEST_FIELDS = ("file", "status", "frames", "shape", "dtype", "n_points", "threshold",
-                   "seconds", "worker", "outputs", "error", "note")
-MANIFEST_NAMES = ("manifest.csv", "manifest.json")
 #: Suffixes of list files: one input path (or glob) per line.
 LIST_SUFFIXES = (".txt", ".list")
-#: How long to try to reach a scheduler given by address.
-SCHEDULER_TIMEOUT = "20s"
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,8 @@ def _list_file_entries(path: Path) -> list[str]:
             for e in entries if e and not e.startswith("#")]
 
 
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_inputs(items: Iterable[str | os.PathLike],
+                  _lists: tuple[Path, ...] = ()) -> list[Path]:
     """Turn files, folders, globs and list files into the list of images to process.
 
     Parameters
@@ -207,7 +208,10 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
             found = _image_files(path)
             what = f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            found = expand_inputs(_list_file_entries(path))
+            if path.resolve() in _lists:
+                raise InputError(path, "the list of inputs includes itself (directly or "
+                                       "through another list)")
+            found = expand_inputs(_list_file_entries(path), (*_lists, path.resolve()))
             what = "the list of inputs is empty"
         elif not path.exists() and any(c in text for c in "*?["):
             found = [Path(p) for p in sorted(glob.glob(text, recursive=True))
@@ -222,7 +226,7 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def without_outputs(paths: Sequence[Path], out_dir: str | os.PathLike) -> list[Path]:
-    """Drop inputs that are denoised outputs of other inputs (a rerun into the same folder).
+    """Drop inputs that napari-denodet wrote from other inputs (a rerun into that folder).
 
     Parameters
     ----------
@@ -235,13 +239,17 @@ def without_outputs(paths: Sequence[Path], out_dir: str | os.PathLike) -> list[P
     Returns
     -------
     list of pathlib.Path
-        ``paths`` without any ``<out_dir>/<stem>_denoised.tif`` (or ``.zarr``) whose
-        ``<stem>`` is another input's.
+        ``paths`` without the files that the manifest of ``out_dir`` records as written
+        from another of the inputs. A user's ``<stem>_denoised.tif`` stays an input.
     """
-    out_dir = Path(out_dir).absolute()
-    ours = {out_dir / f"{Path(p).stem}_denoised.{fmt}" for p in paths
-            for fmt in DENOISED_FORMATS if fmt != "none"}
-    return [p for p in paths if Path(p).absolute() not in ours]
+    document = manifest.read_manifest(out_dir)
+    sources = {os.path.abspath(p) for p in paths}
+    kept = []
+    for path in paths:
+        entry = manifest.written_entry(document, path)
+        if entry is None or entry["file"] not in sources or entry["file"] == os.path.abspath(path):
+            kept.append(path)
+    return kept
 
 
 def output_paths(path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -275,17 +283,6 @@ def output_paths(path: str | os.PathLike, out_dir: str | os.PathLike,
     return targets
 
 
-def _already_done(targets: dict[str, Path], overwrite: bool) -> bool:
-    # Every output is written atomically, so an existing one is complete; some but not
-    # all of them means an interrupted run (or someone else's files): never touch those.
-    existing = [p for p in targets.values() if p.exists()]
-    if overwrite or not existing:
-        return False
-    if len(existing) == len(targets):
-        return True
-    raise InputError(existing[0], "already exists; use --overwrite or another --out")
-
-
 # --------------------------------------------------------------------------- one file
 
 
@@ -305,7 +302,9 @@ def detect_file_steps(
     path : str or os.PathLike
         An image or stack that :func:`napari_denodet.core.io.read_image` reads.
     out_dir : str or os.PathLike
-        Output folder (created if missing); see :func:`output_paths`.
+        Output folder (created if missing); see :func:`output_paths`. The outputs to
+        write (:func:`~napari_denodet.core.manifest.plan_outputs`) are claimed in its
+        manifest first; temporary files that killed runs left for them are removed.
     settings : DetectSettings
         The settings.
 
@@ -322,9 +321,10 @@ def detect_file_steps(
     Raises
     ------
     DenodetError
-        For an unreadable file, bad settings, or outputs that exist without overwrite.
+        For an unreadable file, bad settings, or outputs that exist and may not be
+        replaced (see :func:`~napari_denodet.core.manifest.plan_outputs`).
     """
-    from napari_denodet.core.io import open_denoised_output, read_image
+    from napari_denodet.core.io import read_image
     from napari_denodet.core.models import load_model
     from napari_denodet.core.normalize import non_finite_note
     from napari_denodet.core.resample import binned_shape
@@ -332,7 +332,9 @@ def detect_file_steps(
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
     targets = output_paths(path, out_dir, settings)
-    if _already_done(targets, settings.overwrite):
+    remove_stale_partials(targets.values())
+    todo = manifest.plan_outputs(path, targets, asdict(settings))
+    if not todo:
         return _record(path, targets, status="skipped")
     _set_torch_threads(settings.torch_threads)
     model = load_model(settings.model)
@@ -344,19 +346,28 @@ def detect_file_steps(
         shape = binned_shape(image.shape, binning)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
+    if "denoised" in targets and "denoised" not in todo:
+        _check_kept_denoised(targets["denoised"], shape)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with about_file(path), open_denoised_output(targets.get("denoised"), shape,
-                                                settings.overwrite) as denoised:
+    writing = {k: targets[k] for k in todo}
+    manifest.claim_outputs(out_dir, path, writing.values(), asdict(settings))
+    with about_file(path), _open_denoised(path, writing.get("denoised"), shape,
+                                          settings) as denoised:
         found = yield from model.detect(image, threshold=settings.threshold,
                                         binning=binning, polarity=settings.polarity,
                                         out=denoised, device=settings.device,
                                         precision=settings.precision,
                                         batch_size=settings.batch_size)
+        wrote = _commit(path, denoised, settings)
     points = found.candidates if settings.all_candidates else found.points
-    _write_points(targets, points, settings)
+    wrote += _write_points(path, writing, points, settings)
+    kept = [p.name for p in targets.values() if p not in wrote]
     notes = [found.summary(), found.warning(),
-             non_finite_note(found.non_finite) if found.non_finite else None]
-    return _record(path, targets, status="ok", frames=image.shape[0] if image.ndim == 3 else 1,
+             non_finite_note(found.non_finite) if found.non_finite else None,
+             f"kept {', '.join(kept)} from an earlier run" if kept and wrote else None,
+             "written meanwhile by another run" if not wrote else None]
+    return _record(path, targets, status="ok" if wrote else "skipped",
+                   frames=image.shape[0] if image.ndim == 3 else 1,
                    shape="x".join(map(str, image.shape)), dtype=str(image.dtype),
                    n_points=len(points),
                    threshold=None if settings.all_candidates else float(found.threshold),
@@ -364,15 +375,78 @@ def detect_file_steps(
                    note="; ".join(n for n in notes if n))
 
 
-def _write_points(targets: dict[str, Path], points, settings: DetectSettings) -> None:
+def detect_and_record(
+    path: str | os.PathLike, out_dir: str | os.PathLike, settings: DetectSettings
+) -> Generator[Any, None, dict]:
+    """Run :func:`detect_file_steps`, then merge its record into the folder's manifest.
+
+    Parameters, progress and record are those of :func:`detect_file_steps`; the row
+    joins the rows of other runs in ``manifest.csv`` and ``manifest.json``.
+    """
+    about = manifest.new_run(scheduler="in process", workers=1)
+    record = yield from detect_file_steps(path, out_dir, settings)
+    about["finished"] = manifest.now()
+    manifest.record_results(out_dir, [record], about, asdict(settings), [path])
+    return record
+
+
+def _check_kept_denoised(target: Path, shape: tuple[int, ...]) -> None:
+    # A denoised output kept from an earlier run must hold this input's frames.
+    from napari_denodet.core.io import read_image
+
+    try:
+        found = tuple(read_image(target).shape)
+    except (DenodetError, OSError, ValueError):
+        found = None
+    if found != tuple(shape):
+        raise InputError(target, f"already exists but does not hold this input's denoised "
+                                 f"frames (shape {found}, expected {tuple(shape)}); use "
+                                 f"--overwrite or another --out")
+
+
+def _open_denoised(path: Path, target: Path | None, shape: tuple[int, ...],
+                   settings: DetectSettings):
+    from napari_denodet.core.io import open_denoised_output
+
+    try:
+        return open_denoised_output(target, shape, settings.overwrite)
+    except InputError:
+        if target is not None and manifest.written_by_twin(path, target, asdict(settings)):
+            return open_denoised_output(None, shape)
+        raise
+
+
+def _commit(path: Path, writer, settings: DetectSettings) -> list[Path]:
+    # Move the denoised frames into place; return what was written.
+    if writer.path is None:
+        writer.commit()
+        return []
+    try:
+        return [writer.commit()]
+    except InputError:
+        if manifest.written_by_twin(path, writer.path, asdict(settings)):
+            return []
+        raise
+
+
+def _write_points(path: Path, writing: dict[str, Path], points,
+                  settings: DetectSettings) -> list[Path]:
+    # The points files to write, the CSV last; return what was written.
     from napari_denodet.core.io import write_points
 
-    if "star" in targets:
-        write_points(targets["star"], points, overwrite=settings.overwrite)
-    if "box" in targets:
-        write_points(targets["box"], points, overwrite=settings.overwrite,
-                     box_size=settings.box_size)
-    write_points(targets["points"], points, overwrite=settings.overwrite)
+    wrote = []
+    for key in ("star", "box", "points"):
+        if key not in writing:
+            continue
+        try:
+            write_points(writing[key], points, overwrite=settings.overwrite,
+                         box_size=settings.box_size if key == "box" else None)
+        except InputError:
+            if manifest.written_by_twin(path, writing[key], asdict(settings)):
+                continue
+            raise
+        wrote.append(writing[key])
+    return wrote
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -472,8 +546,9 @@ def dask_client(
     Parameters
     ----------
     scheduler : str, optional
-        Address of a running scheduler (``tcp://host:port``). By default a
-        :class:`distributed.LocalCluster` is started and closed afterwards.
+        Address of a running scheduler (``tcp://host:port``), checked first
+        (:func:`check_scheduler`). By default a :class:`distributed.LocalCluster` is
+        started and closed afterwards.
     n_workers : int, optional
         Local workers (processes, one task each at a time); by default one per core,
         but no more than ``n_tasks``. Ignored with ``scheduler``.
@@ -488,9 +563,11 @@ def dask_client(
     """
     from distributed import Client, LocalCluster
 
-    if scheduler:
+    if scheduler is not None:
+        check_scheduler(scheduler)  # the client itself can wait forever on a mute peer
         try:
-            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
+            client = Client(scheduler, timeout=_scheduler.SCHEDULER_TIMEOUT,
+                            set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(None, f"cannot reach the dask scheduler at {scheduler} "
                                    f"({one_line(exc)})") from None
@@ -501,7 +578,8 @@ def dask_client(
     cores = _cpu_count()
     n = n_workers or max(1, min(cores, n_tasks or cores))
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                           silence_logs=logging.ERROR)
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client, {"scheduler": "local", "workers": n,
                        "torch_threads": max(1, cores // n)}
@@ -534,70 +612,95 @@ def run_batch(
     paths : sequence of str or os.PathLike
         Input files (see :func:`expand_inputs` to build it from folders and globs).
     out_dir : str or os.PathLike
-        Output folder for every file's results and the manifest.
+        Output folder for every file's results and the manifest; each record is merged
+        into the manifest as its file finishes, beside the rows of other runs
+        (:func:`napari_denodet.core.manifest.record_results`).
     settings : DetectSettings
         The settings, the same for every file.
     scheduler : str, optional
-        Address of an existing dask scheduler; by default a local cluster.
+        Address of an existing dask scheduler (checked first, within
+        :data:`napari_denodet.core.scheduler.SCHEDULER_TIMEOUT`); by default a local
+        cluster.
     n_workers : int, optional
         Local workers (default: one per core, at most one per file).
 
     Yields
     ------
     BatchProgress
-        One per file, as files finish (skipped files first). Closing the generator
-        cancels the files not yet started.
+        One per file, as files finish (skipped and refused files first). Closing the
+        generator cancels the files not yet started and, once the local cluster is
+        down, removes the temporary files of their outputs.
 
     Returns
     -------
     BatchResult
         Every record, in input order, and the manifest's paths.
     """
-    from distributed import as_completed
-
     paths = [Path(p).absolute() for p in paths]
     out_dir = Path(out_dir).absolute()
     _check_unique_names(paths, out_dir, settings)
+    if scheduler is not None:
+        check_scheduler(scheduler)  # before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    about = {"started": _now()}
+    about = manifest.new_run()
+    plain = asdict(settings)
+    targets = {path: output_paths(path, out_dir, settings) for path in paths}
+    remove_stale_partials([out_dir / name for name in MANIFEST_NAMES]
+                          + [p for t in targets.values() for p in t.values()])
+    document = manifest.read_manifest(out_dir)
     records: dict[Path, dict] = {}
     todo = []
     for path in paths:
-        targets = output_paths(path, out_dir, settings)
         try:
-            done = _already_done(targets, settings.overwrite)
+            writing = manifest.plan_outputs(path, targets[path], plain, document)
         except InputError as exc:
             records[path] = _record(path, {}, status="failed", error=one_line(exc))
             continue
-        if done:
-            records[path] = _record(path, targets, status="skipped")
-        else:
+        if writing:
             todo.append(path)
+        else:
+            records[path] = _record(path, targets[path], status="skipped")
+    if records:
+        manifest.record_results(out_dir, list(records.values()), about, plain, paths)
     for step, record in enumerate(records.values(), start=1):
         yield BatchProgress(Stage.BATCH, step, len(paths), record)
     if todo:
-        with dask_client(scheduler, n_workers, len(todo)) as (client, where):
-            about.update(where)
-            task_settings = replace(settings, torch_threads=settings.torch_threads
-                                    or where.get("torch_threads"))
-            hosts = Counter(w["host"] for w in
-                            client.scheduler_info(n_workers=-1)["workers"].values())
-            futures = {client.submit(_detect_on_worker, path, out_dir, task_settings,
-                                     dict(hosts), key=f"detect-{path.name}-{uuid.uuid4().hex}"):
-                       path for path in todo}
-            try:
-                for future in as_completed(futures, loop=client.loop):
-                    path = futures[future]
-                    records[path] = _task_record(future, path)
-                    write_manifest(out_dir, [records[p] for p in paths if p in records],
-                                   about, settings)
-                    yield BatchProgress(Stage.BATCH, len(records), len(paths), records[path])
-            finally:
-                client.cancel([f for f in futures if not f.done()])
-    about["finished"] = _now()
+        try:
+            yield from _run_on_dask(todo, paths, out_dir, settings, scheduler, n_workers,
+                                    records, about)
+        finally:  # an interrupted batch: its workers are gone, and so are their files
+            remove_stale_partials(p for path in todo for p in targets[path].values())
+    about["finished"] = manifest.now()
     ordered = [records[p] for p in paths]
-    manifest = write_manifest(out_dir, ordered, about, settings)
-    return BatchResult(ordered, manifest, about)
+    written = manifest.record_results(out_dir, [], about, plain, paths)
+    return BatchResult(ordered, written, about)
+
+
+def _run_on_dask(todo: list[Path], paths: list[Path], out_dir: Path,
+                 settings: DetectSettings, scheduler: str | None, n_workers: int | None,
+                 records: dict[Path, dict], about: dict) -> Iterator[BatchProgress]:
+    # One task per file; each record goes into the manifest as its file finishes.
+    from distributed import as_completed
+
+    with dask_client(scheduler, n_workers, len(todo)) as (client, where):
+        about.update(where)
+        task_settings = replace(settings, torch_threads=settings.torch_threads
+                                or where.get("torch_threads"))
+        hosts = Counter(w["host"] for w in
+                        client.scheduler_info(n_workers=-1)["workers"].values())
+        # Keys name the file by its place in the batch: a file name need not be UTF-8.
+        futures = {client.submit(_detect_on_worker, path, out_dir, task_settings,
+                                 dict(hosts), key=f"detect-{i}-{uuid.uuid4().hex}"): path
+                   for i, path in enumerate(todo)}
+        try:
+            for future in as_completed(futures, loop=client.loop):
+                path = futures[future]
+                records[path] = _task_record(future, path)
+                manifest.record_results(out_dir, [records[path]], about, asdict(settings),
+                                        paths)
+                yield BatchProgress(Stage.BATCH, len(records), len(paths), records[path])
+        finally:
+            client.cancel([f for f in futures if not f.done()])
 
 
 def _task_record(future, path: Path) -> dict:
@@ -606,47 +709,3 @@ def _task_record(future, path: Path) -> dict:
         return future.result()
     except Exception as exc:
         return _record(path, {}, status="failed", error=one_line(exc))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_manifest(out_dir: str | os.PathLike, records: Sequence[dict], about: dict,
-                   settings: DetectSettings) -> tuple[Path, Path]:
-    """Write ``manifest.csv`` and ``manifest.json`` (replacing earlier ones) atomically.
-
-    Parameters
-    ----------
-    out_dir : str or os.PathLike
-        The output folder.
-    records : sequence of dict
-        One per file (:data:`MANIFEST_FIELDS`).
-    about : dict
-        Where and when the batch ran.
-    settings : DetectSettings
-        The settings of the batch.
-
-    Returns
-    -------
-    (pathlib.Path, pathlib.Path)
-        The CSV and the JSON manifest.
-    """
-    import pandas as pd
-
-    from napari_denodet import __version__
-
-    out_dir = Path(out_dir)
-    csv_path, json_path = (out_dir / name for name in MANIFEST_NAMES)
-    table = pd.DataFrame([{**r, "outputs": ";".join(r["outputs"] or [])} for r in records],
-                         columns=list(MANIFEST_FIELDS))
-    # Whole numbers stay whole next to the blanks of failed and skipped files.
-    table = table.astype({"frames": "Int64", "n_points": "Int64"})
-    counts = Counter(r["status"] for r in records)
-    document = {"napari_denodet": __version__, **about, "settings": asdict(settings),
-                "counts": {s: counts.get(s, 0) for s in ("ok", "failed", "skipped")},
-                "files": list(records)}
-    atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False), overwrite=True)
-    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"),
-                 overwrite=True)
-    return csv_path, json_path

@@ -23,7 +23,6 @@ import contextlib
 import mmap
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ __all__ = ["EAGER_BYTE_SWAP_BYTES", "IMAGE_SUFFIXES", "MRC_SUFFIXES", "PICTURE_S
            "FrameWriter", "TiffFrameWriter", "ZarrFrameWriter", "atomic_write", "check_axes",
            "is_zarr", "load_block", "open_denoised_output", "read_image", "read_points",
            "release_pages", "write_points", "write_tiff"]
+from napari_denodet.core.partial import new_partial_dir, release
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st")
@@ -456,6 +456,7 @@ class TiffFrameWriter(FrameWriter):
                 self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in commit/discard
         except BaseException:
             self._tmp.unlink(missing_ok=True)
+            release(self._tmp)
             raise
         self._offset = int(offset)
         self._frame_bytes = self.shape[-1] * self.shape[-2] * 4
@@ -473,6 +474,7 @@ class TiffFrameWriter(FrameWriter):
                 _move_into_place(self._tmp, self.path, self.overwrite)
         finally:
             self._tmp.unlink(missing_ok=True)
+            release(self._tmp)
             self._done = True
         return self.path
 
@@ -481,6 +483,7 @@ class TiffFrameWriter(FrameWriter):
         with contextlib.suppress(OSError):  # unflushed frames of a failed run
             self._file.close()
         self._tmp.unlink(missing_ok=True)
+        release(self._tmp)
         self._done = True
 
 
@@ -498,8 +501,7 @@ class ZarrFrameWriter(FrameWriter):
         super().__init__(path, shape, overwrite)
         _check_destination(path, overwrite)
         with writing_to(path):
-            self._tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.",
-                                              suffix=".partial.zarr"))
+            self._tmp = new_partial_dir(path)
         names = "tyx"[-self.ndim:]
         axes = [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
         chunks = (1,) * (self.ndim - 2) + tuple(min(n, self.CHUNK) for n in self.shape[-2:])
@@ -515,6 +517,7 @@ class ZarrFrameWriter(FrameWriter):
                 }]
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            release(self._tmp)
             raise
 
     def _write(self, start: int, frames: np.ndarray) -> None:
@@ -536,12 +539,14 @@ class ZarrFrameWriter(FrameWriter):
                 os.rename(self._tmp, self.path)
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            release(self._tmp)
             self._done = True
         return self.path
 
     def discard(self) -> None:
         """Remove the temporary folder."""
         shutil.rmtree(self._tmp, ignore_errors=True)
+        release(self._tmp)
         self._done = True
 
 

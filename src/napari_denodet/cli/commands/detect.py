@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -24,7 +26,9 @@ DESCRIPTION = ("Denoise and detect particles in each INPUT; write DIR/<stem>_poi
                "DIR/<stem>_denoised.tif. One file runs in this process; several run as one "
                "dask task each (a local cluster, or --scheduler), listed with their status "
                "in DIR/manifest.csv and DIR/manifest.json. Files whose outputs exist are "
-               "skipped unless --overwrite.")
+               "skipped unless --overwrite; outputs that a stopped run left unwritten are "
+               "written. A file in DIR that napari-denodet did not write is never skipped, "
+               "resumed or replaced.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--denoised", choices=DENOISED_FORMATS,
                         default=DetectSettings.denoised,
                         help="denoised output: TIFF (default), OME-Zarr, or none")
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+    parser.add_argument("--scheduler", type=_address, default=None, metavar="ADDRESS",
                         help="run on this dask scheduler (e.g. tcp://host:8786) instead of "
                              "a local cluster; the workers must see the input and --out "
                              "paths")
@@ -86,8 +90,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true")
 
 
+def _address(text: str) -> str:
+    # A scheduler's address; an empty one would quietly mean a local cluster.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the address is empty (e.g. tcp://host:8786)")
+    return text.strip()
+
+
 def run(args: argparse.Namespace) -> int:
     """Detect in one file in this process, or in several on dask."""
+    with _terminate_as_interrupt():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    # SIGTERM (kill, a job scheduler ending the job) stops the run like Ctrl-C: the
+    # temporary files of unfinished outputs are removed and the exit status says so.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from napari_denodet.core.batch import DetectSettings, expand_inputs, without_outputs
     from napari_denodet.core.models import load_model
     from napari_denodet.core.predict import choose_device
@@ -109,15 +143,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _detect_in_process(path: Path, out: Path, settings) -> int:
-    from napari_denodet.core.batch import detect_file_steps
+    from napari_denodet.core.batch import detect_and_record
 
-    record = _drain(detect_file_steps(path, out, settings),
+    record = _drain(detect_and_record(path, out, settings),
                     lambda p: f"frame {p.frames_done}/{p.frames_total}", lambda p: p.total)
     print(_describe_record(record))
     return 0
 
 
 def _describe_record(record: dict) -> str:
+    return _printable(_describe(record))
+
+
+def _describe(record: dict) -> str:
     if record["status"] == "skipped":
         return f"{record['file']}: skipped, its results exist (--overwrite to redo them)"
     if record["status"] == "failed":
@@ -127,6 +165,11 @@ def _describe_record(record: dict) -> str:
     note = f"; {record['note']}" if record.get("note") else ""
     return (f"{record['file']}: {record['n_points']} particles{cut} -> "
             f"{', '.join(record['outputs'])}{note}")
+
+
+def _printable(text: str) -> str:
+    # File names that are not UTF-8 carry surrogates; print their bytes as \xff.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _detect_on_dask(paths: list[Path], args: argparse.Namespace, settings) -> int:
