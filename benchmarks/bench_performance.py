@@ -15,8 +15,9 @@ Measures in one run (issue 6):
 - batch throughput of many files on a local dask cluster of 1 and of 2 workers;
 - the GUI path (the Detect widget's worker generator) against the CLI path per frame.
 
-Writes ``docs/performance.md`` and ``docs/performance.json``. ``--quick`` runs the same
-code on tiny sizes (well under a minute) and writes to the temporary folder instead.
+Writes ``docs/benchmarks/performance.md`` and ``docs/benchmarks/performance.json``.
+``--quick`` runs the same code on tiny sizes (well under a minute) and writes to the
+temporary folder instead.
 
 Usage::
 
@@ -552,12 +553,12 @@ def main() -> None:
                              "folder; the full run needs about 4 GB)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--out", type=Path, default=None,
-                        help="markdown report (default docs/performance.md; with --quick, "
-                             "in the temporary folder)")
+                        help="markdown report (default docs/benchmarks/performance.md; "
+                             "with --quick, in the temporary folder)")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     out = args.out or (Path(tempfile.gettempdir()) / "performance-quick.md" if args.quick
-                       else REPO / "docs" / "performance.md")
+                       else REPO / "docs" / "benchmarks" / "performance.md")
     if args.workdir is not None:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="denodet-perf-", dir=args.workdir))
