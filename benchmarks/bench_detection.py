@@ -204,7 +204,7 @@ def _verdict(difference, margin=0.01):
 
 
 def targets_section(rows, speed, snr_ranges=None):
-    """Check issue 3's targets against the measured rows (no judgement by hand).
+    """Check the detection targets against the measured rows (no judgement by hand).
 
     The F1 and RMSE targets are checked on the bundled model a user picks for each
     scenario; the ablation and the speed compare the general DENODET, the model they
@@ -219,7 +219,7 @@ def targets_section(rows, speed, snr_ranges=None):
                            for r in snr2])) if snr2 else float("nan")
     hi = [r for r in rows if r["snr"] >= 2.0]
     rmse_ok = [r for r in hi if r[ours]["rmse"] <= min(r["LoG"]["rmse"], r["wavelet"]["rmse"])]
-    lines = ["## Targets (issue 3), checked on the rows below", "",
+    lines = ["## Targets, checked on the rows below", "",
              "| target | measured | met |", "|---|---|---|",
              f"| F1 at least the paper's DENODET in every cell | {len(vs_paper)} of {n} cells "
              f"| {'yes' if len(vs_paper) == n else 'no'} |",

@@ -1,7 +1,7 @@
 """How far above the classic detectors can a network go at one SNR, on our stacks?
 
-Issue 3 asks the bundled models to beat the best classic detector by at least 0.10 F1 at
-SNR 2 (mean over the cells). The detection benchmark measures +0.016. This script
+The detection target asks the bundled models to beat the best classic detector by at
+least 0.10 F1 at SNR 2 (mean over the cells). The detection benchmark measures +0.016. This script
 measures upper bounds on the very test stacks of ``bench_detection.py`` (same seeds),
 each method scored at the threshold (and LoG scale, wavelet k) that is best on the test
 stack's own truth, so no method loses anything to tuning:
@@ -15,7 +15,7 @@ If the specialist's lead over the classic detectors stays far under 0.10, that t
 asks more than this network reaches on these stacks even when trained for the one cell.
 Writes ``docs/benchmarks/detection-ceiling.md`` (and ``.json``) by default; the other
 SNRs of the grid (``--snr 1|4|7``) were run without specialists into ``--out
-docs/benchmarks/detection-ceiling-snrN.md``, against the targets issue 3 sets there.
+docs/benchmarks/detection-ceiling-snrN.md``, against the detection targets there.
 
 Usage::
 
@@ -160,7 +160,7 @@ def markdown(rows, args, specialists) -> str:
     lines[-1] += "."
     ahead = sum(r["bundled"]["f1"] >= c for r, c in zip(rows, classic, strict=True))
     lines += ["", f"Bundled at or above the better classic detector in {ahead} of {len(rows)} "
-              f"cells. Issue 3's target at SNR {args.snr:g} (with thresholds tuned on "
+              f"cells. The detection target at SNR {args.snr:g} (with thresholds tuned on "
               f"validation stacks): {TARGETS[args.snr]}."]
     if specialists:
         lines += ["", "Specialists:", ""]

@@ -288,7 +288,7 @@ def _held_out(rows: list[dict], calibrations: dict) -> list[str]:
     lines = ["", "## Regions the threshold-only mode was not chosen on", "",
              f"The threshold-only mode's area rule was chosen on regions 1-{RULE_DRAWS} of "
              f"each case, and its blob score (weight and sigma) on regions 1-{BLOB_DRAWS} "
-             f"(docs/models.md); regions {BLOB_DRAWS + 1} and on were drawn after both. "
+             f"(docs/models-history.md); regions {BLOB_DRAWS + 1} and on were drawn after both. "
              "(The rule's count over the frames, from the parent's detections, was chosen "
              "with every region in view.) "
              "Mean F1 from 10 clicks:", "",

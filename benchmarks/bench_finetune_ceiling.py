@@ -1,6 +1,6 @@
 """How high F1 can go on the fine-tuning benchmark's low-start cases, with every label.
 
-Issue 5 asks fine-tuning from 10 clicks to raise F1 by 0.2 where the bundled model starts
+The fine-tuning target asks 10 clicks to raise F1 by 0.2 where the bundled model starts
 below 0.7: the simulated micrograph at SNR 0.05 and the real EMPIAR-10017 micrograph.
 This script measures upper bounds on the same images, each scored on the whole annotated
 area at the best threshold (chosen on the very truth it is scored against):

@@ -1,6 +1,6 @@
 """Performance benchmark: throughput, peak memory, seams and scaling on this machine.
 
-Measures in one run (issue 6):
+Measures in one run, against the performance targets:
 
 - frames/s of the network (denoising + detection), the LoG detector and
   ``trackpy.locate`` on 512², 1024² and 2048² frames, and the network's
@@ -459,7 +459,7 @@ def write_markdown(path: Path, r: dict, quick: bool) -> None:
              f"in one run on this machine: {m['cpu']}, {m['cores']} cores, torch "
              f"{m['torch']} ({m['torch_threads']} threads), Python {m['python']}.", "",
              f"Command: `{' '.join(sys.argv)}`; total time {r['seconds'] / 60:.1f} min.", "",
-             "## Targets (issue 6)", "", *targets(r),
+             "## Targets", "", *targets(r),
              "## Speed per frame size (frames/s, best of repeated runs)", "",
              "The network column is denoising and detection together (the whole engine: "
              "normalisation, forward pass, peaks and local DSNT). Frames larger than 1024 "

@@ -131,7 +131,7 @@ def write_markdown(path: Path, report: dict, command: str) -> None:
                      f"{fps / base:.2f} |")
     lines += [
         "",
-        "Target of issue 3, at least 10 frames/s: "
+        "Speed target, at least 10 frames/s: "
         f"{speed['DENODET auto']:.1f} frames/s at the engine's default "
         f"({'met' if speed['DENODET auto'] >= 10 else 'not met'}); float32 alone "
         f"{base:.1f} frames/s.",
