@@ -4,7 +4,7 @@ The 4096^2 micrograph is binned by each factor, the bundled ``micrograph`` model
 detects particles, and the candidates are scored against the 629 expert picks (mapped
 to binned pixels; gate 40 full-resolution px) at the model's calibrated threshold and at
 the best threshold of a sweep. Also reported: the bin :meth:`Model.bin_for_diameter`
-gives for the picks' 108 px diameter. Writes ``docs/benchmarks-binning.md``.
+gives for the picks' 108 px diameter. Writes ``docs/benchmarks/binning.md``.
 
 Usage::
 
@@ -38,7 +38,7 @@ def main() -> None:
     """Run the sweep and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bins", type=int, nargs="+", default=[4, 5, 6, 7, 8, 10, 12])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-binning.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "binning.md")
     args = parser.parse_args()
     full = np.asarray(read_image(DATA / "empiar10017_micrograph.jpg"))
     picks = pd.read_csv(DATA / "empiar10017_coords.csv")

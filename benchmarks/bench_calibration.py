@@ -15,7 +15,7 @@ over many click regions per click count:
 - the spread of the shipped rule's threshold over the regions.
 
 F1 is scored as in ``bench_finetune.py``: outside the clicked region, same gates and
-edge margins. Writes ``docs/benchmarks-calibration.md`` (and ``.json``).
+edge margins. Writes ``docs/benchmarks/calibration.md`` (and ``.json``).
 
 Usage::
 
@@ -34,21 +34,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_finetune import (  # noqa: E402
-    _cases,
-    _clicks,
-    _inside,
-    _network_points,
-    _scores,
+from common import (
+    click_region,
     f1_at,
+    finetune_cases,
+    inside_region,
+    network_points,
+    score_outside,
 )
 
-from napari_denodet.core.finetune import FinetuneSettings, finetune  # noqa: E402
-from napari_denodet.core.models import load_model  # noqa: E402
-from napari_denodet.core.points import SCORE, X, Y  # noqa: E402
+from napari_denodet.core.finetune import FinetuneSettings, finetune
+from napari_denodet.core.models import load_model
+from napari_denodet.core.points import SCORE, X, Y
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = np.round(np.arange(0.05, 0.951, 0.0125), 4)
@@ -61,7 +58,7 @@ def tuned_in_region(case, points, clicks, centre, radius) -> float:
     baseline; where several thresholds tie, their median.
     """
     inner = radius - 5.0
-    region = _inside(points, centre, inner)
+    region = inside_region(points, centre, inner)
     if region.empty:
         return float(points[SCORE].min())
     truth = clicks.assign(frame=0) if "frame" not in clicks.columns else clicks
@@ -87,26 +84,26 @@ def measure(case, clicks: list[int], regions: int) -> list[dict]:
     """Per click count and region: the thresholds of each rule and their F1."""
     parent = load_model(case.model)
     scored = {}  # the recalibrated card's blob term -> the candidates it scores
-    before = _network_points(parent, case.image)
+    before = network_points(parent, case.image)
     rows = []
     for n in clicks:
         for draw in range(regions):
-            positives, centre, radius = _clicks(case, n, draw)
+            positives, centre, radius = click_region(case, n, draw)
             model, facts = _threshold_only_model(parent, case, positives)
             key = json.dumps(model.localisation.get("blob"), sort_keys=True)
             if key not in scored:
-                scored[key] = _network_points(model, case.image)
+                scored[key] = network_points(model, case.image)
             points = scored[key]
             thresholds = {"shipped": model.threshold, "kth": facts.get("in_area"),
                           "tuned": tuned_in_region(case, points, positives[[Y, X]],
                                                    centre, radius)}
             row = {"case": case.name, "clicks": n, "draw": draw,
-                   "f1_before": _scores(case, before, parent.threshold, centre, radius).f1,
-                   "levels": [_scores(case, points, t, centre, radius).f1 for t in LEVELS]}
+                   "f1_before": score_outside(case, before, parent.threshold, centre, radius).f1,
+                   "levels": [score_outside(case, points, t, centre, radius).f1 for t in LEVELS]}
             for rule, t in thresholds.items():
                 row[f"threshold_{rule}"] = t
                 row[f"f1_{rule}"] = (None if t is None
-                                     else _scores(case, points, t, centre, radius).f1)
+                                     else score_outside(case, points, t, centre, radius).f1)
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                               for k, v in row.items() if k != "levels"}), file=sys.stderr)
@@ -130,7 +127,7 @@ def markdown(rows: list[dict], args) -> str:
         "The threshold-only mode of fine-tuning (the micrograph card's advice) keeps the "
         "bundled model's weights and chooses the score threshold from one completely "
         "clicked region. Regions are drawn as in "
-        "[benchmarks-finetune.md](benchmarks-finetune.md) (its regions 1-24 are regions "
+        "[finetune.md](finetune.md) (its regions 1-24 are regions "
         "1-24 here); F1 is scored outside the clicked region with its gates and margins, "
         "on the candidates scored as the recalibrated card scores them (peak probability "
         "plus the denoised image's blob term). Mean F1 over the regions:",
@@ -197,10 +194,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regions", type=int, default=48)
     parser.add_argument("--clicks", type=int, nargs="+", default=[10, 5, 25, 50])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-calibration.md")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "docs" / "benchmarks" / "calibration.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cases = [c for c in _cases(quick=False) if c.model == "micrograph"]
+    cases = [c for c in finetune_cases(quick=False) if c.model == "micrograph"]
     rows = [row for case in cases for row in measure(case, args.clicks, args.regions)]
     args.out.write_text(markdown(rows, args))
     args.out.with_suffix(".json").write_text(json.dumps(_rounded(rows)) + "\n")

@@ -17,7 +17,7 @@ in one run, the bundled ``fluorescence`` model and models given with ``--compare
   next frame (telomeres move little between frames; noise detections recur only by
   chance, which is measured with random positions against the same next-frame points).
 
-Writes ``docs/benchmarks-correlated-noise.md`` and ``.json``.
+Writes ``docs/benchmarks/correlated-noise.md`` and ``.json``.
 
 Usage::
 
@@ -36,26 +36,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_detection import (  # noqa: E402
+from common import (
     DENSITIES,
     LOG_SIGMAS,
-    _cell_stacks,
-    _network_candidates,
-    _score_network,
-    _table,
+    candidate_table,
     cell_index,
+    cell_stacks,
+    network_candidates,
+    score_network,
     tune_classic,
 )
+from scipy.spatial import cKDTree
 
-from napari_denodet.core.classic import detect_classic  # noqa: E402
-from napari_denodet.core.io import read_image  # noqa: E402
-from napari_denodet.core.metrics import score_detections  # noqa: E402
-from napari_denodet.core.models import load_model  # noqa: E402
-from napari_denodet.core.simulate import SCENARIOS  # noqa: E402
+from napari_denodet.core.classic import detect_classic
+from napari_denodet.core.io import read_image
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import load_model
+from napari_denodet.core.simulate import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[1]
 TELOMERES = REPO.parent / "shared" / "data" / "timelapse_telomeres_2d.tif"
@@ -69,20 +66,20 @@ REDETECT = 1.5
 
 def score_cell(models, scenario, snr, density, widths, frames) -> dict:
     """F1 (tuned and default threshold) of every model and a tuned LoG on one cell."""
-    val, test = _cell_stacks(scenario, snr, density, frames,
-                             cell_index(scenario, snr, density), noise_correlation=widths)
+    val, test = cell_stacks(scenario, snr, density, frames,
+                            cell_index(scenario, snr, density), noise_correlation=widths)
     row = {"scenario": scenario, "snr": snr, "density": density}
     for name, model in models.items():
-        row[name] = _score_network(model, val, test)[0]
+        row[name] = score_network(model, val, test)[0]
     _, sigma, threshold = tune_classic(val.noisy, val.truth, "log", "sigma", LOG_SIGMAS)
-    points = _table(detect_classic(test.noisy, "log", sigma=sigma))
+    points = candidate_table(detect_classic(test.noisy, "log", sigma=sigma))
     row["LoG"] = {"f1": score_detections(points[points.score >= threshold], test.truth).f1}
     return row
 
 
 def redetection(model, stack, seed=0) -> dict:
     """Detections per frame at the model's threshold and how many recur in the next frame."""
-    points = _network_candidates(model, stack)[0]
+    points = network_candidates(model, stack)[0]
     points = points[points.score >= model.threshold]
     height, width = stack.shape[1:]
     rng = np.random.default_rng(seed)
@@ -182,8 +179,8 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
                         help="a model to score beside the bundled one (repeatable)")
     parser.add_argument("--frames", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" /
-                        "benchmarks-correlated-noise.md")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "docs" / "benchmarks" / "correlated-noise.md")
     args = parser.parse_args()
     started = time.perf_counter()
     models = {"bundled": load_model("fluorescence")}

@@ -25,8 +25,8 @@ training data never holds), and ``wide-structured`` does the same with PSFs twic
 wide (sigma 1.8-3.2 px). ``--models`` replaces the bundled models by files (to measure
 a candidate before it is bundled), e.g. ``--models fluorescence=runs/f.pt``.
 
-Writes ``docs/benchmarks-default-threshold.md`` and ``.json`` (with a condition,
-``docs/benchmarks-default-threshold-CONDITION.md``). Usage::
+Writes ``docs/benchmarks/default-threshold.md`` and ``.json`` (with a condition,
+``docs/benchmarks/default-threshold-CONDITION.md``). Usage::
 
     python benchmarks/bench_default_threshold.py --data FOLDER_WITH_THE_REAL_IMAGES
     python benchmarks/bench_default_threshold.py --condition structured
@@ -37,17 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.spatial import cKDTree
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_detection import (  # noqa: E402
+from common import (
     CLASSIC,
     DENSITIES,
     SNRS,
@@ -57,13 +53,14 @@ from bench_detection import (  # noqa: E402
     cell_index,
     tune_classic,
 )
+from scipy.spatial import cKDTree
 
-from napari_denodet.core.classic import detect_classic  # noqa: E402
-from napari_denodet.core.detection import recurrence  # noqa: E402
-from napari_denodet.core.metrics import score_detections  # noqa: E402
-from napari_denodet.core.models import load_model  # noqa: E402
-from napari_denodet.core.predict import detect, run  # noqa: E402
-from napari_denodet.core.simulate import simulate_timelapse  # noqa: E402
+from napari_denodet.core.classic import detect_classic
+from napari_denodet.core.detection import recurrence
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import load_model
+from napari_denodet.core.predict import detect, run
+from napari_denodet.core.simulate import simulate_timelapse
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO_MODEL = {"vesicle": "fluorescence", "receptor": "fluorescence",
@@ -285,7 +282,7 @@ def main():
     args = parser.parse_args()
     MODELS.update(dict(item.split("=", 1) for item in args.models.split(",") if item))
     suffix = "" if args.condition == "plain" else f"-{args.condition}"
-    args.out = args.out or REPO / "docs" / f"benchmarks-default-threshold{suffix}.md"
+    args.out = args.out or REPO / "docs" / "benchmarks" / f"default-threshold{suffix}.md"
     started = time.perf_counter()
     rows = []
     for scenario in SCENARIO_MODEL:

@@ -10,7 +10,7 @@ of the same cell (the same grids and score-level rule for every method, see
 its own calibrated default threshold (what a user gets without tuning). Also: PSNR of
 the denoised output against a tuned Gaussian filter, frames per second of every method
 on 512 x 512 frames measured in the same run, and a picture of detections on the real
-time-lapse. Writes markdown to ``docs/benchmarks.md``.
+time-lapse. Writes markdown to ``docs/benchmarks/detection.md``.
 
 Usage::
 
@@ -22,134 +22,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    BUNDLED,
+    CLASSIC,
+    DENSITIES,
+    LEVELS,
+    LOG_SIGMAS,
+    REPO,
+    SNRS,
+    TEST_SEED,
+    WAVELET_KS,
+    candidate_table,
+    cell_index,
+    cell_stacks,
+    measure_speed,
+    merged_pairs_bound,
+    score_network,
+    tune_classic,
+)
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from napari_denodet.core.classic import detect_classic
-from napari_denodet.core.metrics import GATE, f1_by_threshold, psnr, score_detections
+from napari_denodet.core.metrics import psnr, score_detections
 from napari_denodet.core.models import bundled_models, load_model
-from napari_denodet.core.points import points_table
 from napari_denodet.core.predict import detect, run
 from napari_denodet.core.simulate import SCENARIOS, simulate_timelapse
 
-REPO = Path(__file__).resolve().parents[1]
-SNRS = (1.0, 2.0, 4.0, 7.0)
-DENSITIES = ("low", "mid")
-VAL_SEED, TEST_SEED = 3_000_000_000, 4_000_000_000
 # The paper's DENODET F1 (Table I, mean over the PTC densities).
 PAPER_F1 = {
     "vesicle": {1: 0.444, 2: 0.952, 4: 0.994, 7: 0.989},
     "receptor": {1: 0.440, 2: 0.862, 4: 0.995, 7: 0.993},
     "microtubule": {1: 0.550, 2: 0.845, 4: 0.977, 7: 0.980},
 }
-#: The classic detectors' scale grids, tuned here and in the ceiling script alike.
-LOG_SIGMAS = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-WAVELET_KS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
-#: (row entry, detect_classic method, parameter name, parameter grid).
-CLASSIC = (("LoG", "log", "sigma", LOG_SIGMAS), ("wavelet", "wavelet", "k", WAVELET_KS))
-#: How many score levels a threshold is chosen from.
-LEVELS = 150
-#: The row entry (and table column) of the bundled model a user picks for the scenario.
-BUNDLED = "bundled for the scenario"
 #: The speed entry of the bundled model forced to float32 arithmetic.
 FLOAT32 = "DENODET (float32)"
-
-
-def _table(c):
-    return points_table(c["y"], c["x"], frame=c["frame"], score=c["score"])
-
-
-def _network_candidates(model, stack, precision="auto"):
-    result = run(detect(stack, model.network, invert=model.invert, floor=0.05,
-                        precision=precision, **model.localisation))
-    return result.points, result.denoised
-
-
-def score_levels(points, n_truth: int, levels: int = LEVELS) -> np.ndarray:
-    """The thresholds a method's score threshold is chosen from.
-
-    Quantiles of the ``3 * n_truth`` highest scores: keeping more candidates than that
-    cannot reach an F1 of 0.5, and quantiles of all the candidates (or a fixed grid)
-    would leave a few coarse steps where the particles' scores lie (a network keeps
-    many faint candidates above its floor; a classic detector's scores have no fixed
-    range). Every method, network or classic, is tuned on the same rule.
-    """
-    top = np.sort(points["score"].to_numpy())[::-1][:3 * max(n_truth, 1)]
-    return np.unique(np.quantile(top, np.linspace(0.0, 1.0, levels)))
-
-
-def best_threshold(points, truth, levels: int = LEVELS) -> tuple[float, float]:
-    """The best F1 of ``points`` against ``truth`` over :func:`score_levels`, and its
-    threshold (the lowest of equals); (0, nan) when there is no candidate."""
-    if points.empty:
-        return 0.0, float("nan")
-    thresholds = score_levels(points, len(truth), levels)
-    f1 = f1_by_threshold(points, truth, thresholds, gate=GATE)
-    best = int(np.argmax(f1))
-    return float(f1[best]), float(thresholds[best])
-
-
-def tune_classic(stack, truth, method, key, params) -> tuple[float, float, float]:
-    """Best (F1, parameter, threshold) of a classic detector on ``stack``'s truth."""
-    best = (-1.0, None, float("nan"))
-    for p in params:
-        f1, t = best_threshold(_table(detect_classic(stack, method, **{key: p})), truth)
-        if f1 > best[0]:
-            best = (f1, p, t)
-    return best
-
-
-def cell_index(scenario, snr, density) -> int:
-    """A cell's place in the full grid: its seeds follow it, so a run over some
-    scenarios or SNRs (or another script) scores the same stacks as the full run."""
-    return 1 + (SCENARIOS.index(scenario) * len(SNRS) + SNRS.index(snr)) \
-        * len(DENSITIES) + DENSITIES.index(density)
-
-
-def _cell_stacks(scenario, snr, density, frames, index, noise_correlation=(0.0, 0.0)):
-    common = dict(snr=snr, density=density, frames=frames, shape=(512, 512),
-                  noise_correlation=noise_correlation)
-    val = simulate_timelapse(scenario, seed=VAL_SEED + index, **common)
-    test = simulate_timelapse(scenario, seed=TEST_SEED + index, **common)
-    return val, test
-
-
-def merged_pairs_bound(truth, distance=3.0):
-    """Highest F1 a detector can reach when particles closer than ``distance`` px are one.
-
-    Peaks closer than the localisation's ``min_distance`` (3 px) count as one particle,
-    so each group of particles chained by such distances can be found once at most.
-    """
-    found = 0
-    for _, frame in truth.groupby("frame"):
-        pairs = cKDTree(frame[["y", "x"]].to_numpy()).query_pairs(distance,
-                                                                   output_type="ndarray")
-        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
-                           shape=(len(frame), len(frame)))
-        found += connected_components(graph, directed=False)[0]
-    recall = found / max(len(truth), 1)
-    return 2 * recall / (1 + recall)
-
-
-def _score_network(model, val, test, precision="auto"):
-    vpred, _ = _network_candidates(model, val.noisy, precision)
-    _, t = best_threshold(vpred, val.truth)
-    tpred, denoised = _network_candidates(model, test.noisy, precision)
-    s = score_detections(tpred[tpred.score >= t], test.truth)
-    d = score_detections(tpred[tpred.score >= model.threshold], test.truth)
-    return {"f1": s.f1, "rmse": s.rmse, "threshold": t, "psnr": psnr(test.clean, denoised),
-            "f1_default": d.f1, "rmse_default": d.rmse}, denoised
 
 
 def benchmark_cells(models, frames, scenarios, snrs, densities, scenario_models=None):
@@ -165,13 +79,13 @@ def benchmark_cells(models, frames, scenarios, snrs, densities, scenario_models=
     for scenario in scenarios:
         for snr in snrs:
             for density in densities:
-                val, test = _cell_stacks(scenario, snr, density, frames,
-                                         cell_index(scenario, snr, density))
+                val, test = cell_stacks(scenario, snr, density, frames,
+                                        cell_index(scenario, snr, density))
                 row = {"scenario": scenario, "snr": snr, "density": density,
                        "particles": len(test.truth),
                        "f1_bound": merged_pairs_bound(test.truth)}
                 for name, model in models.items():
-                    row[name], denoised = _score_network(model, val, test)
+                    row[name], denoised = score_network(model, val, test)
                     if name == "DENODET":
                         row["DENODET default threshold"] = {
                             "f1": row[name]["f1_default"], "rmse": row[name]["rmse_default"],
@@ -183,13 +97,13 @@ def benchmark_cells(models, frames, scenarios, snrs, densities, scenario_models=
                             test.clean, ndimage.gaussian_filter(test.noisy, (0, sig, sig)))
                         row["psnr"]["gaussian_sigma"] = sig
                 if scenario in scenario_models:
-                    row[BUNDLED] = dict(_score_network(scenario_models[scenario], val, test)[0],
+                    row[BUNDLED] = dict(score_network(scenario_models[scenario], val, test)[0],
                                         model=scenario)
                 else:
                     row[BUNDLED] = dict(row["DENODET"], model="DENODET")
                 for name, method, key, params in CLASSIC:
                     _, p, t = tune_classic(val.noisy, val.truth, method, key, params)
-                    tpred = _table(detect_classic(test.noisy, method, **{key: p}))
+                    tpred = candidate_table(detect_classic(test.noisy, method, **{key: p}))
                     s = score_detections(tpred[tpred.score >= t], test.truth)
                     row[name] = {"f1": s.f1, "rmse": s.rmse, "threshold": t, key: p}
                 rows.append(row)
@@ -207,37 +121,6 @@ def _tune_gaussian(val):
         if p > best[0]:
             best = (p, sig, None)
     return best
-
-
-def measure_speed(models, repeats=5, frames=8, precisions=None):
-    """Frames per second of every method on the same 512 x 512 stack.
-
-    Each method is warmed up on the whole stack, then the methods take turns ``repeats``
-    times (round robin), so that a slow spell of the machine hits them all alike; the
-    median of each method's runs is reported. A network runs at the engine's default
-    precision unless ``precisions`` (name -> precision) says otherwise.
-    """
-    stack = simulate_timelapse("vesicle", snr=4, density="mid", frames=frames,
-                               shape=(512, 512), seed=TEST_SEED).noisy
-    precisions = precisions or {}
-
-    def network(model, precision):
-        return lambda: run(detect(stack, model.network, invert=model.invert,
-                                  precision=precision, **model.localisation))
-
-    runners = {name: network(model, precisions.get(name, "auto"))
-               for name, model in models.items()}
-    runners["LoG"] = lambda: detect_classic(stack, "log")
-    runners["wavelet"] = lambda: detect_classic(stack, "wavelet")
-    times = {name: [] for name in runners}
-    for runner in runners.values():
-        runner()
-    for _ in range(repeats):
-        for name, runner in runners.items():
-            t0 = time.perf_counter()
-            runner()
-            times[name].append(time.perf_counter() - t0)
-    return {name: frames / statistics.median(t) for name, t in times.items()}
 
 
 def tiling_agreement(models, size=1536, tile=512):
@@ -301,6 +184,14 @@ def real_data_picture(model, out_png):
             "shown_frame": frame, "shown_detections": len(here)}
 
 
+def _picture_path(out: Path) -> Path:
+    # A report in docs/benchmarks/ shares docs/img/ with the other pages; a report written
+    # elsewhere (a quick run) keeps its picture beside it, in img/.
+    docs = REPO / "docs"
+    folder = docs / "img" if out.resolve().parent == docs / "benchmarks" else out.parent / "img"
+    return folder / "telomeres_detections.png"
+
+
 def _fmt(v, digits=3):
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
@@ -313,7 +204,7 @@ def _verdict(difference, margin=0.01):
 
 
 def targets_section(rows, speed, snr_ranges=None):
-    """Check issue 3's targets against the measured rows (no judgement by hand).
+    """Check the detection targets against the measured rows (no judgement by hand).
 
     The F1 and RMSE targets are checked on the bundled model a user picks for each
     scenario; the ablation and the speed compare the general DENODET, the model they
@@ -328,7 +219,7 @@ def targets_section(rows, speed, snr_ranges=None):
                            for r in snr2])) if snr2 else float("nan")
     hi = [r for r in rows if r["snr"] >= 2.0]
     rmse_ok = [r for r in hi if r[ours]["rmse"] <= min(r["LoG"]["rmse"], r["wavelet"]["rmse"])]
-    lines = ["## Targets (issue 3), checked on the rows below", "",
+    lines = ["## Targets, checked on the rows below", "",
              "| target | measured | met |", "|---|---|---|",
              f"| F1 at least the paper's DENODET in every cell | {len(vs_paper)} of {n} cells "
              f"| {'yes' if len(vs_paper) == n else 'no'} |",
@@ -367,15 +258,15 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
              f"torch threads, torch {torch.__version__}).", "",
              f"Command: `{shlex.join(sys.argv)}`", "",
              "Fine-tuning from clicks is measured separately in "
-             "[benchmarks-finetune.md](benchmarks-finetune.md) "
+             "[finetune.md](finetune.md) "
              "(`benchmarks/bench_finetune.py`), speed and memory at scale in "
              "[performance.md](performance.md) (`benchmarks/bench_performance.py`), the "
-             "micrograph binning in [benchmarks-binning.md](benchmarks-binning.md) and "
-             "Topaz's pretrained picker in [benchmarks-topaz.md](benchmarks-topaz.md); "
+             "micrograph binning in [binning.md](binning.md) and "
+             "Topaz's pretrained picker in [topaz.md](topaz.md); "
              "how far above the classic detectors a network goes with every threshold "
              "chosen on the test truth (same grids and level rule), at SNR 2 in "
-             "[benchmarks-detection-ceiling.md](benchmarks-detection-ceiling.md) and at "
-             "SNR 1, 4 and 7 in `benchmarks-detection-ceiling-snr{1,4,7}.md` "
+             "[detection-ceiling.md](detection-ceiling.md) and at "
+             "SNR 1, 4 and 7 in `detection-ceiling-snr{1,4,7}.md` "
              "(`benchmarks/bench_detection_ceiling.py`).", "",
              "Protocol: for each cell, a validation stack and a test stack of "
              f"{args.frames} frames of 512 x 512 from simulator seeds never used in training "
@@ -466,7 +357,8 @@ def write_markdown(out, rows, speed, real, args, methods, commands, snr_ranges=N
                   f"{real['detections_per_frame_median']:.0f} detections per frame at the "
                   f"model's default threshold. Frame {real['shown_frame']} with its "
                   f"{real['shown_detections']} detections (4x enlarged):", "",
-                  "![detections on the real time-lapse](img/telomeres_detections.png)"]
+                  f"![detections on the real time-lapse]"
+                  f"({os.path.relpath(_picture_path(out), out.parent)})"]
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -481,7 +373,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one scenario, SNR 2 and 4")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None,
                         help="score these scenarios only (same stacks as the full run)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "detection.md")
     args = parser.parse_args()
     models = {"DENODET": load_model(args.model)}
     if args.ablation:
@@ -501,8 +393,7 @@ def main():
     # native bfloat16).
     speed = measure_speed({**models, FLOAT32: models["DENODET"]},
                           precisions={FLOAT32: "float32"})
-    real = real_data_picture(models["DENODET"], args.out.parent / "img" /
-                             "telomeres_detections.png")
+    real = real_data_picture(models["DENODET"], _picture_path(args.out))
     methods = [BUNDLED, *models, "DENODET default threshold", "LoG", "wavelet"]
     everything = {**models, **scenario_models}
     commands = {name: m.card["training"]["command"] for name, m in everything.items()}

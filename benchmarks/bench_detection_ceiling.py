@@ -1,7 +1,7 @@
 """How far above the classic detectors can a network go at one SNR, on our stacks?
 
-Issue 3 asks the bundled models to beat the best classic detector by at least 0.10 F1 at
-SNR 2 (mean over the cells). The detection benchmark measures +0.016. This script
+The detection target asks the bundled models to beat the best classic detector by at
+least 0.10 F1 at SNR 2 (mean over the cells). The detection benchmark measures +0.016. This script
 measures upper bounds on the very test stacks of ``bench_detection.py`` (same seeds),
 each method scored at the threshold (and LoG scale, wavelet k) that is best on the test
 stack's own truth, so no method loses anything to tuning:
@@ -13,9 +13,9 @@ stack's own truth, so no method loses anything to tuning:
 
 If the specialist's lead over the classic detectors stays far under 0.10, that target
 asks more than this network reaches on these stacks even when trained for the one cell.
-Writes ``docs/benchmarks-detection-ceiling.md`` (and ``.json``) by default; the other
+Writes ``docs/benchmarks/detection-ceiling.md`` (and ``.json``) by default; the other
 SNRs of the grid (``--snr 1|4|7``) were run without specialists into ``--out
-docs/benchmarks-detection-ceiling-snrN.md``, against the targets issue 3 sets there.
+docs/benchmarks/detection-ceiling-snrN.md``, against the detection targets there.
 
 Usage::
 
@@ -23,7 +23,7 @@ Usage::
         --specialist vesicle=runs/vesicle-snr2.pt --specialist receptor=runs/receptor-snr2.pt \
         --specialist microtubule=runs/microtubule-snr2.pt
     python benchmarks/bench_detection_ceiling.py --snr 4 \
-        --out docs/benchmarks-detection-ceiling-snr4.md
+        --out docs/benchmarks/detection-ceiling-snr4.md
 """
 
 from __future__ import annotations
@@ -37,26 +37,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_detection import (  # noqa: E402
+from common import (
     CLASSIC,
     DENSITIES,
     SNRS,
-    _cell_stacks,
-    _network_candidates,
-    _table,
     best_threshold,
+    candidate_table,
     cell_index,
+    cell_stacks,
     merged_pairs_bound,
+    network_candidates,
     tune_classic,
 )
 
-from napari_denodet.core.classic import detect_classic  # noqa: E402
-from napari_denodet.core.metrics import score_detections  # noqa: E402
-from napari_denodet.core.models import bundled_models, load_model  # noqa: E402
-from napari_denodet.core.simulate import SCENARIOS  # noqa: E402
+from napari_denodet.core.classic import detect_classic
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import bundled_models, load_model
+from napari_denodet.core.simulate import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {1.0: "at or above both classic detectors in every cell, and clearly above",
@@ -74,13 +71,13 @@ def classic_on_truth(stack, truth, method, key, params) -> dict:
     """The classic detector at its best parameter and threshold on the truth itself
     (the detection benchmark's tuning, with the test stack as its own validation)."""
     _, p, t = tune_classic(stack, truth, method, key, params)
-    return dict(_scored(_table(detect_classic(stack, method, **{key: p})), truth, t),
+    return dict(_scored(candidate_table(detect_classic(stack, method, **{key: p})), truth, t),
                 **{key: p})
 
 
 def network_on_truth(model, stack, truth) -> dict:
     """The network's candidates at their best threshold on the truth."""
-    points = _network_candidates(model, stack)[0]
+    points = network_candidates(model, stack)[0]
     return _scored(points, truth, best_threshold(points, truth)[1])
 
 
@@ -92,8 +89,8 @@ def measure(scenarios, snr, frames, specialists) -> list[dict]:
     for scenario in scenarios:
         for density in DENSITIES:
             # The detection benchmark's cell index, so these are its very test stacks.
-            _, test = _cell_stacks(scenario, snr, density, frames,
-                                   cell_index(scenario, snr, density))
+            _, test = cell_stacks(scenario, snr, density, frames,
+                                  cell_index(scenario, snr, density))
             model = bundled.get(scenario, general)
             row = {"scenario": scenario, "snr": snr, "density": density,
                    "particles": len(test.truth), "f1_bound": merged_pairs_bound(test.truth),
@@ -128,7 +125,7 @@ def markdown(rows, args, specialists) -> str:
         "Command: `" + shlex.join(["benchmarks/bench_detection_ceiling.py",
                                    *sys.argv[1:]]) + "`",
         "",
-        f"The test stacks of [benchmarks.md](benchmarks.md) at SNR {args.snr:g} ({args.frames} "
+        f"The test stacks of [detection.md](detection.md) at SNR {args.snr:g} ({args.frames} "
         "frames of 512 x 512 per cell, the same seeds). Unlike there, every method is scored "
         "at the threshold (and LoG scale, wavelet k) that is best on the test stack's own "
         "truth, so each figure is an upper bound for that method and none loses anything "
@@ -163,7 +160,7 @@ def markdown(rows, args, specialists) -> str:
     lines[-1] += "."
     ahead = sum(r["bundled"]["f1"] >= c for r, c in zip(rows, classic, strict=True))
     lines += ["", f"Bundled at or above the better classic detector in {ahead} of {len(rows)} "
-              f"cells. Issue 3's target at SNR {args.snr:g} (with thresholds tuned on "
+              f"cells. The detection target at SNR {args.snr:g} (with thresholds tuned on "
               f"validation stacks): {TARGETS[args.snr]}."]
     if specialists:
         lines += ["", "Specialists:", ""]
@@ -184,7 +181,7 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS,
                         default=list(SCENARIOS))
     parser.add_argument("--out", type=Path,
-                        default=REPO / "docs" / "benchmarks-detection-ceiling.md")
+                        default=REPO / "docs" / "benchmarks" / "detection-ceiling.md")
     args = parser.parse_args()
     specialists = {}
     for item in args.specialist:

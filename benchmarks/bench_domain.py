@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with timelapse_telomeres_2d.tif")
     parser.add_argument("--draws", type=int, default=400)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-domain.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "domain.md")
     args = parser.parse_args()
     started = time.perf_counter()
     real = np.asarray(read_image(args.data / "timelapse_telomeres_2d.tif").data)
@@ -174,7 +174,7 @@ def main() -> None:
         "",
         "![Real crops of the telomere time-lapse (top row) beside simulated training "
         "draws of the realistic domain (three rows below), each scaled to its own "
-        "0.5-99.8 % range.](img/domain_crops.png)",
+        "0.5-99.8 % range.](../img/domain_crops.png)",
         "",
         "Top row: the real telomere time-lapse (frames 0, 60, 120, 180). Below: draws "
         "of the realistic domain.",

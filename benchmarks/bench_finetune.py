@@ -18,7 +18,7 @@ on a structured background (vesicles at SNR 2 and 4); (ii) simulated micrographs
 SNR 0.05 and 0.1; (iii) the real EMPIAR-10017 micrograph with its 629 expert
 coordinates, binned as the micrograph model's card asks for its 108 px particles (6x),
 scored inside the area the expert annotated (nothing within one particle diameter of
-the edge). Writes ``docs/benchmarks-finetune.md`` and ``.json``.
+the edge). Writes ``docs/benchmarks/finetune.md`` and ``.json``.
 
 Usage::
 
@@ -33,125 +33,43 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+from common import (
+    FINETUNE_LOG_SIGMAS,
+    Case,
+    advised_calibrations,
+    advised_modes,
+    annotated,
+    click_region,
+    f1_at,
+    finetune_cases,
+    inside_region,
+    model_of,
+    network_points,
+    score_outside,
+    weights_column,
+)
 
 from napari_denodet.core.classic import detect_classic
 from napari_denodet.core.finetune import FinetuneSettings, finetune
-from napari_denodet.core.io import read_image
-from napari_denodet.core.metrics import f1_by_threshold, score_detections
 from napari_denodet.core.models import load_model
-from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
-from napari_denodet.core.predict import detect, run
-from napari_denodet.core.resample import bin_image, bin_points
-from napari_denodet.core.simulate import simulate_micrograph, simulate_timelapse
+from napari_denodet.core.points import SCORE, points_table
+from napari_denodet.core.predict import run
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-SEED = 6_000_000_000
 LOG_FLOOR = {"fluorescence": 0.5, "micrograph": 0.0}
 # The threshold-only rule (calibrate_from_area) was chosen on the 10-click regions of the
 # first RULE_DRAWS draws; draws beyond them test it on regions it was not chosen on. (Its
 # count over the frames, from the parent's detections, was chosen later with regions 1-36
-# in view: no region is held out from that part, docs/models.md.)
+# in view: no region is held out from that part, docs/models-history.md.)
 RULE_DRAWS = 6
 # The threshold-only mode's blob score (its weight and sigma) was chosen on the first
 # BLOB_DRAWS draws; draws beyond them test both.
 BLOB_DRAWS = 12
-LOG_SIGMAS = {"fluorescence": (1.5, 2.0, 2.5, 3.0, 4.0), "micrograph": (3.0, 4.0, 5.0, 6.0, 8.0)}
-
-
-@dataclass
-class Case:
-    """A domain-shift case: images, truth, the bundled model it starts from."""
-
-    name: str
-    image: np.ndarray  # (t, y, x); single images get t = 1
-    truth: pd.DataFrame  # frame, y, x
-    model: str
-    note: str
-    gate: float = 5.0  # px of the image as detected
-    margin: float = 0.0  # px from the edge where nothing is scored (outside the annotation)
-
-
-def _cases(quick: bool) -> list[Case]:
-    size, frames = (256, 2) if quick else (512, 4)
-    cases = []
-    for snr in (2.0,) if quick else (2.0, 4.0):
-        sim = simulate_timelapse("vesicle", snr=snr, density="mid", frames=frames,
-                                 shape=(size, size), seed=SEED + int(snr), psf_scale=2.0,
-                                 texture=0.5)
-        cases.append(Case(f"fluorescence, PSF x2 + structure, SNR {snr:g}", sim.noisy,
-                          sim.truth[[FRAME, Y, X]], "fluorescence",
-                          f"{frames} frames of {size}^2, vesicles, psf_scale 2, "
-                          "texture 0.5 (cell-like blobs at 6 and 20 px)"))
-    for snr in (0.1,) if quick else (0.05, 0.1):
-        msize = 512 if quick else 1024
-        sim = simulate_micrograph(shape=(msize, msize), snr=snr, seed=SEED + 7)
-        truth = sim.truth.assign(frame=0)[[FRAME, Y, X]]
-        cases.append(Case(f"micrograph, SNR {snr:g}", sim.noisy[None], truth, "micrograph",
-                          f"one simulated {msize}^2 micrograph"))
-    jpg, coords = DATA / "empiar10017_micrograph.jpg", DATA / "empiar10017_coords.csv"
-    if jpg.is_file() and coords.is_file():
-        table = pd.read_csv(coords)
-        diameter = float(table["Diameter"].median())  # 108 px
-        factor = load_model("micrograph").bin_for_diameter(diameter)
-        image = bin_image(np.asarray(read_image(jpg)), factor)
-        truth = bin_points(points_table(table["Y-Coordinate"], table["X-Coordinate"],
-                                        frame=np.zeros(len(table), int)), factor)
-        edge = float(edge_distance(truth, image.shape).min()) * factor
-        cases.append(Case(
-            f"real micrograph EMPIAR-10017, bin {factor}", image[None], truth, "micrograph",
-            f"4096^2 JPEG binned to {image.shape[0]}^2 (the bin the model card gives for "
-            f"the {diameter:g} px particles); {len(table)} expert picks, all at least "
-            f"{edge:.0f} px from the edge, so nothing within one particle diameter "
-            f"({diameter:g} px) of the edge is scored; gate 40 px full-res",
-            gate=40.0 / factor, margin=diameter / factor))
-    return cases
-
-
-def _region(case: Case, n: int, rng: np.random.Generator):
-    """The n particles nearest a random particle of frame 0, away from the edges."""
-    first = case.truth[case.truth[FRAME] == 0]
-    h, w = case.image.shape[-2:]
-    inner = first[(first[Y] > 32) & (first[Y] < h - 32) & (first[X] > 32) & (first[X] < w - 32)]
-    centre = inner.iloc[int(rng.integers(len(inner)))][[Y, X]].to_numpy(float)
-    distance = np.hypot(first[Y] - centre[0], first[X] - centre[1]).to_numpy()
-    order = np.argsort(distance)
-    clicks = first.iloc[order[:n]].reset_index(drop=True)
-    return clicks, centre, float(distance[order[n - 1]]) + 5.0
-
-
-def _outside(table: pd.DataFrame, centre, radius) -> pd.DataFrame:
-    inside = (np.hypot(table[Y] - centre[0], table[X] - centre[1]) <= radius) & (
-        table[FRAME] == 0)
-    return table[~inside.to_numpy()]
-
-
-def edge_distance(table: pd.DataFrame, shape) -> np.ndarray:
-    """Distance (px) of each point of ``table`` to the nearest edge of a ``shape`` image."""
-    h, w = shape[-2:]
-    return np.asarray(np.minimum.reduce([table[Y], table[X], h - 1 - table[Y],
-                                         w - 1 - table[X]]))
-
-
-def away_from_edge(table: pd.DataFrame, shape, margin: float) -> pd.DataFrame:
-    """The part of ``table`` at least ``margin`` px from every edge."""
-    return table[edge_distance(table, shape) >= margin]
-
-
-def _annotated(case: Case, table: pd.DataFrame) -> pd.DataFrame:
-    return away_from_edge(table, case.image.shape, case.margin)
-
-
-def _inside(table: pd.DataFrame, centre, radius) -> pd.DataFrame:
-    inside = (np.hypot(table[Y] - centre[0], table[X] - centre[1]) <= radius) & (
-        table[FRAME] == 0)
-    return table[inside.to_numpy()]
 
 
 def _threshold_only(case: Case, parent, positives, parent_points, centre, radius) -> dict:
@@ -163,51 +81,28 @@ def _threshold_only(case: Case, parent, positives, parent_points, centre, radius
     seconds = time.perf_counter() - started
     # The recalibrated card may score with the denoised output's blob term: detect again.
     points = (parent_points if "blob" not in recalibrated.localisation
-              else _network_points(recalibrated, case.image))
-    only = _scores(case, points, recalibrated.threshold, centre, radius)
+              else network_points(recalibrated, case.image))
+    only = score_outside(case, points, recalibrated.threshold, centre, radius)
     return {"model": case.model, "f1_threshold_only": only.f1,
             "rmse_threshold_only": only.rmse, "threshold_only": recalibrated.threshold,
             "threshold_only_s": seconds}
-
-
-def _clicks(case: Case, n: int, draw: int):
-    """The clicks of a row (its region drawn from the row's seed), as finetune takes them."""
-    clicks, centre, radius = _region(case, n, np.random.default_rng(SEED + 1000 * draw + n))
-    positives = clicks if len(case.image) > 1 else clicks[[Y, X]]
-    return positives, centre, radius
-
-
-def _network_points(model, image):
-    return run(detect(image, model.network, invert=model.invert, **model.localisation)).points
-
-
-def _scores(case: Case, points, threshold, centre, radius):
-    kept = _annotated(case, points[points[SCORE] >= threshold])
-    return score_detections(_outside(kept, centre, radius),
-                            _outside(_annotated(case, case.truth), centre, radius),
-                            gate=case.gate)
-
-
-def f1_at(points, truth, levels, gate: float) -> np.ndarray:
-    """F1 of ``points`` against ``truth`` when only scores at or above each level are kept."""
-    return f1_by_threshold(points, truth, levels, gate=gate)
 
 
 def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
     """LoG with scale and threshold tuned on the clicked region (taken as complete)."""
     # The clicked region proper: the clicks' disk (the evaluation excludes 5 px more).
     inner = radius - 5.0
-    region_truth = _inside(_annotated(case, case.truth), centre, inner)
+    region_truth = inside_region(annotated(case, case.truth), centre, inner)
     best = (-1.0, None, None)
     candidates = {}
-    for sigma in LOG_SIGMAS[scenario]:
+    for sigma in FINETUNE_LOG_SIGMAS[scenario]:
         # Micrograph LoG responses at SNR 0.05 stay below the default floor of 0.5.
         found = detect_classic(case.image, "log", invert=invert, sigma=sigma,
                                min_distance=max(2, int(sigma)), floor=LOG_FLOOR[scenario])
         table = points_table(found["y"], found["x"], frame=found["frame"],
                              score=found["score"])
         candidates[sigma] = table
-        region = _inside(_annotated(case, table), centre, inner)
+        region = inside_region(annotated(case, table), centre, inner)
         if region.empty:
             continue
         levels = np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40)))
@@ -217,15 +112,15 @@ def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
     _, sigma, threshold = best
     if sigma is None:
         raise RuntimeError(f"{case.name}: no LoG candidate in the clicked region")
-    return _scores(case, candidates[sigma], threshold, centre, radius), sigma, threshold
+    return score_outside(case, candidates[sigma], threshold, centre, radius), sigma, threshold
 
 
 def _measure(case: Case, n: int, budget: float, draw: int = 0,
              pseudo_labels: float | None = None) -> dict:
     parent = load_model(case.model)
-    positives, centre, radius = _clicks(case, n, draw)
-    parent_points = _network_points(parent, case.image)
-    before = _scores(case, parent_points, parent.threshold, centre, radius)
+    positives, centre, radius = click_region(case, n, draw)
+    parent_points = network_points(parent, case.image)
+    before = score_outside(case, parent_points, parent.threshold, centre, radius)
     image = case.image if len(case.image) > 1 else case.image[0]
     started = time.perf_counter()
     # Both thresholds after training are on the card; "clicks" is used, "count" scored too.
@@ -237,15 +132,15 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     # The "threshold" mode: the parent's weights, the threshold from the clicked area.
     only = _threshold_only(case, parent, positives, parent_points, centre, radius)
     tuned = result.model
-    tuned_points = _network_points(tuned, case.image)
-    after = _scores(case, tuned_points, tuned.threshold, centre, radius)
+    tuned_points = network_points(tuned, case.image)
+    after = score_outside(case, tuned_points, tuned.threshold, centre, radius)
     # What a perfectly chosen threshold would give: the cost of calibrating from clicks.
     # Scores can bunch within a few hundredths, so the levels are quantiles of the scores.
     levels = np.union1d(np.arange(0.05, 0.951, 0.025),
                         np.quantile(tuned_points[SCORE], np.linspace(0, 0.995, 200)))
-    best_after = max(_scores(case, tuned_points, t, centre, radius).f1 for t in levels)
+    best_after = max(score_outside(case, tuned_points, t, centre, radius).f1 for t in levels)
     keeping = tuned.card["training"]["calibration"]["threshold_keeping_count"]
-    count = None if keeping is None else _scores(case, tuned_points, keeping, centre, radius)
+    count = None if keeping is None else score_outside(case, tuned_points, keeping, centre, radius)
     log, sigma, threshold = _log_baseline(case, parent.invert, centre, radius, case.model)
     row = {
         "case": case.name, "clicks": n, "draw": draw, "evaluated": int(before.tp + before.fn),
@@ -361,10 +256,10 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         ten = [r for r in rows if r["case"] == name and r["clicks"] == 10]
         if not ten:
             continue
-        mode = modes[_model_of(ten[0])][0]
-        calibration = calibrations[_model_of(ten[0])][0]
+        mode = modes[model_of(ten[0])][0]
+        calibration = calibrations[model_of(ten[0])][0]
         column = ("f1_threshold_only" if mode == "threshold" else
-                  _weights_column(calibration))
+                  weights_column(calibration))
         how = mode if mode == "threshold" else f"weights, threshold by {calibration}"
         before, after, log = (float(np.mean([r[k] for r in ten]))
                               for k in ("f1_before", column, "f1_log"))
@@ -393,7 +288,7 @@ def _held_out(rows: list[dict], calibrations: dict) -> list[str]:
     lines = ["", "## Regions the threshold-only mode was not chosen on", "",
              f"The threshold-only mode's area rule was chosen on regions 1-{RULE_DRAWS} of "
              f"each case, and its blob score (weight and sigma) on regions 1-{BLOB_DRAWS} "
-             f"(docs/models.md); regions {BLOB_DRAWS + 1} and on were drawn after both. "
+             f"(docs/models-history.md); regions {BLOB_DRAWS + 1} and on were drawn after both. "
              "(The rule's count over the frames, from the parent's detections, was chosen "
              "with every region in view.) "
              "Mean F1 from 10 clicks:", "",
@@ -404,7 +299,7 @@ def _held_out(rows: list[dict], calibrations: dict) -> list[str]:
                lambda d: RULE_DRAWS <= d < BLOB_DRAWS),
               (f"{BLOB_DRAWS + 1}+ (held out)", lambda d: d >= BLOB_DRAWS))
     for name in dict.fromkeys(r["case"] for r in ten):
-        weights = _weights_column(calibrations[_model_of(
+        weights = weights_column(calibrations[model_of(
             next(r for r in ten if r["case"] == name))][0])
         for label, part in groups:
             chosen = [r for r in ten if r["case"] == name and part(r["draw"])]
@@ -418,67 +313,6 @@ def _held_out(rows: list[dict], calibrations: dict) -> list[str]:
 
 def _f(row: dict, key: str, digits: int) -> str:
     return f"{row[key]:.{digits}f}" if row.get(key) is not None else "–"
-
-
-def _model_of(row: dict) -> str:
-    # Rows of earlier runs do not name their model; the case name tells it.
-    return row.get("model") or ("micrograph" if "micrograph" in row["case"] else
-                                "fluorescence")
-
-
-def _ten_click_cases(rows: list[dict], model: str) -> dict[str, list[dict]]:
-    # The model's 10-click rows, per case.
-    cases = {}
-    for r in rows:
-        if _model_of(r) == model and r["clicks"] == 10:
-            cases.setdefault(r["case"], []).append(r)
-    return cases
-
-
-def _case_mean(cases: dict[str, list[dict]], key: str) -> float:
-    # The mean over cases of each case's mean of ``key``.
-    return float(np.mean([np.mean([r[key] for r in c]) for c in cases.values()]))
-
-
-def _weights_column(calibration: str) -> str:
-    return "f1_after_count" if calibration == "count" else "f1_after"
-
-
-def advised_calibrations(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
-    """Per model: the better threshold after training from 10 clicks, and both mean F1s.
-
-    ``"count"`` (the parent's count, ``f1_after_count``) is advised when its mean over the
-    model's cases is higher than from the clicks (``f1_after``); rows without it count
-    as clicks.
-    """
-    return {model: _better(_ten_click_cases(rows, model), ("clicks", "f1_after"),
-                           ("count", "f1_after_count"))
-            for model in dict.fromkeys(_model_of(r) for r in rows)}
-
-
-def _better(cases: dict[str, list[dict]], first: tuple[str, str],
-            other: tuple[str, str]) -> tuple[str, float, float | None]:
-    # The (name, column) of ``other`` where its case mean is higher, else ``first``'s;
-    # and both means (None for ``other`` when some row lacks it).
-    mean_first = _case_mean(cases, first[1])
-    if not all(r.get(other[1]) is not None for c in cases.values() for r in c):
-        return first[0], mean_first, None
-    mean_other = _case_mean(cases, other[1])
-    return (other[0] if mean_other > mean_first else first[0]), mean_first, mean_other
-
-
-def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]]:
-    """Per model: the better fine-tuning mode from 10 clicks, and both mean F1s.
-
-    The mean is over the model's cases, each case the mean of its 10-click regions;
-    weights at the threshold after training :func:`advised_calibrations` advises.
-    Threshold only is advised when it is higher; rows without it count as weights.
-    """
-    calibrations = advised_calibrations(rows)
-    return {model: _better(_ten_click_cases(rows, model),
-                           ("weights", _weights_column(calibrations[model][0])),
-                           ("threshold", "f1_threshold_only"))
-            for model in dict.fromkeys(_model_of(r) for r in rows)}
 
 
 def _key(row: dict) -> tuple:
@@ -512,12 +346,12 @@ def main() -> None:
                         help="rows of an earlier run (its .json) shown next to these")
     parser.add_argument("--only", default=None, metavar="TEXT",
                         help="run only the cases whose name contains TEXT (for probes)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-finetune.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "finetune.md")
     args = parser.parse_args()
     if args.quick:
         args.clicks, args.budget, args.draws = [10], 5.0, 1
         args.out = Path(tempfile.gettempdir()) / "benchmarks-finetune-quick.md"
-    cases = [c for c in _cases(args.quick) if args.only is None or args.only in c.name]
+    cases = [c for c in finetune_cases(args.quick) if args.only is None or args.only in c.name]
     earlier = {}
     if args.reuse:
         # The rows of an earlier report (.json), or the lines an interrupted run printed.
@@ -539,9 +373,9 @@ def main() -> None:
                     # An earlier run without the threshold-only mode, or before a change
                     # to it: measure that alone (the weights path is unchanged).
                     parent = load_model(case.model)
-                    positives, centre, radius = _clicks(case, n, draw)
+                    positives, centre, radius = click_region(case, n, draw)
                     row = dict(row, **_threshold_only(
-                        case, parent, positives, _network_points(parent, case.image), centre,
+                        case, parent, positives, network_points(parent, case.image), centre,
                         radius), threshold_added="f1_threshold_only" not in row)
                 rows.append(dict(row, reused=True) if row else _measure(
                     case, n, args.budget, draw, args.pseudo_labels))

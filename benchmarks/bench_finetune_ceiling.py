@@ -1,6 +1,6 @@
 """How high F1 can go on the fine-tuning benchmark's low-start cases, with every label.
 
-Issue 5 asks fine-tuning from 10 clicks to raise F1 by 0.2 where the bundled model starts
+The fine-tuning target asks 10 clicks to raise F1 by 0.2 where the bundled model starts
 below 0.7: the simulated micrograph at SNR 0.05 and the real EMPIAR-10017 micrograph.
 This script measures upper bounds on the same images, each scored on the whole annotated
 area at the best threshold (chosen on the very truth it is scored against):
@@ -12,7 +12,7 @@ area at the best threshold (chosen on the very truth it is scored against):
 - for the simulated case, a model trained on simulated micrographs of that SNR with their
   clean images (``--specialist``; its command is in its card).
 
-Writes ``docs/benchmarks-finetune-ceiling.md``.
+Writes ``docs/benchmarks/finetune-ceiling.md``.
 
 Usage::
 
@@ -31,23 +31,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_finetune import (  # noqa: E402
-    LOG_SIGMAS,
-    _annotated,
-    _cases,
-    _network_points,
+from common import (
+    FINETUNE_LOG_SIGMAS,
+    annotated,
     f1_at,
+    finetune_cases,
+    network_points,
 )
 
-from napari_denodet.core.classic import detect_classic  # noqa: E402
-from napari_denodet.core.finetune import FinetuneSettings, finetune  # noqa: E402
-from napari_denodet.core.metrics import score_detections  # noqa: E402
-from napari_denodet.core.models import load_model  # noqa: E402
-from napari_denodet.core.points import SCORE, X, Y, points_table  # noqa: E402
-from napari_denodet.core.predict import run  # noqa: E402
+from napari_denodet.core.classic import detect_classic
+from napari_denodet.core.finetune import FinetuneSettings, finetune
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import load_model
+from napari_denodet.core.points import SCORE, X, Y, points_table
+from napari_denodet.core.predict import run
 
 REPO = Path(__file__).resolve().parents[1]
 LOW_START = ("micrograph, SNR 0.05", "real micrograph")
@@ -55,8 +52,8 @@ LOW_START = ("micrograph, SNR 0.05", "real micrograph")
 
 def best_f1(case, points) -> tuple[float, float]:
     """Best F1 (and its threshold) over score quantiles, on the whole annotated area."""
-    truth = _annotated(case, case.truth)
-    points = _annotated(case, points)
+    truth = annotated(case, case.truth)
+    points = annotated(case, points)
     if points.empty:
         return 0.0, float("nan")
     levels = np.unique(np.quantile(points[SCORE], np.linspace(0, 0.995, 200)))
@@ -65,13 +62,13 @@ def best_f1(case, points) -> tuple[float, float]:
 
 
 def at_threshold(case, points, threshold) -> float:
-    kept = _annotated(case, points[points[SCORE] >= threshold])
-    return score_detections(kept, _annotated(case, case.truth), gate=case.gate).f1
+    kept = annotated(case, points[points[SCORE] >= threshold])
+    return score_detections(kept, annotated(case, case.truth), gate=case.gate).f1
 
 
 def log_oracle(case, invert) -> tuple[float, float]:
     best = (-1.0, None)
-    for sigma in LOG_SIGMAS["micrograph"]:
+    for sigma in FINETUNE_LOG_SIGMAS["micrograph"]:
         found = detect_classic(case.image, "log", invert=invert, sigma=sigma,
                                min_distance=max(2, int(sigma)), floor=0.0)
         table = points_table(found["y"], found["x"], frame=found["frame"],
@@ -83,21 +80,21 @@ def log_oracle(case, invert) -> tuple[float, float]:
 
 def measure(case, specialist, budget) -> dict:
     parent = load_model(case.model)
-    points = _network_points(parent, case.image)
-    row = {"case": case.name, "particles": len(_annotated(case, case.truth)),
+    points = network_points(parent, case.image)
+    row = {"case": case.name, "particles": len(annotated(case, case.truth)),
            "before": at_threshold(case, points, parent.threshold),
            "before_best": best_f1(case, points)[0]}
     row["log_oracle"], row["log_sigma"] = log_oracle(case, parent.invert)
-    clicks = _annotated(case, case.truth)[[Y, X]]
+    clicks = annotated(case, case.truth)[[Y, X]]
     started = time.perf_counter()
     settings = FinetuneSettings(time_budget=budget, complete_region=True)
     tuned = run(finetune(parent, case.image[0], clicks, settings=settings)).model
     row["all_clicked_s"] = time.perf_counter() - started
-    tuned_points = _network_points(tuned, case.image)
+    tuned_points = network_points(tuned, case.image)
     row["all_clicked"] = at_threshold(case, tuned_points, tuned.threshold)
     row["all_clicked_best"] = best_f1(case, tuned_points)[0]
     if specialist is not None and not case.name.startswith("real"):
-        row["specialist_best"] = best_f1(case, _network_points(specialist, case.image))[0]
+        row["specialist_best"] = best_f1(case, network_points(specialist, case.image))[0]
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
           file=sys.stderr)
     return row
@@ -114,7 +111,7 @@ def markdown(rows, args, specialist) -> str:
         f"Command: `{shlex.join(sys.argv)}`",
         "",
         "Each figure is F1 on the whole annotated area of the case's image (same images, "
-        "gates and edge margins as [benchmarks-finetune.md](benchmarks-finetune.md)). "
+        "gates and edge margins as [finetune.md](finetune.md)). "
         "'best' means at the threshold that maximises F1 against the very truth it is "
         "scored on, so every 'best' column is an upper bound. *All clicked*: the "
         "bundled model fine-tuned with every true particle as a click and the image taken as "
@@ -143,10 +140,10 @@ def main() -> None:
                         help="a model trained on simulated micrographs of the case's SNR")
     parser.add_argument("--budget", type=float, default=45.0)
     parser.add_argument("--out", type=Path,
-                        default=REPO / "docs" / "benchmarks-finetune-ceiling.md")
+                        default=REPO / "docs" / "benchmarks" / "finetune-ceiling.md")
     args = parser.parse_args()
     specialist = load_model(args.specialist) if args.specialist else None
-    cases = [c for c in _cases(quick=False) if c.name.startswith(LOW_START)]
+    cases = [c for c in finetune_cases(quick=False) if c.name.startswith(LOW_START)]
     rows = [measure(c, specialist, args.budget) for c in cases]
     args.out.write_text(markdown(rows, args, specialist))
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Performance benchmark: throughput, peak memory, seams and scaling on this machine.
 
-Measures in one run (issue 6):
+Measures in one run, against the performance targets:
 
 - frames/s of the network (denoising + detection), the LoG detector and
   ``trackpy.locate`` on 512², 1024² and 2048² frames, and the network's
@@ -15,8 +15,9 @@ Measures in one run (issue 6):
 - batch throughput of many files on a local dask cluster of 1 and of 2 workers;
 - the GUI path (the Detect widget's worker generator) against the CLI path per frame.
 
-Writes ``docs/performance.md`` and ``docs/performance.json``. ``--quick`` runs the same
-code on tiny sizes (well under a minute) and writes to the temporary folder instead.
+Writes ``docs/benchmarks/performance.md`` and ``docs/benchmarks/performance.json``.
+``--quick`` runs the same code on tiny sizes (well under a minute) and writes to the
+temporary folder instead.
 
 Usage::
 
@@ -458,7 +459,7 @@ def write_markdown(path: Path, r: dict, quick: bool) -> None:
              f"in one run on this machine: {m['cpu']}, {m['cores']} cores, torch "
              f"{m['torch']} ({m['torch_threads']} threads), Python {m['python']}.", "",
              f"Command: `{' '.join(sys.argv)}`; total time {r['seconds'] / 60:.1f} min.", "",
-             "## Targets (issue 6)", "", *targets(r),
+             "## Targets", "", *targets(r),
              "## Speed per frame size (frames/s, best of repeated runs)", "",
              "The network column is denoising and detection together (the whole engine: "
              "normalisation, forward pass, peaks and local DSNT). Frames larger than 1024 "
@@ -552,12 +553,12 @@ def main() -> None:
                              "folder; the full run needs about 4 GB)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--out", type=Path, default=None,
-                        help="markdown report (default docs/performance.md; with --quick, "
-                             "in the temporary folder)")
+                        help="markdown report (default docs/benchmarks/performance.md; "
+                             "with --quick, in the temporary folder)")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     out = args.out or (Path(tempfile.gettempdir()) / "performance-quick.md" if args.quick
-                       else REPO / "docs" / "performance.md")
+                       else REPO / "docs" / "benchmarks" / "performance.md")
     if args.workdir is not None:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="denodet-perf-", dir=args.workdir))

@@ -15,7 +15,7 @@ what that changes and what it buys:
   ``auto`` (what this machine picks), beside LoG and the wavelet detector, interleaved
   in the same run (:func:`bench_detection.measure_speed`).
 
-Writes ``docs/benchmarks-precision.md`` and ``.json``.
+Writes ``docs/benchmarks/precision.md`` and ``.json``.
 
 Usage::
 
@@ -33,23 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_detection import (  # noqa: E402
+from common import (
     DENSITIES,
     SNRS,
-    _cell_stacks,
-    _score_network,
     cell_index,
+    cell_stacks,
     measure_speed,
+    score_network,
 )
 
-from napari_denodet.core.io import read_image  # noqa: E402
-from napari_denodet.core.metrics import score_detections  # noqa: E402
-from napari_denodet.core.models import bundled_models, load_model  # noqa: E402
-from napari_denodet.core.predict import choose_precision, detect, native_bfloat16, run  # noqa: E402
-from napari_denodet.core.simulate import SCENARIOS  # noqa: E402
+from napari_denodet.core.io import read_image
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.models import bundled_models, load_model
+from napari_denodet.core.predict import choose_precision, detect, native_bfloat16, run
+from napari_denodet.core.simulate import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("float32", "bfloat16")
@@ -66,12 +63,12 @@ def accuracy_rows(frames: int, scenarios, snrs) -> list[dict]:
         model = load_model(name)
         for snr in snrs:
             for density in DENSITIES:
-                val, test = _cell_stacks(scenario, snr, density, frames,
-                                         cell_index(scenario, snr, density))
+                val, test = cell_stacks(scenario, snr, density, frames,
+                                        cell_index(scenario, snr, density))
                 row = {"scenario": scenario, "snr": snr, "density": density,
                        "model": name}
                 for precision in PRECISIONS:
-                    scores, _ = _score_network(model, val, test, precision)
+                    scores, _ = score_network(model, val, test, precision)
                     row[precision] = {k: float(scores[k]) for k in METRICS}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -134,7 +131,7 @@ def write_markdown(path: Path, report: dict, command: str) -> None:
                      f"{fps / base:.2f} |")
     lines += [
         "",
-        "Target of issue 3, at least 10 frames/s: "
+        "Speed target, at least 10 frames/s: "
         f"{speed['DENODET auto']:.1f} frames/s at the engine's default "
         f"({'met' if speed['DENODET auto'] >= 10 else 'not met'}); float32 alone "
         f"{base:.1f} frames/s.",
@@ -143,7 +140,7 @@ def write_markdown(path: Path, report: dict, command: str) -> None:
         "",
         f"Same stacks ({report['frames']} frames of 512 x 512 per validation and test "
         "stack), same rule (threshold from 150 levels of the validation scores), same 5 px "
-        "gate as `docs/benchmarks.md`; the model is the one bundled for the scenario. "
+        "gate as `docs/benchmarks/detection.md`; the model is the one bundled for the scenario. "
         "Differences are bfloat16 minus float32.",
         "",
         "| measure | mean difference | smallest | largest |",
@@ -185,7 +182,7 @@ def main() -> None:
     scenarios = ("vesicle",) if args.quick else SCENARIOS
     snrs = (2.0,) if args.quick else SNRS
     out = args.out or (Path("/tmp") / "benchmarks-precision.md" if args.quick else
-                       REPO / "docs" / "benchmarks-precision.md")
+                       REPO / "docs" / "benchmarks" / "precision.md")
     model = load_model("fluorescence")
     # Speed first, on a machine not yet warmed by the accuracy runs' allocations.
     speed = measure_speed(

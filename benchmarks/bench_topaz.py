@@ -13,7 +13,7 @@ Both are scored against the 629 expert picks at full resolution (gate 40 px) ins
 area the expert annotated (nothing within one particle diameter of the edge): F1 at the
 threshold a user would start from (Topaz: log-likelihood ratio 0, i.e. p = 0.5; ours:
 the card's calibrated threshold) and at the best threshold of a sweep (an upper bound
-neither user can know). Writes ``docs/benchmarks-topaz.md``.
+neither user can know). Writes ``docs/benchmarks/topaz.md``.
 
 Topaz is not a dependency of napari-denodet. To run this script, install it next to
 napari-denodet; its picker needs neither torchvision nor a GPU::
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from bench_finetune import away_from_edge
+from common import away_from_edge
 
 from napari_denodet.core.io import read_image
 from napari_denodet.core.metrics import score_detections
@@ -85,7 +85,7 @@ def main() -> None:
     """Run both pickers and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[4, 6, 8])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-topaz.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "topaz.md")
     args = parser.parse_args()
     import topaz
 
@@ -142,7 +142,7 @@ def main() -> None:
     lines += ["", "Topaz's starting threshold is the log-likelihood ratio 0 (p = 0.5); "
                   "`topaz extract` itself keeps everything above -6 and leaves the cut to "
                   "the user. Fine-tuned figures of napari-denodet on this micrograph, from "
-                  "10 clicks, are in [benchmarks-finetune.md](benchmarks-finetune.md)."]
+                  "10 clicks, are in [finetune.md](finetune.md)."]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -6,9 +6,9 @@ Usage::
 
 A card's ``benchmark`` field holds the figures of the committed benchmark runs, so a
 user who opens the card sees what the model measured and where: for the fluorescence
-model, ``docs/benchmarks.json`` (``benchmarks/bench_detection.py``): F1, RMSE and PSNR
+model, ``docs/benchmarks/detection.json`` (``benchmarks/bench_detection.py``): F1, RMSE and PSNR
 per SNR, averaged over the scenarios and densities; for the micrograph model,
-``docs/benchmarks-finetune.json`` (``benchmarks/bench_finetune.py``): F1 and RMSE before
+``docs/benchmarks/finetune.json`` (``benchmarks/bench_finetune.py``): F1 and RMSE before
 fine-tuning on each micrograph case. The fluorescence cards' ``deviations`` are set to
 :data:`napari_denodet.core.train.DEVIATIONS`, whose figures come from the detection
 benchmark. Run it after either benchmark; a test checks that the cards agree with the
@@ -23,16 +23,21 @@ from pathlib import Path
 from statistics import mean
 
 REPO = Path(__file__).resolve().parents[1]
+# The benchmarks' shared helpers (benchmarks/common.py), the one module imported from there.
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_detection import BUNDLED  # noqa: E402
-from bench_finetune import advised_calibrations, advised_modes  # noqa: E402
+from common import BUNDLED, advised_calibrations, advised_modes  # noqa: E402
 
 from napari_denodet.core.models import load_model, resolve_model_path, save_model  # noqa: E402
 from napari_denodet.core.train import DEVIATIONS  # noqa: E402
 
-DETECTION = REPO / "docs" / "benchmarks.json"
-FINETUNE = REPO / "docs" / "benchmarks-finetune.json"
+DETECTION = REPO / "docs" / "benchmarks" / "detection.json"
+FINETUNE = REPO / "docs" / "benchmarks" / "finetune.json"
+#: What a card's ``source`` says: the report (markdown beside the .json) and its script.
+DETECTION_SOURCE = (f"{DETECTION.with_suffix('.md').relative_to(REPO).as_posix()} "
+                    "(benchmarks/bench_detection.py)")
+FINETUNE_SOURCE = (f"{FINETUNE.with_suffix('.md').relative_to(REPO).as_posix()} "
+                   "(benchmarks/bench_finetune.py)")
 
 
 def _r(value: float) -> float:
@@ -63,7 +68,7 @@ def detection_figures(report: dict, model: str = "fluorescence") -> dict:
             "cells": len(mine),
         }
     return {
-        "source": "docs/benchmarks.md (benchmarks/bench_detection.py)",
+        "source": DETECTION_SOURCE,
         "protocol": "simulated 512 x 512 stacks of unseen seeds; mean over the "
                     "cells of its scenarios (all three for fluorescence) at low and mid "
                     "density; 5 px gate; f1 at "
@@ -82,7 +87,7 @@ def finetune_before_figures(rows: list[dict], model_cases: list[str]) -> dict:
                           "rmse_px": _r(mean(r["rmse_before"] for r in mine)),
                           "evaluations": len(mine)}
     return {
-        "source": "docs/benchmarks-finetune.md (benchmarks/bench_finetune.py)",
+        "source": FINETUNE_SOURCE,
         "protocol": "at the card's threshold, before fine-tuning, on the particles "
                     "outside each clicked region; real micrograph binned as "
                     "bin_for_diameter gives, gate 40 full-resolution px",
@@ -117,7 +122,7 @@ def finetune_advice() -> dict[str, dict]:
         advice[name] = {
             "mode": mode,
             "calibration": calibration,
-            "source": "docs/benchmarks-finetune.md (benchmarks/bench_finetune.py)",
+            "source": FINETUNE_SOURCE,
             "f1_10_clicks": {"weights": _r(weights),
                              "threshold": None if only is None else _r(only),
                              "weights_threshold_from_clicks": _r(clicks),

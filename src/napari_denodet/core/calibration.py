@@ -20,7 +20,7 @@ count kept and the expected number of particles. No truth is needed.
 
 Where noise is not symmetric (low photon counts, hot pixels) decoys miss some false
 detections, and in very crowded images the gaps between particles look like decoy
-particles: both are measured in ``docs/benchmarks-calibration.md``.
+particles. The decoy calibration is measured in ``docs/benchmarks/default-threshold.md``.
 """
 
 from __future__ import annotations
@@ -215,9 +215,9 @@ def decoy_frame(frame: np.ndarray) -> np.ndarray:
     The plain flip ``2 m - I`` turns bright particles dark, but also turns the noise's
     skew round: camera noise at a few photons is skewed towards bright values (Poisson),
     so the plain flip holds fewer bright noise peaks than the frame, and the decoys
-    would call too many candidates real. A flip after a square-root transform does the
-    opposite at a few photons (the root of Poisson noise is itself skewed), measured
-    at twice the skew of the frame. So the flip is followed by a quantile map: each
+    would call too many candidates real. A flip after a square-root transform overshoots
+    the other way at a few photons, the root of Poisson noise being itself skewed (see
+    docs/architecture.md, Measured choices). So the flip is followed by a quantile map: each
     flipped residual ``-(I - m)`` goes to the residual value with the same rank among
     the frame's background residuals, ``T(v) = Q(1 - F(-v))`` with ``F`` and ``Q`` the
     empirical distribution and quantile function of ``I - m`` on background pixels (the

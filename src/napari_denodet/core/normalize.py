@@ -8,9 +8,9 @@ Dark particles (cryo-EM) are turned bright by ``invert`` so one detector shape f
 
 Integer-valued frames (most cameras write whole ADU) are measured with a fixed dither of
 one ADU added: a camera whose noise is one or two ADU gives a median and a MAD stuck on
-whole numbers, off by up to a third of the noise scale (a MAD of 1 ADU for a noise of
-1.8 ADU on a real time-lapse), and the network would then see noise larger or smaller
-than it was trained on. The dither makes both estimates continuous again; its own
+whole numbers, off by up to a third of the noise scale (see docs/architecture.md,
+Measured choices), and the network would then see noise larger or smaller than it was
+trained on. The dither makes both estimates continuous again; its own
 variance, 1/12, is taken off the scale.
 
 Pixels that are NaN or infinite (masked borders after registration, a broken camera

@@ -24,10 +24,10 @@ default) of context on every inner side, and tiles start on multiples of
 
 :func:`prepare_network` makes inference faster without changing results beyond float
 rounding: batch norm is folded into the convolutions and, on CPU, activations use the
-channels-last layout, for which the oneDNN convolutions are about twice as fast. On a
-CPU with bfloat16 instructions (AVX512-BF16 or AMX) the network runs in bfloat16 by
-default (:func:`choose_precision`): about 1.7 times the float32 speed here, with F1,
-RMSE and PSNR unchanged within the rounding measured in ``docs/benchmarks-precision.md``.
+channels-last layout, for which the oneDNN convolutions are faster. On a CPU with
+bfloat16 instructions (AVX512-BF16 or AMX) the network runs in bfloat16 by default
+(:func:`choose_precision`): faster, with the same detections (speed and accuracy
+measured in ``docs/benchmarks/precision.md``).
 """
 
 from __future__ import annotations
@@ -60,10 +60,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 _DEVICES = DEVICES[1:]
 #: Arithmetic of the forward pass: ``"auto"`` (:func:`choose_precision`) or a torch dtype.
 PRECISIONS = ("auto", "float32", "bfloat16")
-#: Pixels per forward pass on CPU when the batch size is automatic. Measured on 512 x 512
-#: frames with :func:`keep_heap` in force: 12.1 / 13.7 / 14.5 frames/s with 1 / 2 / 4
-#: frames per pass. (Without it, four per pass ran at half the speed of one: the
-#: activations were unmapped and page-faulted back in on every pass.)
+#: Pixels per forward pass on CPU when the batch size is automatic: four 512 x 512
+#: frames ran fastest (with :func:`keep_heap` in force; docs/architecture.md, Measured
+#: choices).
 CPU_BATCH_PIXELS = 4 * 512 * 512
 #: Frames (or tiles) per forward pass on GPUs when the batch size is automatic.
 GPU_BATCH = 4
@@ -77,10 +76,9 @@ def keep_heap() -> bool:
 
     glibc serves blocks above 32 MB with ``mmap`` and unmaps them when freed, so every
     forward pass on a frame of 1024 x 1024 or more page-faults its activations back in.
-    Measured here (one forward pass, ms per 512 x 512 of frame): 72 / 94 / 208 ms for
-    512 / 1024 / 2048 px frames as is, 67 / 60 / 58 ms with large blocks kept on the heap
-    (``M_MMAP_MAX`` = 0, heap trimmed only above :data:`HEAP_TRIM_BYTES`): cost then grows
-    linearly with pixels. Called once per process on CPU runs; a no-op (False) where the
+    With large blocks kept on the heap (``M_MMAP_MAX`` = 0, heap trimmed only above
+    :data:`HEAP_TRIM_BYTES`) the cost grows linearly with pixels (docs/architecture.md,
+    Measured choices). Called once per process on CPU runs; a no-op (False) where the
     C library is not glibc.
 
     Returns
@@ -267,8 +265,8 @@ class _Prepared:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         _fold_batch_norms(model)
-        # Measured on CPU: channels-last convolutions run about twice as fast. Other
-        # devices keep their default layout.
+        # Channels-last convolutions run faster on CPU (docs/architecture.md, Measured
+        # choices). Other devices keep their default layout.
         self.memory_format = (
             torch.channels_last if device.type == "cpu" else torch.contiguous_format
         )

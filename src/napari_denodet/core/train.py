@@ -77,7 +77,7 @@ class TrainSettings:
         Fraction of the last steps trained with the batch-norm statistics frozen (as at
         inference) at a tenth of the learning rate. Batch statistics in training and
         running statistics at inference differ; without this phase the denoised
-        background sat 0.25 noise units too high (measured).
+        background sat too high (see docs/models-history.md, History).
     snr_range : tuple of float, optional
         SNRs drawn log-uniformly; by default 0.8–40 (fluorescence), 0.03–0.6 (EM).
     seed : int
@@ -90,7 +90,8 @@ class TrainSettings:
         Fixed 128 x 128 validation patches, spread over the SNR range.
     min_distance : int
         Peaks closer than this (px) are one particle. 3 rather than 2: elongated
-        microtubule comets otherwise give two peaks (measured: F1 0.84 -> 0.92 at SNR 7).
+        microtubule comets otherwise give two peaks (see docs/models-history.md,
+        Inference settings).
     network : NetworkConfig
         The network's shape.
     denoising_loss : {"l1", "dice-bce"}
@@ -512,15 +513,14 @@ def _save_checkpoint(path, settings, step, network, optimiser, scheduler, rng, h
 
 
 #: Shallow double peaks merged at inference (cards' localisation; training evaluates
-#: without): microtubule comets at SNR 7, low density, F1 0.86 -> 0.94 on a probe, other
-#: cells within 0.01.
+#: without): one comet leaves a ridge, two particles a valley (see
+#: docs/models-history.md, Inference settings).
 MERGE_RATIO = 0.75
 
 #: Softmax temperature of the local DSNT at inference (cards' localisation; training uses
-#: ``TrainSettings.temperature``). Chosen on the detection benchmark's validation stacks
-#: (3 frames per cell, thresholds tuned): 0.6 against 1.0 lowered the mean RMSE at
-#: SNR >= 2 from 0.360 to 0.346 px (vesicles, receptors) and from 0.648 to 0.626 px
-#: (comets, microtubule model), lower in 23 of 24 cells (one 0.002 px higher); F1 unchanged.
+#: ``TrainSettings.temperature``): it localises better at the same F1, chosen on the
+#: detection benchmark's validation stacks (see docs/models-history.md, Inference
+#: settings).
 INFERENCE_TEMPERATURE = 0.6
 
 

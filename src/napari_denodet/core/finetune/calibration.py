@@ -68,15 +68,12 @@ def calibrate_threshold(candidates: pd.DataFrame, positives: pd.DataFrame,
     - is lowered, if needed, until at least ``min_recall`` of the clicks keep a
       detection within ``gate`` px;
     - stays within [0.1, :data:`HIGHEST_THRESHOLD`], also when every click scores above
-      it. A network trained on the clicks can score them near 1 while it misses their
-      unclicked neighbours: raised to 0.93-0.97, F1 fell to 0.75 on wide-PSF vesicles
-      at SNR 4 (3 of 24 regions of the fine-tuning benchmark; mean 0.911 against 0.931
-      capped, docs/models.md).
+      it: a network trained on the clicks can score them near 1 while it misses their
+      unclicked neighbours (see docs/models-history.md, Fine-tuning).
 
     (Lee and Liu's PU criterion ``recall^2 / detections`` was tried first and measured
     worse: the clicked particles were trained on, so their recall stays 1 up to high
-    thresholds and it chose 0.925, F1 0.88 where Otsu's 0.51 gave 0.95, on wide-PSF
-    vesicles with an earlier model.)
+    thresholds; see docs/models-history.md, Fine-tuning.)
 
     Parameters
     ----------
@@ -146,11 +143,10 @@ def calibrate_from_area(candidates: pd.DataFrame, clicks: Sequence[np.ndarray],
 
     The first follows the clicked particles' own scores but rests on a few candidates;
     the second uses every candidate. The clicks' density over-estimates the particle
-    count: users click where particles are, and particles cluster (on the fine-tuning
-    benchmark by 1.5-1.8 times: 2600 expected against 1728 on the simulated
-    micrographs). The detections' count corrected by the area does not (median 1751 and
-    1691 against 1728; 460 against 467 on wide-PSF vesicles at SNR 2), and their mean
-    was measured better on the micrographs (docs/models.md).
+    count (users click where particles are, and particles cluster); the detections'
+    count corrected by the area does not, and the mean of the two estimates measured
+    better on the micrographs (see docs/models-history.md, After training: keep the
+    parent's count).
 
     Parameters
     ----------

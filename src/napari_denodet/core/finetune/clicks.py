@@ -204,8 +204,8 @@ def _estimate_prior(found: pd.DataFrame, frames: list[_Frame],
                     settings: FinetuneSettings) -> float:
     # Particles per pixel: the user's figure; else the larger of the parent's detections
     # at its threshold and the density of the clicks. Under-estimating hurts most: the
-    # particles nobody clicked are then learnt as background (measured: recall fell from
-    # 0.75 to 0.45 with the parent's count of 49 particles a frame, 67 true).
+    # particles nobody clicked are then learnt as background (docs/models-history.md,
+    # Fine-tuning).
     pixels = _pixels(frames)
     if settings.particles_per_frame is not None:
         return settings.particles_per_frame * len(frames) / pixels

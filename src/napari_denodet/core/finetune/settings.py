@@ -27,10 +27,9 @@ CLICK_CLEARANCE = 3.0
 #: Matching gate (px) between detections and clicks when calibrating.
 CALIBRATION_GATE = GATE
 #: Raising the threshold after fine-tuning keeps at least this share of the expected
-#: particle count (chosen among 0.5 / 0.6 / 0.75 / 0.9 on the fine-tuning benchmark's
-#: 10-click probes: 0.5 let memorised clicks on simulated micrographs at SNR 0.1 lift
-#: the threshold to 0.89, F1 0.77 and 0.76 against 0.82 before fine-tuning; 0.75 cut
-#: wide-PSF vesicles at SNR 2 to 0.71 in one region).
+#: particle count: a model that memorised the clicks would otherwise keep too few
+#: particles (chosen on the fine-tuning benchmark's 10-click probes; see
+#: docs/models-history.md, Threshold raised to the clicks).
 RAISE_KEEPS = 0.6
 #: Highest threshold :func:`calibrate_threshold` sets.
 HIGHEST_THRESHOLD = 0.9
@@ -77,12 +76,8 @@ class FinetuneSettings:
         second forward pass.
     consistency_patches : int, optional
         Patches of each batch whose flipped/rotated copy is run for the consistency
-        term (None: all). Each copy costs a forward and backward pass: with all 8, a
-        step took about twice as long, and on a slow machine the 45 s budget ended
-        after 120-170 steps instead of 300, and F1 fell with the steps. With 2, the 300
-        steps took 17-21 s instead of 26-41 s, and F1 from 10 clicks (mean of six
-        regions) was the same: 0.849 / 0.928 / 0.801 against 0.848 / 0.926 / 0.800
-        on wide-PSF vesicles at SNR 2 and 4 and the real micrograph.
+        term (None: all). Each copy costs a forward and backward pass; 2 of 8 gave the
+        same F1 in about half the time (see docs/models-history.md, Fine-tuning).
     local_weight : float
         Weight of the local JS + Euclidean terms on the clicks.
     blind_spot_fraction : float
@@ -96,8 +91,8 @@ class FinetuneSettings:
         grown by half their spacing, per frame): the rest of that area is known
         background, as crYOLO and Topaz users annotate whole micrographs or regions.
     train_encoder : bool
-        Train the shared encoder too (measured better than decoders only on the real
-        micrograph, F1 0.77 vs 0.70, and on simulated micrographs, 0.82 vs 0.77).
+        Train the shared encoder too (measured better than decoders only on
+        micrographs; see docs/models-history.md, Fine-tuning).
     freeze_norm : bool
         Keep the batch-norm statistics of the parent (layers in evaluation mode) rather
         than re-estimating them from the fine-tuning batches.
@@ -120,7 +115,8 @@ class FinetuneSettings:
         (:class:`~napari_denodet.core.localize.BlobScore`, fitted on the clicked
         frames' candidates): the most a score moves, and the filter's width in px.
         A weight of 0 keeps the peak probability. 0.1 and 2 px were chosen on the
-        fine-tuning benchmark's regions 1-12 (docs/models.md).
+        fine-tuning benchmark's regions 1-12 (see docs/models-history.md, Threshold only:
+        ties broken by the denoised image).
     calibration : str
         One of :data:`CALIBRATIONS`: how the ``"weights"`` mode sets the threshold
         after training.

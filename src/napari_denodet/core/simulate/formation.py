@@ -68,9 +68,8 @@ def correlate_noise(noisy: np.ndarray, clean: np.ndarray,
     ``(y, x)`` px and scaled back to its own standard deviation, so every pixel keeps its
     noise level (and the PTC SNR its meaning) while neighbouring pixels share part of it.
     Neighbours along an axis then correlate by about ``2w / (1 + 2w^2)`` with
-    ``w = exp(-1 / (2 width^2))``: 0.45 at 0.6 px and 0.17 at 0.45 px, what the real
-    camera time-lapse ``timelapse_telomeres_2d.tif`` measures along y and x (0.48 and
-    0.17, from frame differences).
+    ``w = exp(-1 / (2 width^2))``; widths 0.6 / 0.45 px match the real telomere
+    time-lapse along y and x (see docs/models-history.md, Correlated camera noise).
 
     Parameters
     ----------
