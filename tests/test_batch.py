@@ -449,14 +449,11 @@ def test_the_local_cluster_starts_while_port_8787_is_taken():
     # (pytest turns dask's "port already in use" warning into an error).
     import socket
 
-    holder = socket.socket()
-    try:
-        holder.bind(("127.0.0.1", 8787))
-    except OSError:
-        pytest.skip("port 8787 is already held here: the situation the test makes")
-    holder.listen()
-    try:
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 8787))
+            holder.listen()
+        except OSError:
+            pass  # something else holds it already: the same situation
         with batch.dask_client(n_workers=1) as (client, _):
             assert client.submit(sum, [1, 2]).result() == 3
-    finally:
-        holder.close()
