@@ -1,6 +1,6 @@
 """Correlated camera noise: what it does to the bundled model, and what training on it buys.
 
-The simulator's Poisson noise is white, but the real time-lapse in ``shared/data``
+The simulator's Poisson noise is white, but the real telomere time-lapse
 (``timelapse_telomeres_2d.tif``) is not: its frame differences correlate by 0.48
 between neighbouring rows and 0.17 between neighbouring columns. This script scores,
 in one run, the bundled ``fluorescence`` model and models given with ``--compare``

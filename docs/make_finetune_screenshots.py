@@ -1,11 +1,14 @@
 """Take the fine-tuning screenshots of the user guide on the real EMPIAR-10017 micrograph.
 
 Run under Xvfb: ``xvfb-run -a .venv/bin/python docs/make_finetune_screenshots.py``.
-Needs the real data folder ../shared/data beside the repository. Clicks are the 10
+Needs the folder holding the real images, named by the environment variable
+``DENODET_DATA`` (``empiar10017_micrograph.jpg`` and its picks). Clicks are the 10
 expert picks nearest the micrograph's centre (what a user would click in one region).
 """
 
+import os
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import napari
@@ -13,6 +16,8 @@ import numpy as np
 import pandas as pd
 from qtpy.QtCore import QThreadPool
 from qtpy.QtWidgets import QApplication
+
+DATA = Path(os.environ["DENODET_DATA"])  # the folder holding the real images
 
 app = QApplication.instance() or QApplication([])
 
@@ -38,9 +43,9 @@ def wait(worker, seconds=300):
 
 viewer = napari.Viewer(show=True)
 viewer.window.resize(1400, 850)
-viewer.open("../shared/data/empiar10017_micrograph.jpg", plugin="napari-denodet")
+viewer.open(str(DATA / "empiar10017_micrograph.jpg"), plugin="napari-denodet")
 name = "empiar10017_micrograph"
-picks = pd.read_csv("../shared/data/empiar10017_coords.csv")
+picks = pd.read_csv(DATA / "empiar10017_coords.csv")
 yx = picks[["Y-Coordinate", "X-Coordinate"]].to_numpy(float)
 nearest = yx[np.argsort(np.hypot(*(yx - 2048).T))[:10]]
 

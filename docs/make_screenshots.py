@@ -1,13 +1,18 @@
 """Take the user guide's screenshots (run under Xvfb: xvfb-run -a python docs/make_screenshots.py).
 
-Needs the real data folder ../shared/data beside the repository.
+Needs the folder holding the real images, named by the environment variable
+``DENODET_DATA`` (``timelapse_telomeres_2d.tif``).
 """
+import os
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import napari
 from qtpy.QtCore import QThreadPool
 from qtpy.QtWidgets import QApplication
+
+DATA = Path(os.environ["DENODET_DATA"])  # the folder holding the real images
 
 app = QApplication.instance() or QApplication([])
 
@@ -21,7 +26,7 @@ def pump(n=20):
 
 viewer = napari.Viewer(show=True)
 viewer.window.resize(1400, 850)
-viewer.open("../shared/data/timelapse_telomeres_2d.tif", plugin="napari-denodet")
+viewer.open(str(DATA / "timelapse_telomeres_2d.tif"), plugin="napari-denodet")
 _, widget = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
 widget._last.value = 20
 viewer.dims.set_point(0, 10)

@@ -263,8 +263,8 @@ def test_timelapse_noise_correlation_keeps_the_noise_level_and_correlates_neighb
     assert np.std(noise_camera) == pytest.approx(np.std(noise_white), rel=0.01)
     assert abs(_neighbour_correlation(noise_white, 1)) < 0.05
     # About 0.45 between rows at 0.6 px and 0.17 between columns at 0.45 px (the sampled
-    # kernel's 2w / (1 + 2w^2), w = exp(-1 / (2 width^2))): the real time-lapse in
-    # shared/data measures 0.48 and 0.17.
+    # kernel's 2w / (1 + 2w^2), w = exp(-1 / (2 width^2))): the real telomere
+    # time-lapse measures 0.48 and 0.17.
     assert _neighbour_correlation(noise_camera, 1) == pytest.approx(0.45, abs=0.06)
     assert _neighbour_correlation(noise_camera, 2) == pytest.approx(0.17, abs=0.06)
 
