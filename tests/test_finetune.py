@@ -55,14 +55,15 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     result, progress = drain(finetune(parent, shifted.noisy, clicks,
                                       settings=FinetuneSettings(steps=100, seed=0)))
     # Measured on the frame that holds no click, at both thresholds after training
-    # (measured: 0.79 -> 0.92 from the clicks, 0.88 keeping the parent's count).
+    # (measured: 0.83 -> 0.92 from the clicks, the parent scoring integer frames with a
+    # dithered noise scale; 0.79 -> 0.92 before it).
     f1_parent = f1_on_second_frame(parent, shifted.noisy, shifted.truth)
     thresholds = result.model.card["training"]["calibration"]
     f1_clicks = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
                                    thresholds["threshold_from_clicks"])
     f1_count = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
                                   thresholds["threshold_keeping_count"])
-    assert f1_clicks >= f1_parent + 0.1, (f1_parent, f1_clicks)
+    assert f1_clicks >= f1_parent + 0.06, (f1_parent, f1_clicks)
     assert f1_count >= f1_parent + 0.05, (f1_parent, f1_count)
     assert result.steps_done == 100 and [p.stage for p in progress] == ["train"] * 100 + [
         "calibrate"]

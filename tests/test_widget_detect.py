@@ -221,6 +221,8 @@ def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_c
     viewer.add_image(sim.noisy, name="cells")
     widget = _widget(viewer)
     assert widget._polarity.value == "auto"
+    # "auto" is the model's own default, as the CLI without --polarity.
+    assert widget._job(viewer.layers["cells"]).polarity is None
     _run(qtbot, widget)
     candidates = widget._candidates["cells"]
     kept = candidates[candidates.score >= widget._threshold.value]

@@ -58,7 +58,7 @@ class DetectJob:
     device: str
     frames: tuple[int, int] | None
     binning: int
-    polarity: str = "auto"
+    polarity: str | None = None  # None: the model's default
 
 
 def run_detection(data, job: DetectJob):
@@ -191,8 +191,11 @@ class DetectWidget(Container):
         if layer.ndim == 3 and (self._first.value or self._last.value):
             last = self._last.value or layer.data.shape[0]
             frames = (self._first.value, last)
+        # "auto" here is the model's own default (None): chosen per image for micrograph
+        # models, bright spots for fluorescence models.
+        polarity = None if self._polarity.value == "auto" else self._polarity.value
         return DetectJob(model=model, device=self._device.value, frames=frames,
-                         binning=self._binning.value, polarity=self._polarity.value)
+                         binning=self._binning.value, polarity=polarity)
 
     def start(self, _=None, start_thread: bool = True):
         """Check the inputs on the GUI thread, then detect in a worker."""

@@ -35,6 +35,9 @@ class _Frame:
     heldout: np.ndarray  # (J, 2) y, x, clicks kept out of training for the check
     region: np.ndarray  # (H, W) bool: the area clicked completely (empty if not claimed)
     pseudo: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # parent's sure ones
+    # The frame as the engine takes it (finite, particles bright: negated if inverted), so
+    # detections on it are normalised once, as in detect; None: detect on ``image``.
+    raw: np.ndarray | None = None
 
 
 def _as_table(points: pd.DataFrame | np.ndarray | None, stack: bool, what: str) -> pd.DataFrame:
@@ -135,6 +138,10 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
         raw = np.asarray(image[index] if stack else image, dtype=np.float32)
         normalised, _, bad = normalise_frame(raw, invert, index if stack else None)
         non_finite += bad
+        engine = raw
+        if bad:
+            finite = np.isfinite(raw)
+            engine = np.where(finite, raw, np.median(raw[finite])).astype(np.float32)
 
         def on_frame(table, index=index):
             rows = table[table[FRAME] == index] if stack else table
@@ -149,6 +156,7 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
             heldout=on_frame(positives[held]),
             region=(clicked_area(trained, raw.shape) if complete
                     else np.zeros(raw.shape, dtype=bool)),
+            raw=-engine if invert else engine,
         ))
     return frames, non_finite
 

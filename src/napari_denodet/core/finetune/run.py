@@ -399,8 +399,10 @@ def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]
 
 def _detections(network, frames: list[_Frame], localisation: dict,
                 device: torch.device) -> DetectionResult:
-    # Detection on the (already normalised) training frames, frame = position in list.
-    stack = np.stack([f.image for f in frames])
+    # Detection on the clicked frames, frame = position in list: on the frames as read
+    # (normalised once by the engine, as detect does: whole-number frames are measured
+    # with a dither, which normalising the normalised frames again would not repeat).
+    stack = np.stack([f.image if f.raw is None else f.raw for f in frames])
     return run(detect(stack, network, device=str(device), **localisation))
 
 
