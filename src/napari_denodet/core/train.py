@@ -528,7 +528,7 @@ INFERENCE_TEMPERATURE = 0.6
 DEVIATIONS = [
     "Batch normalisation instead of instance normalisation: at inference batch norm is a "
     "fixed affine map, so tiled and whole-frame results agree exactly, and it folds into "
-    "the convolutions. Measured with the same recipe (docs/benchmarks.md): instance norm's "
+    "the convolutions. Measured with the same recipe (docs/benchmarks/detection.md): instance norm's "
     "tiles differ from the whole frame by up to 1.03 noise units, it runs at 4.2 against "
     "9.0 frames/s of 512 x 512 (float32, same run), and its mean F1 is 0.402 / 0.816 "
     "against 0.486 / 0.880 at SNR 1 / 2 (0.972 / 0.964 against 0.973 / 0.961 at SNR 4 / 7).",
@@ -543,7 +543,7 @@ DEVIATIONS = [
     "background empty and makes the peak a score.",
     "Adam at 1e-3 (not 1e-4) and a plateau scheduler (x0.3 after 2 stale validations) so "
     "that training converges within CPU minutes; fresh simulated patches every step. "
-    "Measured at 1e-4 with the same 3000 steps (docs/benchmarks.md): mean F1 0.459 / "
+    "Measured at 1e-4 with the same 3000 steps (docs/benchmarks/detection.md): mean F1 0.459 / "
     "0.848 against 0.486 / 0.880 at SNR 1 / 2.",
     "A final settling phase (the last settle_fraction of the steps) trains at a tenth of "
     "the learning rate with the batch-norm statistics frozen, so the network adapts to "
