@@ -75,7 +75,7 @@ def test_a_decoy_has_the_frames_bright_noise_tail_and_dark_particles(photons):
     # Away from the spots the decoy's bright tail is the frame's: as many bright noise
     # peaks. The plain flip turns Poisson's bright skew round and has fewer.
     flat = (slice(100, 180), slice(0, 80))
-    for q, within in ((95, 0.15), (99, 0.15), (99.9, 0.4)):  # 99.9 %: 6 of 6,400 px
+    for q, within in ((95, 0.25), (99, 0.25), (99.9, 0.4)):  # 99.9 %: 6 of 6,400 px
         assert np.percentile(decoy[flat], q) == pytest.approx(
             np.percentile(frame[flat], q), abs=max(within * np.std(frame[flat]), 2.0))
         # (2.0: one photon is two grey values here)
@@ -87,3 +87,14 @@ def test_a_decoy_has_the_frames_bright_noise_tail_and_dark_particles(photons):
     inside = np.abs(gaussian - 50.0) < 12.0  # within 3 sigma: the tails are few pixels
     np.testing.assert_allclose(decoy_frame(gaussian)[inside],
                                (2 * np.median(gaussian) - gaussian)[inside], atol=1.0)
+
+
+@pytest.mark.parametrize("photons", [2.0, 10.0])
+def test_a_decoy_of_whole_numbers_keeps_the_noise_spread(photons):
+    # Many pixels tie on one value: a shared rank per value narrowed the decoy's noise
+    # (22 % less variance at 2 photons), so decoys held too few noise peaks.
+    frame = np.random.default_rng(5).poisson(photons, (256, 256)).astype(np.float64)
+    decoy = np.rint(decoy_frame(frame))
+    assert decoy.var() == pytest.approx(frame.var(), rel=0.03)
+    skew = lambda v: np.mean((v - v.mean()) ** 3) / v.std() ** 3  # noqa: E731
+    assert skew(decoy) == pytest.approx(skew(frame), abs=0.05)

@@ -528,27 +528,28 @@ INFERENCE_TEMPERATURE = 0.6
 DEVIATIONS = [
     "Batch normalisation instead of instance normalisation: at inference batch norm is a "
     "fixed affine map, so tiled and whole-frame results agree exactly, and it folds into "
-    "the convolutions. Measured with the same recipe (docs/benchmarks/detection.md): instance norm's "
-    "tiles differ from the whole frame by up to 1.03 noise units, it runs at 4.2 against "
-    "9.0 frames/s of 512 x 512 (float32, same run), and its mean F1 is 0.402 / 0.816 "
-    "against 0.486 / 0.880 at SNR 1 / 2 (0.972 / 0.964 against 0.973 / 0.961 at SNR 4 / 7).",
+    "the convolutions. Measured with the same recipe (docs/benchmarks/detection.md): "
+    "instance norm's tiles differ from the whole frame by up to 1.03 noise units, it runs "
+    "at 4.2 against 9.0 frames/s of 512 x 512 (float32, same run), and its mean F1 is 0.402"
+    " / 0.816 against 0.486 / 0.880 at SNR 1 / 2 (0.972 / 0.964 against 0.973 / 0.961 at "
+    "SNR 4 / 7).",
     "Denoising loss is L1 to the clean image in normalised units, not soft Dice + balanced "
     "BCE: the output must map back to the input's intensities. Measured with the paper's "
     "loss on the clean patch's range (--denoising-loss dice-bce): the same F1 (0.484 / "
     "0.880 / 0.975 / 0.970 at SNR 1 / 2 / 4 / 7) but a PSNR 1.4-12.0 dB lower (22.4-36.4 "
     "against 26.7-46.6 dB): soft Dice on continuous intensities is not minimised by the "
     "clean image.",
-    "DSNT is applied locally (peaks, then a soft-argmax in a 5 x 5 window) because an image "
-    "holds many particles; a dense class-balanced BCE to the Gaussian heatmap keeps the "
+    "DSNT is applied locally (peaks, then a soft-argmax in a 5 x 5 window) because an image"
+    " holds many particles; a dense class-balanced BCE to the Gaussian heatmap keeps the "
     "background empty and makes the peak a score.",
     "Adam at 1e-3 (not 1e-4) and a plateau scheduler (x0.3 after 2 stale validations) so "
     "that training converges within CPU minutes; fresh simulated patches every step. "
-    "Measured at 1e-4 with the same 3000 steps (docs/benchmarks/detection.md): mean F1 0.459 / "
-    "0.848 against 0.486 / 0.880 at SNR 1 / 2.",
+    "Measured at 1e-4 with the same 3000 steps (docs/benchmarks/detection.md): mean F1 "
+    "0.459 / 0.848 against 0.486 / 0.880 at SNR 1 / 2.",
     "A final settling phase (the last settle_fraction of the steps) trains at a tenth of "
-    "the learning rate with the batch-norm statistics frozen, so the network adapts to "
-    "the statistics it uses at inference: without it the denoised background sat 0.25 "
-    "noise units too high (PSNR about 16 instead of 28 dB at SNR 1).",
+    "the learning rate with the batch-norm statistics frozen, so the network adapts to the "
+    "statistics it uses at inference: without it the denoised background sat 0.25 noise "
+    "units too high (PSNR about 16 instead of 28 dB at SNR 1).",
 ]
 
 
