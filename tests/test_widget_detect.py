@@ -245,3 +245,43 @@ def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_c
     with qtbot.waitSignal(worker.finished, timeout=60000):
         worker.start()
     assert seen == ["dark"]
+
+
+def test_the_widget_shows_progress_and_its_cancel_button_stops_the_run(make_napari_viewer,
+                                                                       qtbot):
+    long = simulate_timelapse("vesicle", snr=4, density="low", frames=40, shape=(256, 256),
+                              seed=1).noisy
+    viewer = make_napari_viewer()
+    viewer.add_image(long, name="long")
+    widget = _widget(viewer)
+    widget._device.value = "cpu"
+    assert not widget._cancel.enabled
+    worker = widget.start(start_thread=False)
+    assert widget._cancel.enabled and not widget._run.enabled
+    seen = []
+
+    def cancel_after_two(progress):
+        # the widget's own handler ran first: the bar shows this step
+        seen.append((widget._bar.value, widget._bar.max, progress.step, progress.total))
+        if len(seen) == 2:
+            widget._cancel.native.click()
+
+    worker.yielded.connect(cancel_after_two)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert seen[0][:2] == seen[0][2:] and seen[0][1] > 1  # determinate: step of total
+    assert 2 <= len(seen) < 5
+    assert "long particles" not in viewer.layers
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_the_denoised_layer_goes_below_the_raw_image_and_stays_visible(make_napari_viewer,
+                                                                       qtbot, sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    viewer.add_points(np.zeros((1, 3)), name="clicks")
+    _run(qtbot, _widget(viewer))
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cells denoised") == names.index("cells") - 1
+    assert viewer.layers["cells denoised"].visible and viewer.layers["cells"].visible
+    assert names[-1] == "cells particles"
