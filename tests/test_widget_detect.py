@@ -285,3 +285,41 @@ def test_the_denoised_layer_goes_below_the_raw_image_and_stays_visible(make_napa
     assert names.index("cells denoised") == names.index("cells") - 1
     assert viewer.layers["cells denoised"].visible and viewer.layers["cells"].visible
     assert names[-1] == "cells particles"
+
+
+def test_micrograph_points_are_particle_sized_and_box_files_use_the_diameter(
+        make_napari_viewer, qtbot, tmp_path):
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.simulate import simulate_micrograph
+
+    sim = simulate_micrograph(shape=(256, 256), snr=0.5, density="mid", radius=10.0, seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="mic")
+    widget = _widget(viewer)
+    widget._model.value = "micrograph"
+    widget._binning.value = 2
+    _run(qtbot, widget)
+    low, high = load_model("micrograph").card.particle_size.radius_px
+    diameter = 2 * np.sqrt(low * high) * 2
+    assert diameter > 20  # far from the 6 px default
+    points = viewer.layers["mic particles"]
+    assert len(points.data)
+    np.testing.assert_allclose(points.size, diameter)
+    assert points.metadata["box_size"] == round(diameter)
+    out = tmp_path / "mic.box"
+    viewer.layers.selection = {points}
+    viewer.layers.save(str(out), selected=True, plugin="napari-denodet")
+    boxes = np.loadtxt(out, ndmin=2)
+    assert (boxes[:, 2:4] == round(diameter)).all()
+    # The threshold slider rebuilds the layer: the size stays.
+    widget._threshold.value = 0.0
+    np.testing.assert_allclose(points.size, diameter)
+
+
+def test_fluorescence_points_keep_the_default_size(make_napari_viewer, qtbot, sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    _run(qtbot, _widget(viewer))
+    points = viewer.layers["cells particles"]
+    np.testing.assert_allclose(points.size, 6)
+    assert "box_size" not in points.metadata

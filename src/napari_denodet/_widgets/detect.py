@@ -122,6 +122,26 @@ def _detect_to_disk(run, shape: tuple[int, ...]):
     return result
 
 
+def particle_diameter(model, binning: int) -> float | None:
+    """Return the particle diameter (full-resolution px) a micrograph model implies.
+
+    A micrograph model (``scenario == "micrograph"`` or ``invert``) whose card records
+    ``particle_size.radius_px = [low, high]`` was trained on particles of radius about
+    ``sqrt(low x high)`` in binned pixels (the middle :meth:`Model.bin_for_diameter`
+    aims at), so at ``binning`` N they are ``2 x sqrt(low x high) x N`` px across.
+    None for other models (fluorescence spots keep the default point size).
+    """
+    import math
+
+    if not (model.scenario == "micrograph" or model.invert):
+        return None
+    size = model.card.particle_size
+    radii = None if size is None else size.radius_px
+    if radii is None:
+        return None
+    return 2 * math.sqrt(radii[0] * radii[-1]) * max(1, int(binning))
+
+
 def _remove_folder(folder: Path) -> None:
     try:
         shutil.rmtree(folder)
@@ -171,6 +191,7 @@ class DetectWidget(Container):
                                   self._run, self._cancel, self._bar,
                                   self._threshold, self._found])
         self._candidates: dict[str, pd.DataFrame] = {}
+        self._diameters: dict[str, float | None] = {}
         self.worker = None
         self._model.changed.connect(
             lambda value: setattr(self._model_file, "visible", value == FROM_FILE))
@@ -284,6 +305,7 @@ class DetectWidget(Container):
             self._viewer.layers.move(self._viewer.layers.index(denoised),
                                      self._viewer.layers.index(layer))
         self._candidates[name] = result.candidates
+        self._diameters[name] = particle_diameter(model, result.binning)
         # Set the chosen threshold quietly: the slider's handler would redraw every
         # image's particles, and only this image's are new.
         with self._threshold.changed.blocked():
@@ -317,14 +339,23 @@ class DetectWidget(Container):
             kwargs = {"scale": image.scale[-coords.shape[1]:],
                       "translate": image.translate[-coords.shape[1]:]}
             layer_name = f"{image_name} particles"
+            diameter = self._diameters.get(image_name)
+            size = POINTS_STYLE["size"] if diameter is None else diameter
             if layer_name in self._viewer.layers:
                 points = self._viewer.layers[layer_name]
                 points.data = coords
                 points.features = features
+                points.size = size
             else:
-                style = {**POINTS_STYLE, "face_color": "transparent"}
+                style = {**POINTS_STYLE, "face_color": "transparent", "size": size}
                 points = self._viewer.add_points(coords, name=layer_name, features=features,
                                                  **kwargs, **style)
+            points.current_size = size
+            # A BOX file's box edge (the writer reads it): the particle diameter.
+            if diameter is None:
+                points.metadata.pop("box_size", None)
+            else:
+                points.metadata["box_size"] = max(1, round(diameter))
             if len(kept):
                 points.border_color = "score"
                 points.border_colormap = "plasma"
