@@ -116,3 +116,52 @@ def test_reader_opens_zarr_folders_lazily_and_declines_other_folders(tmp_path):
     (data, kw, kind), = read_layers(str(tmp_path / "movie.zarr"))
     assert kind == "image" and isinstance(data, da.Array) and kw["name"] == "movie"
     np.testing.assert_array_equal(data, stack)
+
+
+@pytest.mark.parametrize(("name", "offered"), [
+    ("movie_points.csv", True),          # detect's output
+    ("cells particles.csv", True),       # Save Selected Layers' proposed name
+    ("truth.csv", True),                 # simulate's output
+    ("other.csv", False),                # someone else's table: napari's own reader only
+    ("movie.tif", True),
+])
+def test_napari_offers_this_reader_only_for_our_csv_names(tmp_path, name, offered):
+    from napari.plugins import _npe2
+
+    readers = _npe2.get_readers(str(tmp_path / name))
+    assert ("napari-denodet" in readers) is offered
+    if name == "other.csv":
+        # one reader left: napari opens the file without the "Choose reader" dialog
+        assert list(readers) == ["napari"]
+
+
+def test_a_points_csv_saved_with_a_byte_order_mark_is_claimed(tmp_path):
+    path = tmp_path / "spots_points.csv"
+    path.write_bytes("\ufeffy,x,score\n1.5,2.5,0.9\n".encode())
+    assert get_reader(str(path)) is read_layers
+    (coords, kw, kind), = read_layers(str(path))
+    assert kind == "points"
+    np.testing.assert_array_equal(coords, [[1.5, 2.5]])
+
+
+def test_our_csv_opens_without_a_question_when_napari_denodet_is_preferred(
+        make_napari_viewer, files):
+    # napari's own "*.csv" reader always matches too, so without a preference napari
+    # asks; with the preference the user guide describes, it opens straight away.
+    # plugin=None: as File > Open and drag-and-drop (viewer.open defaults to "napari").
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    folder, _, _ = files
+    viewer = make_napari_viewer()
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(folder / "movie_points.csv"), plugin=None)
+    readers = get_settings().plugins.extension2reader
+    saved = dict(readers)
+    try:
+        get_settings().plugins.extension2reader = {**saved,
+                                                   "*_points.csv": "napari-denodet"}
+        viewer.open(str(folder / "movie_points.csv"), plugin=None)
+    finally:
+        get_settings().plugins.extension2reader = saved
+    assert viewer.layers["movie_points"].data.shape == (2, 3)

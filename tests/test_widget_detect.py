@@ -245,3 +245,81 @@ def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_c
     with qtbot.waitSignal(worker.finished, timeout=60000):
         worker.start()
     assert seen == ["dark"]
+
+
+def test_the_widget_shows_progress_and_its_cancel_button_stops_the_run(make_napari_viewer,
+                                                                       qtbot):
+    long = simulate_timelapse("vesicle", snr=4, density="low", frames=40, shape=(256, 256),
+                              seed=1).noisy
+    viewer = make_napari_viewer()
+    viewer.add_image(long, name="long")
+    widget = _widget(viewer)
+    widget._device.value = "cpu"
+    assert not widget._cancel.enabled
+    worker = widget.start(start_thread=False)
+    assert widget._cancel.enabled and not widget._run.enabled
+    seen = []
+
+    def cancel_after_two(progress):
+        # the widget's own handler ran first: the bar shows this step
+        seen.append((widget._bar.value, widget._bar.max, progress.step, progress.total))
+        if len(seen) == 2:
+            widget._cancel.native.click()
+
+    worker.yielded.connect(cancel_after_two)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert seen[0][:2] == seen[0][2:] and seen[0][1] > 1  # determinate: step of total
+    assert 2 <= len(seen) < 5
+    assert "long particles" not in viewer.layers
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_the_denoised_layer_goes_below_the_raw_image_and_stays_visible(make_napari_viewer,
+                                                                       qtbot, sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    viewer.add_points(np.zeros((1, 3)), name="clicks")
+    _run(qtbot, _widget(viewer))
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cells denoised") == names.index("cells") - 1
+    assert viewer.layers["cells denoised"].visible and viewer.layers["cells"].visible
+    assert names[-1] == "cells particles"
+
+
+def test_micrograph_points_are_particle_sized_and_box_files_use_the_diameter(
+        make_napari_viewer, qtbot, tmp_path):
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.simulate import simulate_micrograph
+
+    sim = simulate_micrograph(shape=(256, 256), snr=0.5, density="mid", radius=10.0, seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="mic")
+    widget = _widget(viewer)
+    widget._model.value = "micrograph"
+    widget._binning.value = 2
+    _run(qtbot, widget)
+    low, high = load_model("micrograph").card.particle_size.radius_px
+    diameter = 2 * np.sqrt(low * high) * 2
+    assert diameter > 20  # far from the 6 px default
+    points = viewer.layers["mic particles"]
+    assert len(points.data)
+    np.testing.assert_allclose(points.size, diameter)
+    assert points.metadata["box_size"] == round(diameter)
+    out = tmp_path / "mic.box"
+    viewer.layers.selection = {points}
+    viewer.layers.save(str(out), selected=True, plugin="napari-denodet")
+    boxes = np.loadtxt(out, ndmin=2)
+    assert (boxes[:, 2:4] == round(diameter)).all()
+    # The threshold slider rebuilds the layer: the size stays.
+    widget._threshold.value = 0.0
+    np.testing.assert_allclose(points.size, diameter)
+
+
+def test_fluorescence_points_keep_the_default_size(make_napari_viewer, qtbot, sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    _run(qtbot, _widget(viewer))
+    points = viewer.layers["cells particles"]
+    np.testing.assert_allclose(points.size, 6)
+    assert "box_size" not in points.metadata

@@ -155,5 +155,49 @@ def test_scattered_clicks_are_not_taken_as_a_complete_area(make_napari_viewer, q
     widget._mode.value = next(k for k, v in finetune_module.MODE_CHOICES.items()
                               if v == "threshold")
     _run(qtbot, widget)
-    assert any("does not look completely clicked" in m for m in shown), shown
+    # The note is long: the widget keeps it in full, the notification gets one short line.
+    assert "does not look completely clicked" in widget._note.value
+    assert not widget._note.native.isHidden()
+    assert shown and all(len(m) <= finetune_module.NOTIFY_LIMIT and "\n" not in m
+                         for m in shown), shown
     assert widget.result.model.card["training"]["unclicked_in_area"] > 2
+
+
+def test_long_notifications_become_one_short_line_and_the_widget_keeps_the_full_text(
+        make_napari_viewer, monkeypatch):
+    shown = []
+    monkeypatch.setattr(finetune_module, "show_error", shown.append)
+    widget = _widget(make_napari_viewer())
+    long = ("Fine-tune failed: /a/very/long/path/to/some/folder/of/models/mine.pt: bad "
+            "model card: localisation.radius must be between 1 and 10, got 12\nsecond line")
+    widget._error(long)
+    assert len(shown[-1]) <= finetune_module.NOTIFY_LIMIT and "\n" not in shown[-1]
+    assert shown[-1].startswith("Fine-tune failed:")
+    assert shown[-1].endswith("(see the Fine-tune widget)")
+    assert widget._note.value == long and not widget._note.native.isHidden()
+    widget._error("Fine-tune: short")
+    assert shown[-1] == "Fine-tune: short"
+    assert widget._note.value == f"{long}\nFine-tune: short"  # the run's notes, in order
+
+
+def test_the_empty_loss_plot_has_labelled_axes_and_says_what_will_appear(
+        make_napari_viewer):
+    from qtpy.QtGui import QColor
+
+    widget = _widget(make_napari_viewer())
+    plot = widget.plot
+    assert (plot.X_LABEL, plot.Y_LABEL) == ("step", "loss")
+    assert "loss" in plot.EMPTY_TEXT and "Start" in plot.EMPTY_TEXT
+    plot.resize(300, 120)
+    image = plot.grab().toImage()
+    background = image.pixelColor(plot.width() // 2, 2).rgb()
+
+    def drawn(x0, x1, y0, y1):
+        return sum(image.pixelColor(x, y).rgb() != background
+                   for x in range(x0, x1) for y in range(y0, y1))
+
+    assert isinstance(image.pixelColor(0, 0), QColor)
+    # text in the middle of the empty plot, under it ("step") and left of it ("loss")
+    assert drawn(40, 260, 30, 80) > 20
+    assert drawn(120, 180, 106, 119) > 5
+    assert drawn(1, 16, 30, 80) > 5

@@ -2,8 +2,10 @@
 
 Images open lazily where the file allows (memory-mapped TIFF and MRC, Zarr as a dask
 array), so a stack larger than memory opens at once and napari reads only the frames it
-shows. A CSV is claimed only when its header has ``y`` and ``x`` columns;
-anything else is declined (``None``) so that napari can try other readers. A file this
+shows. napari offers this reader only CSV files named as napari-denodet names its
+points files (``*points*.csv``, ``*particles*.csv``, ``*truth*.csv``: the manifest's
+patterns), and of those it claims only the ones whose header has ``y`` and ``x``
+columns; anything else is declined (``None``) so that napari can try other readers. A file this
 reader claims but cannot read becomes an error notification naming the file.
 """
 
@@ -22,7 +24,9 @@ POINTS_STYLE = {"size": 6, "face_color": "transparent", "border_color": "yellow"
 
 def _looks_like_points(path: Path) -> bool:
     try:
-        with path.open(newline="") as handle:
+        # utf-8-sig: a spreadsheet's "Save as CSV (UTF-8)" starts the file with a BOM,
+        # which would otherwise stick to the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError):
         return False

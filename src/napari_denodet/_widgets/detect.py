@@ -30,6 +30,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSlider,
     Label,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
@@ -121,6 +122,26 @@ def _detect_to_disk(run, shape: tuple[int, ...]):
     return result
 
 
+def particle_diameter(model, binning: int) -> float | None:
+    """Return the particle diameter (full-resolution px) a micrograph model implies.
+
+    A micrograph model (``scenario == "micrograph"`` or ``invert``) whose card records
+    ``particle_size.radius_px = [low, high]`` was trained on particles of radius about
+    ``sqrt(low x high)`` in binned pixels (the middle :meth:`Model.bin_for_diameter`
+    aims at), so at ``binning`` N they are ``2 x sqrt(low x high) x N`` px across.
+    None for other models (fluorescence spots keep the default point size).
+    """
+    import math
+
+    if not (model.scenario == "micrograph" or model.invert):
+        return None
+    size = model.card.particle_size
+    radii = None if size is None else size.radius_px
+    if radii is None:
+        return None
+    return 2 * math.sqrt(radii[0] * radii[-1]) * max(1, int(binning))
+
+
 def _remove_folder(folder: Path) -> None:
     try:
         shutil.rmtree(folder)
@@ -159,15 +180,23 @@ class DetectWidget(Container):
                     "move it to keep more or fewer particles.")
         self._found = Label(label="found", value="")
         self._run = PushButton(text="Detect")
+        self._cancel = PushButton(text="Cancel", enabled=False,
+                                  tooltip="Stop the running detection; no layer is added")
+        self._bar = ProgressBar(label="progress", min=0, max=1, value=0,
+                                tooltip="Forward passes of the network done, out of all; "
+                                        "the decoy pass (the same frames, contrast "
+                                        "flipped) follows the detection pass")
         super().__init__(widgets=[self._image, self._model, self._model_file, self._device,
                                   self._first, self._last, self._binning, self._polarity,
-                                  self._run,
+                                  self._run, self._cancel, self._bar,
                                   self._threshold, self._found])
         self._candidates: dict[str, pd.DataFrame] = {}
+        self._diameters: dict[str, float | None] = {}
         self.worker = None
         self._model.changed.connect(
             lambda value: setattr(self._model_file, "visible", value == FROM_FILE))
         self._run.clicked.connect(self.start)
+        self._cancel.clicked.connect(self.cancel)
         self._threshold.changed.connect(self._apply_threshold)
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
@@ -217,12 +246,42 @@ class DetectWidget(Container):
         worker.errored.connect(
             lambda exc, name=layer.name: show_error(f"Detect '{name}' failed: {exc}"))
         worker.aborted.connect(lambda: show_info("Detect cancelled"))
-        worker.finished.connect(lambda: setattr(self._run, "enabled", True))
+        worker.yielded.connect(self._progressed)
+        worker.finished.connect(self._finished)
         self._run.enabled = False
+        self._cancel.enabled = True
+        self._passes, self._last_step = 0, None
+        self._bar.label = "progress"
+        self._bar.max, self._bar.value = 1, 0
         self.worker = worker
         if start_thread:
             worker.start()
         return worker
+
+    def cancel(self, _=None) -> None:
+        """Ask the running detection to stop (after the current forward pass)."""
+        if self.worker is not None:
+            self._cancel.enabled = False
+            self._bar.label = "cancelling"
+            self.worker.quit()
+
+    def _progressed(self, progress) -> None:
+        # A run has a detection pass, then (unless the model is fine-tuned) a decoy pass;
+        # each counts its forward passes from 1.
+        step, total = getattr(progress, "step", None), getattr(progress, "total", None)
+        if step is None or not total:
+            return
+        if self._last_step is None or step <= self._last_step or total != self._bar.max:
+            self._passes += 1
+        self._last_step = step
+        self._bar.label = f"pass {self._passes}"
+        self._bar.max = total
+        self._bar.value = min(step, total)
+
+    def _finished(self) -> None:
+        self._run.enabled = True
+        self._cancel.enabled = False
+        self._bar.label = "progress"
 
     def _show(self, layer, result, model) -> None:
         # On the GUI thread: replace this image's previous results, never stack copies.
@@ -236,9 +295,17 @@ class DetectWidget(Container):
             scale = np.array(scale, dtype=float)
             scale[-2:] *= binning
             translate[-2:] += (binning - 1) / 2 * np.asarray(layer.scale[-2:])
-        self._put(f"{name} denoised", result.denoised, "image",
-                  {"scale": scale, "translate": translate, "colormap": "gray"})
+        denoised_name = f"{name} denoised"
+        new = denoised_name not in self._viewer.layers
+        denoised = self._put(denoised_name, result.denoised, "image",
+                             {"scale": scale, "translate": translate, "colormap": "gray"})
+        if new and layer in self._viewer.layers:
+            # Below the raw image, visible: the raw image stays in view as before; hide
+            # it (its eye) to see the denoised one. A layer the user moved stays put.
+            self._viewer.layers.move(self._viewer.layers.index(denoised),
+                                     self._viewer.layers.index(layer))
         self._candidates[name] = result.candidates
+        self._diameters[name] = particle_diameter(model, result.binning)
         # Set the chosen threshold quietly: the slider's handler would redraw every
         # image's particles, and only this image's are new.
         with self._threshold.changed.blocked():
@@ -272,14 +339,23 @@ class DetectWidget(Container):
             kwargs = {"scale": image.scale[-coords.shape[1]:],
                       "translate": image.translate[-coords.shape[1]:]}
             layer_name = f"{image_name} particles"
+            diameter = self._diameters.get(image_name)
+            size = POINTS_STYLE["size"] if diameter is None else diameter
             if layer_name in self._viewer.layers:
                 points = self._viewer.layers[layer_name]
                 points.data = coords
                 points.features = features
+                points.size = size
             else:
-                style = {**POINTS_STYLE, "face_color": "transparent"}
+                style = {**POINTS_STYLE, "face_color": "transparent", "size": size}
                 points = self._viewer.add_points(coords, name=layer_name, features=features,
                                                  **kwargs, **style)
+            points.current_size = size
+            # A BOX file's box edge (the writer reads it): the particle diameter.
+            if diameter is None:
+                points.metadata.pop("box_size", None)
+            else:
+                points.metadata["box_size"] = max(1, round(diameter))
             if len(kept):
                 points.border_color = "score"
                 points.border_colormap = "plasma"

@@ -30,7 +30,7 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -79,13 +79,32 @@ def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None
                                       binning=job.binning, stop=stop))
 
 
+#: Longest notification text (characters): napari's notification cuts longer ones off.
+NOTIFY_LIMIT = 80
+_MORE = " … (see the Fine-tune widget)"
+
+
+def one_line(text: str, limit: int = NOTIFY_LIMIT) -> str:
+    """Return ``text`` on one line, shortened at a word to at most ``limit`` characters.
+
+    A shortened text ends in a pointer to the widget's note, which holds it in full.
+    """
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - len(_MORE)]
+    if cut.rfind(" ") > len(cut) // 2:  # at a word, unless a long one (a path) ends it
+        cut = cut[:cut.rfind(" ")]
+    return cut.rstrip(",;:. ") + _MORE
+
+
 class LossPlot(QWidget):
     """A small line plot of the loss per step (drawn with QPainter; no plotting library)."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.values: list[float] = []
-        self.setMinimumHeight(90)
+        self.setMinimumHeight(110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
     def clear(self) -> None:
@@ -99,13 +118,33 @@ class LossPlot(QWidget):
             self.values.append(float(value))
             self.update()
 
+    #: Axis labels, and what the empty plot says will appear.
+    X_LABEL, Y_LABEL = "step", "loss"
+    EMPTY_TEXT = "the training loss per step appears here after Start"
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
-        """Draw the values scaled to the widget, with the last one as text."""
+        """Draw the axes' labels and the values scaled to the plot, the last one as text.
+
+        Before any value, the plot says what will appear in it.
+        """
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
+        left, bottom = 18, 16  # room for the "loss" and "step" labels
         painter.setPen(QPen(Qt.GlobalColor.gray))
-        painter.drawRect(0, 0, w - 1, h - 1)
+        painter.drawRect(left, 0, w - 1 - left, h - 1 - bottom)
+        painter.drawText(QRectF(left, h - bottom, w - left, bottom),
+                         int(Qt.AlignmentFlag.AlignCenter), self.X_LABEL)
+        painter.save()
+        painter.translate(0, (h - bottom) / 2)
+        painter.rotate(-90)
+        painter.drawText(QRectF(-(h - bottom) / 2, 0, h - bottom, left),
+                         int(Qt.AlignmentFlag.AlignCenter), self.Y_LABEL)
+        painter.restore()
+        if not self.values:
+            painter.drawText(QRectF(left + 6, 0, w - left - 12, h - bottom),
+                             int(Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap),
+                             self.EMPTY_TEXT)
         if len(self.values) >= 2:
             values = np.asarray(self.values)
             # A running median keeps the noisy per-step loss readable.
@@ -114,14 +153,15 @@ class LossPlot(QWidget):
                                for i in range(len(values))])
             lo, hi = float(smooth.min()), float(smooth.max())
             span = hi - lo or 1.0
-            xs = np.linspace(4, w - 4, len(smooth))
-            ys = h - 4 - (smooth - lo) / span * (h - 20)
+            xs = np.linspace(left + 4, w - 4, len(smooth))
+            ys = h - bottom - 4 - (smooth - lo) / span * (h - bottom - 20)
             painter.setPen(QPen(Qt.GlobalColor.cyan, 1.5))
             painter.drawPolyline(QPolygonF([QPointF(x, y) for x, y in zip(xs, ys,
                                                                          strict=True)]))
         if self.values:
             painter.setPen(QPen(Qt.GlobalColor.white))
-            painter.drawText(6, 14, f"loss {self.values[-1]:.3f}  ({len(self.values)} steps)")
+            painter.drawText(left + 6, 14,
+                             f"loss {self.values[-1]:.3f}  ({len(self.values)} steps)")
         painter.end()
 
 
@@ -172,6 +212,8 @@ class FinetuneWidget(Container):
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
         self._status = Label(value="")
+        self._note = Label(value="", visible=False)
+        self._note.native.setWordWrap(True)
         self._save_path = FileEdit(label="save as", mode="w", filter="*.pt")
         self._save = PushButton(text="Save model", enabled=False)
         self._use = PushButton(text="Use for Detect", enabled=False)
@@ -179,7 +221,8 @@ class FinetuneWidget(Container):
         super().__init__(widgets=[
             self._image, self._clicks, self._new_clicks, self._negatives, self._counts,
             self._model, self._model_file, self._binning, self._steps, self._budget,
-            self._keep, self._mode, self._start, self._stop, self._status, self._save_path,
+            self._keep, self._mode, self._start, self._stop, self._status, self._note,
+            self._save_path,
             self._save, self._use])
         self.native.layout().addWidget(self.plot)
         self.worker = None
@@ -236,11 +279,21 @@ class FinetuneWidget(Container):
         n_neg = len(negatives.data) if negatives is not None else 0
         self._counts.value = f"{n_pos} particles clicked, {n_neg} false detections marked"
 
+    def _tell(self, text: str, show=None) -> None:
+        # The full text stays in the widget's note (this run's notes, one per line); the
+        # notification gets one short line.
+        self._note.value = f"{self._note.value}\n{text}" if self._note.value else text
+        self._note.visible = True
+        (show or show_info)(one_line(text))
+
+    def _error(self, text: str) -> None:
+        self._tell(text, show_error)
+
     def new_annotation_layer(self, _=None):
         """Add an empty Points layer over the chosen image, in add mode, and pick it."""
         image = self._image.value
         if image is None:
-            show_error("Fine-tune: open or select an image layer first")
+            self._error("Fine-tune: open or select an image layer first")
             return None
         layer = self._viewer.add_points(
             np.empty((0, image.ndim)), ndim=image.ndim, name=f"{image.name} clicks",
@@ -267,20 +320,20 @@ class FinetuneWidget(Container):
         """Check the inputs on the GUI thread, copy the clicks, then fine-tune in a worker."""
         image, clicks = self._image.value, self._clicks.value
         if image is None or clicks is None:
-            show_error("Fine-tune: choose an image layer and a layer of clicked particles")
+            self._error("Fine-tune: choose an image layer and a layer of clicked particles")
             return None
         if image.rgb or image.ndim not in (2, 3):
-            show_error(f"Fine-tune: layer '{image.name}' must be a 2D image or a 2D+t stack")
+            self._error(f"Fine-tune: layer '{image.name}' must be a 2D image or a 2D+t stack")
             return None
         try:
             positives = layer_points(clicks, image)
             negatives = (layer_points(self._negative_layer(), image)
                          if self._negative_layer() is not None else None)
         except ValueError as exc:
-            show_error(f"Fine-tune: {exc}")
+            self._error(f"Fine-tune: {exc}")
             return None
         if len(positives) < 2:
-            show_error(f"Fine-tune: click at least 2 particle centres in "
+            self._error(f"Fine-tune: click at least 2 particle centres in "
                        f"'{clicks.name}' (it has {len(positives)})")
             return None
         self._stop_event = threading.Event()
@@ -291,11 +344,12 @@ class FinetuneWidget(Container):
                                           "desc": f"Fine-tune: {image.name}"})
         worker.yielded.connect(self._progress)
         worker.returned.connect(self._finished)
-        worker.errored.connect(lambda exc: show_error(f"Fine-tune failed: {exc}"))
-        worker.aborted.connect(lambda: show_info("Fine-tuning cancelled; no model kept"))
+        worker.errored.connect(lambda exc: self._error(f"Fine-tune failed: {exc}"))
+        worker.aborted.connect(lambda: self._tell("Fine-tuning cancelled; no model kept"))
         worker.finished.connect(self._idle)
         self.plot.clear()
         self._status.value = "starting..."
+        self._note.value, self._note.visible = "", False
         self._start.enabled, self._stop.enabled = False, True
         self._image_name = image.name
         self.worker = worker
@@ -312,7 +366,7 @@ class FinetuneWidget(Container):
         from napari_denodet.core.progress import Stage
 
         if progress.stage == Stage.NOTE:
-            show_info(f"'{self._image_name}': {progress.metrics['message']}")
+            self._tell(f"'{self._image_name}': {progress.metrics['message']}")
         elif progress.stage == Stage.CALIBRATE:
             self._status.value = progress.metrics["message"]
         elif progress.stage == Stage.TRAIN:
@@ -331,7 +385,7 @@ class FinetuneWidget(Container):
                               f"threshold {result.model.threshold:.2f}")
         what = (f"{result.steps_done} steps" if result.steps_done else
                 "threshold recalibrated, weights kept")
-        show_info(f"Fine-tuned on '{self._image_name}': {what}; use it for Detect or save it")
+        self._tell(f"Fine-tuned on '{self._image_name}': {what}; use it for Detect or save it")
 
     def _idle(self) -> None:
         self._start.enabled, self._stop.enabled = True, False
@@ -347,15 +401,15 @@ class FinetuneWidget(Container):
             return None
         path = self._save_path.value
         if not str(path) or path.suffix != ".pt":
-            show_error("Fine-tune: choose a file name ending in .pt to save the model")
+            self._error("Fine-tune: choose a file name ending in .pt to save the model")
             return None
         try:
             saved = save_model(path, self.result.model.network, self.result.model.card,
                                name=path.stem)
         except (InputError, OSError) as exc:
-            show_error(f"Fine-tune: could not save: {exc}")
+            self._error(f"Fine-tune: could not save: {exc}")
             return None
-        show_info(f"Saved {saved} and its model card")
+        self._tell(f"Saved {saved} and its model card")
         return saved
 
     def use_for_detect(self, _=None) -> str | None:
@@ -367,6 +421,6 @@ class FinetuneWidget(Container):
                                                                "Detect particles")
         binning = self.result.model.binning
         detect.select_model(name, binning=binning)
-        show_info(f"Detect now uses '{name}'" + (f" with binning {binning}" if binning > 1
+        self._tell(f"Detect now uses '{name}'" + (f" with binning {binning}" if binning > 1
                                                  else ""))
         return name
