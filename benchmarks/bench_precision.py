@@ -42,10 +42,11 @@ from common import (
     score_network,
 )
 
+from napari_denodet.core.device import choose_precision, native_bfloat16
 from napari_denodet.core.io import read_image
 from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import bundled_models, load_model
-from napari_denodet.core.predict import choose_precision, detect, native_bfloat16, run
+from napari_denodet.core.predict import detect, run
 from napari_denodet.core.simulate import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
-from napari_denodet.core import predict
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.network import Denodet, NetworkConfig
 from napari_denodet.core.predict import (
@@ -364,10 +363,12 @@ def test_prepared_network_matches_eager(norm):
 
 def test_precision_choice(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(predict, "native_bfloat16", lambda: True)
+    from napari_denodet.core import device
+
+    monkeypatch.setattr(device, "native_bfloat16", lambda: True)
     assert choose_precision("auto", cpu) == torch.bfloat16
     assert choose_precision("auto", gpu) == torch.float32  # GPUs keep float32
-    monkeypatch.setattr(predict, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(device, "native_bfloat16", lambda: False)
     assert choose_precision("auto", cpu) == torch.float32
     assert choose_precision("bfloat16", cpu) == torch.bfloat16  # asked for: emulated
     assert choose_precision("float32", cpu) == torch.float32

@@ -153,8 +153,8 @@ class DetectWidget(Container):
     """Dock widget: choose an image layer and a model, detect, tune the threshold."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari_denodet.core.device import available_devices
         from napari_denodet.core.models import bundled_model_purposes, bundled_models
-        from napari_denodet.core.predict import available_devices
 
         self._viewer = viewer
         self._image = ComboBox(label="image", choices=self._image_layers)

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``detect``."""
     from napari_denodet.core.batch import DENOISED_FORMATS, DetectSettings
     from napari_denodet.core.detection import POLARITIES
-    from napari_denodet.core.predict import DEVICES, PRECISIONS
+    from napari_denodet.core.device import DEVICES, PRECISIONS
 
     parser.add_argument("inputs", nargs="+", type=_path, metavar="INPUT",
                         help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
@@ -123,8 +123,8 @@ def _terminate_as_interrupt():
 
 def _run(args: argparse.Namespace) -> int:
     from napari_denodet.core.batch import DetectSettings, expand_inputs, without_outputs
+    from napari_denodet.core.device import choose_device
     from napari_denodet.core.models import load_model
-    from napari_denodet.core.predict import choose_device
 
     model = load_model(str(args.model))  # fail before any work on a bad model
     binning = _binning(args, model)

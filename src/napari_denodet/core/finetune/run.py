@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from napari_denodet.core.device import choose_device
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.finetune.calibration import (
     _matched,
@@ -68,7 +69,7 @@ from napari_denodet.core.models import Model
 from napari_denodet.core.network import train_mode
 from napari_denodet.core.normalize import non_finite_note
 from napari_denodet.core.points import FRAME, SCORE, X, Y
-from napari_denodet.core.predict import DetectionResult, choose_device, detect, run
+from napari_denodet.core.predict import DetectionResult, detect, run
 from napari_denodet.core.progress import Stage
 
 
