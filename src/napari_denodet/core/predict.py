@@ -448,22 +448,7 @@ def detect(
         are treated as background and counted in the result's ``non_finite``.
     """
     shape = tuple(int(n) for n in np.shape(image))
-    if len(shape) not in (2, 3) or min(shape, default=0) < 1:
-        raise InputError(None, f"expected a (y, x) image or a (t, y, x) stack, got shape {shape}")
-    channels = getattr(getattr(network, "config", None), "in_channels", 1)
-    if channels != 1:
-        raise InputError(None, f"this network expects {channels} channels; images have 1")
-    for name, value, lowest in (
-        ("batch_size", 1 if batch_size is None else batch_size, 1),
-        ("tile_size", tile_size, 1),
-        ("overlap", overlap, 0),
-    ):
-        if not isinstance(value, (int, np.integer)) or value < lowest:
-            raise InputError(None, f"{name} must be an integer >= {lowest}, got {value!r}")
-    try:
-        blob_score = None if blob is None else BlobScore(**blob)
-    except (TypeError, ValueError) as error:
-        raise InputError(None, f"bad blob score settings {blob!r}: {error}") from None
+    blob_score = _checked_settings(shape, network, batch_size, tile_size, overlap, blob)
     stack = len(shape) == 3
     height, width = shape[-2:]
     start, stop = _check_frames(frames, shape[0] if stack else 1, stack)
@@ -471,21 +456,12 @@ def detect(
     if torch_device.type == "cpu":
         keep_heap()
     model = prepare_network(network, torch_device, precision)
-    settings = {
-        "floor": floor,
-        "radius": radius,
-        "min_distance": min_distance,
-        "temperature": temperature,
-        "merge_ratio": merge_ratio,
-    }
+    settings = {"floor": floor, "radius": radius, "min_distance": min_distance,
+                "temperature": temperature, "merge_ratio": merge_ratio}
 
     n_frames = stop - start
     expected = (n_frames, height, width) if stack else (height, width)
-    if out is None:
-        out = np.empty(expected, dtype=np.float32)
-    elif tuple(np.shape(out)) != expected:
-        raise InputError(None, f"out has shape {tuple(np.shape(out))}; this run writes "
-                               f"{expected}")
+    out = _denoised_output(out, expected)
     scales: list[FrameScale] = []
     found = _Detections([], [], [], [], [], blob_score)
 
@@ -546,6 +522,37 @@ def detect(
         first_frame=start,
         non_finite=non_finite,
     )
+
+
+def _denoised_output(out: Any, expected: tuple[int, ...]) -> Any:
+    # Where the denoised frames go: a float32 array in memory, or ``out`` if it fits.
+    if out is None:
+        return np.empty(expected, dtype=np.float32)
+    if tuple(np.shape(out)) != expected:
+        raise InputError(None, f"out has shape {tuple(np.shape(out))}; this run writes "
+                               f"{expected}")
+    return out
+
+
+def _checked_settings(shape: tuple[int, ...], network: nn.Module, batch_size: int | None,
+                      tile_size: int, overlap: int, blob: dict | None) -> BlobScore | None:
+    # The arguments of detect checked (one line each when wrong); returns the blob term.
+    if len(shape) not in (2, 3) or min(shape, default=0) < 1:
+        raise InputError(None, f"expected a (y, x) image or a (t, y, x) stack, got shape {shape}")
+    channels = getattr(getattr(network, "config", None), "in_channels", 1)
+    if channels != 1:
+        raise InputError(None, f"this network expects {channels} channels; images have 1")
+    for name, value, lowest in (
+        ("batch_size", 1 if batch_size is None else batch_size, 1),
+        ("tile_size", tile_size, 1),
+        ("overlap", overlap, 0),
+    ):
+        if not isinstance(value, (int, np.integer)) or value < lowest:
+            raise InputError(None, f"{name} must be an integer >= {lowest}, got {value!r}")
+    try:
+        return None if blob is None else BlobScore(**blob)
+    except (TypeError, ValueError) as error:
+        raise InputError(None, f"bad blob score settings {blob!r}: {error}") from None
 
 
 @torch.inference_mode()
