@@ -167,8 +167,8 @@ class _DecoyFrames:
     # The chosen frames of a (binned) image with their contrast flipped, read lazily:
     # slices like a (k, y, x) stack for the engine.
 
-    def __init__(self, image, indices: Sequence[int], stack: bool, anscombe: bool) -> None:
-        self.image, self.indices, self.stack, self.anscombe = image, list(indices), stack, anscombe
+    def __init__(self, image, indices: Sequence[int], stack: bool) -> None:
+        self.image, self.indices, self.stack = image, list(indices), stack
         self.shape = (len(self.indices), *np.shape(image)[-2:])
         self.ndim = 3
 
@@ -177,16 +177,13 @@ class _DecoyFrames:
 
     def __getitem__(self, key) -> np.ndarray:
         from napari_denodet.core.io import load_block
-        from napari_denodet.core.normalize import looks_integral, normalise_frame
+        from napari_denodet.core.normalize import finite_frame, looks_integral
 
         frames = []
         for index in self.indices[key]:
             frame = load_block(self.image[index] if self.stack else self.image)
             integral = looks_integral(frame)
-            # Background-filled and finite, in the frame's own intensity scale.
-            normalised, scale, _ = normalise_frame(frame)
-            frame = scale.inverse(normalised)
-            decoy = decoy_frame(frame)
+            decoy = decoy_frame(finite_frame(frame)[0])
             # A camera's whole numbers stay whole, so the decoy is normalised as the
             # frame is (a dithered median and MAD), not by a scale of its own kind.
             frames.append(np.rint(decoy) if integral else decoy)
@@ -278,7 +275,7 @@ def _decoy_pass(model: Model, binned, result, chosen: str, auto_polarity: bool,
         return decoy, 1.0
     picked = decoy_frames(len(result.scales))
     view = _DecoyFrames(binned, [result.first_frame + i for i in picked],
-                        np.ndim(binned) == 3, anscombe=True)
+                        np.ndim(binned) == 3)
     decoy = yield from detect(view, model.network, invert=False, **settings)
     return decoy, len(result.scales) / len(picked)
 

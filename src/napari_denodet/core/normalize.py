@@ -136,17 +136,34 @@ def normalise_frame(
         When no pixel of the frame is finite.
     """
     frame = np.asarray(frame)
-    non_finite = 0
-    if frame.dtype.kind == "f":
-        finite = np.isfinite(frame)
-        non_finite = int(frame.size - np.count_nonzero(finite))
-        if non_finite == frame.size:
-            where = "the image" if index is None else f"frame {index}"
-            raise InputError(None, f"{where} holds no finite pixel (all NaN or inf)")
-        if non_finite:
-            frame = np.where(finite, frame, np.median(frame[finite])).astype(frame.dtype)
+    frame, non_finite = finite_frame(frame, index)
     scale = frame_scale(frame, invert)
     return scale.forward(frame), scale, non_finite
+
+
+def finite_frame(frame: np.ndarray, index: int | None = None) -> tuple[np.ndarray, int]:
+    """Return the frame with NaN and infinite pixels set to its background, and how many.
+
+    The background is the median of the finite pixels, in the frame's own intensities
+    and dtype (:func:`normalise_frame` and anything that needs the frame as read, such
+    as decoys and fine-tuning's detections, fill it the same way).
+
+    Raises
+    ------
+    InputError
+        When no pixel is finite (``index`` names the frame in the message).
+    """
+    frame = np.asarray(frame)
+    if frame.dtype.kind != "f":
+        return frame, 0
+    finite = np.isfinite(frame)
+    non_finite = int(frame.size - np.count_nonzero(finite))
+    if non_finite == frame.size:
+        where = "the image" if index is None else f"frame {index}"
+        raise InputError(None, f"{where} holds no finite pixel (all NaN or inf)")
+    if non_finite:
+        frame = np.where(finite, frame, np.median(frame[finite])).astype(frame.dtype)
+    return frame, non_finite
 
 
 def non_finite_note(pixels: int) -> str:

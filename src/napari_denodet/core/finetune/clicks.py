@@ -21,7 +21,7 @@ from napari_denodet.core.finetune.settings import (
     MIN_CLICKS_FOR_CHECK,
     FinetuneSettings,
 )
-from napari_denodet.core.normalize import normalise_frame
+from napari_denodet.core.normalize import finite_frame, normalise_frame
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 
 
@@ -136,12 +136,9 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
     frames, non_finite = [], 0
     for index in indices:
         raw = np.asarray(image[index] if stack else image, dtype=np.float32)
-        normalised, _, bad = normalise_frame(raw, invert, index if stack else None)
+        engine, bad = finite_frame(raw, index if stack else None)
+        normalised, _, _ = normalise_frame(engine, invert)
         non_finite += bad
-        engine = raw
-        if bad:
-            finite = np.isfinite(raw)
-            engine = np.where(finite, raw, np.median(raw[finite])).astype(np.float32)
 
         def on_frame(table, index=index):
             rows = table[table[FRAME] == index] if stack else table
