@@ -39,29 +39,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import (
-    FINETUNE_LOG_SIGMAS,
     Case,
     advised_calibrations,
     advised_modes,
-    annotated,
     click_region,
-    f1_at,
     finetune_cases,
-    inside_region,
+    log_on_clicks,
     model_of,
     network_points,
     score_outside,
     weights_column,
 )
 
-from napari_denodet.core.classic import detect_classic
 from napari_denodet.core.finetune import FinetuneSettings, finetune
 from napari_denodet.core.models import load_model
-from napari_denodet.core.points import SCORE, points_table
+from napari_denodet.core.points import SCORE
 from napari_denodet.core.predict import run
 
 REPO = Path(__file__).resolve().parents[1]
-LOG_FLOOR = {"fluorescence": 0.5, "micrograph": 0.0}
 # The threshold-only rule (calibrate_from_area) was chosen on the 10-click regions of the
 # first RULE_DRAWS draws; draws beyond them test it on regions it was not chosen on. (Its
 # count over the frames, from the parent's detections, was chosen later with regions 1-36
@@ -86,33 +81,6 @@ def _threshold_only(case: Case, parent, positives, parent_points, centre, radius
     return {"model": case.model, "f1_threshold_only": only.f1,
             "rmse_threshold_only": only.rmse, "threshold_only": recalibrated.threshold,
             "threshold_only_s": seconds}
-
-
-def _log_baseline(case: Case, invert: bool, centre, radius, scenario: str):
-    """LoG with scale and threshold tuned on the clicked region (taken as complete)."""
-    # The clicked region proper: the clicks' disk (the evaluation excludes 5 px more).
-    inner = radius - 5.0
-    region_truth = inside_region(annotated(case, case.truth), centre, inner)
-    best = (-1.0, None, None)
-    candidates = {}
-    for sigma in FINETUNE_LOG_SIGMAS[scenario]:
-        # Micrograph LoG responses at SNR 0.05 stay below the default floor of 0.5.
-        found = detect_classic(case.image, "log", invert=invert, sigma=sigma,
-                               min_distance=max(2, int(sigma)), floor=LOG_FLOOR[scenario])
-        table = points_table(found["y"], found["x"], frame=found["frame"],
-                             score=found["score"])
-        candidates[sigma] = table
-        region = inside_region(annotated(case, table), centre, inner)
-        if region.empty:
-            continue
-        levels = np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40)))
-        f1 = f1_at(region, region_truth, levels, case.gate)
-        if f1.max() > best[0]:
-            best = (float(f1.max()), sigma, float(levels[int(np.argmax(f1))]))
-    _, sigma, threshold = best
-    if sigma is None:
-        raise RuntimeError(f"{case.name}: no LoG candidate in the clicked region")
-    return score_outside(case, candidates[sigma], threshold, centre, radius), sigma, threshold
 
 
 def _measure(case: Case, n: int, budget: float, draw: int = 0,
@@ -141,7 +109,7 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     best_after = max(score_outside(case, tuned_points, t, centre, radius).f1 for t in levels)
     keeping = tuned.card["training"]["calibration"]["threshold_keeping_count"]
     count = None if keeping is None else score_outside(case, tuned_points, keeping, centre, radius)
-    log, sigma, threshold = _log_baseline(case, parent.invert, centre, radius, case.model)
+    log, sigma, threshold = log_on_clicks(case, parent.invert, centre, radius, case.model)
     row = {
         "case": case.name, "clicks": n, "draw": draw, "evaluated": int(before.tp + before.fn),
         "f1_before": before.f1, "rmse_before": before.rmse,

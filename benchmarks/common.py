@@ -387,3 +387,34 @@ def advised_modes(rows: list[dict]) -> dict[str, tuple[str, float, float | None]
                            ("weights", weights_column(calibrations[model][0])),
                            ("threshold", "f1_threshold_only"))
             for model in dict.fromkeys(model_of(r) for r in rows)}
+
+
+#: LoG response floor per model kind (micrograph LoG responses at SNR 0.05 stay below 0.5).
+LOG_FLOOR = {"fluorescence": 0.5, "micrograph": 0.0}
+
+
+def log_on_clicks(case: Case, invert: bool, centre, radius, scenario: str):
+    """LoG with scale and threshold tuned on the clicked region (taken as complete)."""
+    # The clicked region proper: the clicks' disk (the evaluation excludes 5 px more).
+    inner = radius - 5.0
+    region_truth = inside_region(annotated(case, case.truth), centre, inner)
+    best = (-1.0, None, None)
+    candidates = {}
+    for sigma in FINETUNE_LOG_SIGMAS[scenario]:
+        # Micrograph LoG responses at SNR 0.05 stay below the default floor of 0.5.
+        found = detect_classic(case.image, "log", invert=invert, sigma=sigma,
+                               min_distance=max(2, int(sigma)), floor=LOG_FLOOR[scenario])
+        table = points_table(found["y"], found["x"], frame=found["frame"],
+                             score=found["score"])
+        candidates[sigma] = table
+        region = inside_region(annotated(case, table), centre, inner)
+        if region.empty:
+            continue
+        levels = np.unique(np.quantile(region[SCORE], np.linspace(0, 0.99, 40)))
+        f1 = f1_at(region, region_truth, levels, case.gate)
+        if f1.max() > best[0]:
+            best = (float(f1.max()), sigma, float(levels[int(np.argmax(f1))]))
+    _, sigma, threshold = best
+    if sigma is None:
+        raise RuntimeError(f"{case.name}: no LoG candidate in the clicked region")
+    return score_outside(case, candidates[sigma], threshold, centre, radius), sigma, threshold

@@ -32,6 +32,12 @@ import numpy as np
 #: Decoy frames of a stack at most (evenly spaced): enough decoys for a stable estimate,
 #: at a bounded cost on long stacks.
 DECOY_FRAMES = 8
+#: Weight of the raw peak score in a probability: the fitted map is flat over stretches
+#: of scores, and this tiny slope keeps the candidates in the network's order there, so
+#: that a threshold can fall between any two of them (a clicked false detection can be
+#: dropped without its equally probable neighbours). It moves no probability by more
+#: than this.
+TIE_BREAK = 1e-4
 
 
 def decoy_frames(n_frames: int, most: int = DECOY_FRAMES) -> list[int]:
@@ -67,6 +73,9 @@ class Calibration:
         linear in between, constant beyond the ends.
     decoys : int
         Decoy candidates it was fitted from (0 when there were none).
+
+    A probability is the fitted map's value moved by at most :data:`TIE_BREAK` towards
+    the raw score (in [0, 1]), so that it rises strictly with the raw score.
     """
 
     knots: np.ndarray
@@ -76,9 +85,9 @@ class Calibration:
     def __call__(self, scores) -> np.ndarray:
         """Return the probability of a true particle for each raw score."""
         scores = np.asarray(scores, dtype=np.float64)
-        if len(self.knots) == 0:
-            return np.ones_like(scores)
-        return np.interp(scores, self.knots, self.probabilities)
+        fitted = (np.ones_like(scores) if len(self.knots) == 0
+                  else np.interp(scores, self.knots, self.probabilities))
+        return (1.0 - TIE_BREAK) * fitted + TIE_BREAK * np.clip(scores, 0.0, 1.0)
 
 
 def fit_calibration(targets, decoys, decoy_weight: float = 1.0) -> Calibration:

@@ -230,21 +230,18 @@ def detect_with_model(
                                out=out, **settings)
     stack = np.ndim(binned) == 3
     targets, rule = result.points, "given" if threshold is not None else "expected F1"
-    if model.card.is_fine_tuned:
-        # A fine-tuned model's threshold was fitted to the user's clicks and its scores
-        # are its own: no decoy pass.
-        calibration, rule = Calibration(np.zeros(0), np.zeros(0), 0), rule.replace(
-            "expected F1", "fine-tuned")
-        threshold = model.threshold if threshold is None else threshold
-    else:
-        decoy, weight = yield from _decoy_pass(model, binned, result, chosen, auto_polarity,
-                                               dict(settings, frames=frames))
-        decoys = decoy.points
-        if auto_polarity and _other_polarity_wins(targets[SCORE], decoys[SCORE]):
-            chosen = "bright" if chosen == "dark" else "dark"
-            targets, decoys = decoys, targets
-            result.denoised = decoy.denoised if out is None else result.denoised
-        calibration = fit_calibration(targets[SCORE], decoys[SCORE], weight)
+    decoy, weight = yield from _decoy_pass(model, binned, result, chosen, auto_polarity,
+                                           dict(settings, frames=frames))
+    decoys = decoy.points
+    if auto_polarity and _other_polarity_wins(targets[SCORE], decoys[SCORE]):
+        chosen = "bright" if chosen == "dark" else "dark"
+        targets, decoys = decoys, targets
+        result.denoised = decoy.denoised if out is None else result.denoised
+    calibration = fit_calibration(targets[SCORE], decoys[SCORE], weight)
+    if model.card.is_fine_tuned and threshold is None:
+        # A fine-tuned model's threshold was fitted to the user's clicks on its raw
+        # scores: the same detections are kept, their scores still probabilities.
+        threshold, rule = float(calibration(model.threshold)), "fine-tuned"
     candidates = _with_probability(targets, calibration)
     probability = candidates[SCORE].to_numpy()
     choice = (choose_threshold(probability) if threshold is None

@@ -1,0 +1,264 @@
+"""Instant feedback: probabilities and threshold refitted to the user's clicks.
+
+After a detection every candidate has a probability, estimated on the image by the
+target-decoy comparison (:mod:`napari_denodet.core.calibration`), and the threshold
+that maximises the expected F1. The user then clicks particle centres ("this is a
+particle") and false detections ("not a particle"). :func:`refit_threshold` refits both
+to the clicks in milliseconds, without running the network, so that the detections on
+screen change as the user clicks:
+
+- each *particle* click labels the candidate nearest to it within the gate a particle;
+- each *not a particle* click labels every candidate within the gate false;
+- where a frame's particle clicks look like a completely clicked area (at least three
+  clicks and no more unclicked particle-like candidates inside their area than
+  :func:`~napari_denodet.core.finetune.area_is_incomplete` allows), the candidates in
+  that area away from every click are labelled false too, as Topaz and the fine-tuning
+  mode ``"threshold"`` assume.
+
+The probabilities are then refitted as a logistic function of the network's raw peak
+score (Platt scaling), from the labelled candidates (weight 1 each) and from every
+candidate's image-estimated probability as a soft label (:data:`PRIOR_WEIGHT` clicks'
+worth in all): a few clicks move the estimate, they do not replace it. The threshold is
+again the one that maximises the expected F1 over all candidates. A clicked
+candidate's probability is the user's word: 1 for a particle, 0 for a false one. With
+no labelled candidate nothing changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from napari_denodet.core.detection import PEAK
+from napari_denodet.core.metrics import GATE
+from napari_denodet.core.points import FRAME, SCORE, X, Y
+
+#: The two kinds of click, as a points table's ``label`` column holds them.
+PARTICLE, NOT_PARTICLE = "particle", "not a particle"
+LABELS = (PARTICLE, NOT_PARTICLE)
+#: The column of a clicks table that says which kind each click is.
+LABEL = "label"
+#: Weights, in clicks, that the image's own probabilities may get when the clicks
+#: recalibrate them; :func:`prior_weight` picks one by leave-one-out on the clicks.
+PRIOR_WEIGHTS = (1.0, 3.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Refit:
+    """What :func:`refit_threshold` chose, and the evidence it rested on.
+
+    Attributes
+    ----------
+    threshold : float
+        The new probability threshold (on :attr:`scores`).
+    kept : int
+        Candidates kept at it.
+    particles, particles_kept : int
+        Particle clicks with a candidate near them, and those kept.
+    false, false_kept : int
+        Candidates labelled false (by clicks or by a completely clicked area), and those
+        still kept.
+    from_area : int
+        Of the false ones, those labelled by a completely clicked area.
+    scores : numpy.ndarray
+        The candidates' refitted probabilities, in their order.
+    """
+
+    threshold: float
+    kept: int
+    particles: int
+    particles_kept: int
+    false: int
+    false_kept: int
+    from_area: int
+    scores: np.ndarray
+
+    def summary(self) -> str:
+        """One line for a user: the threshold, the count and what the clicks say of it."""
+        text = f"threshold {self.threshold:.3f}: {self.kept} detections"
+        if self.particles:
+            text += f"; {self.particles_kept} of {self.particles} clicked particles kept"
+        if self.false:
+            area = f", {self.from_area} from the clicked area" if self.from_area else ""
+            text += f"; {self.false - self.false_kept} of {self.false} false ones dropped{area}"
+        return text
+
+
+def split_clicks(clicks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a clicks table by its ``label`` column into particles and false detections.
+
+    A table without ``label`` holds particles only. Labels other than :data:`LABELS`
+    raise ``ValueError``.
+    """
+    if LABEL not in clicks.columns:
+        return clicks.reset_index(drop=True), clicks.iloc[:0].reset_index(drop=True)
+    label = clicks[LABEL].astype(str)
+    unknown = sorted(set(label) - set(LABELS))
+    if unknown:
+        raise ValueError(f"click labels must be {PARTICLE!r} or {NOT_PARTICLE!r}, "
+                         f"not {', '.join(map(repr, unknown))}")
+    return (clicks[label == PARTICLE].drop(columns=LABEL).reset_index(drop=True),
+            clicks[label == NOT_PARTICLE].drop(columns=LABEL).reset_index(drop=True))
+
+
+def _by_frame(table: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    if FRAME not in table.columns:
+        return {0: table}
+    return {int(f): g for f, g in table.groupby(table[FRAME].round().astype(int))}
+
+
+def _labelled(candidates: pd.DataFrame, particles: pd.DataFrame, false: pd.DataFrame,
+              shape: tuple[int, int] | None, gate: float):
+    # Positions (in ``candidates``) of the candidates labelled particle, labelled false,
+    # and labelled false by a click itself (not by a completely clicked area).
+    from scipy.spatial import cKDTree
+
+    from napari_denodet.core.finetune.calibration import area_is_incomplete, unclicked_in_area
+    from napari_denodet.core.finetune.clicks import _in_area, clicked_area
+
+    candidates = candidates.reset_index(drop=True)
+    said_yes, said_no, by_area = [], [], []
+    mine_by_frame, clicked, wrong = (_by_frame(candidates), _by_frame(particles),
+                                     _by_frame(false))
+    for frame in sorted(set(clicked) | set(wrong)):
+        mine = mine_by_frame.get(frame)
+        if mine is None or mine.empty:
+            continue
+        index = mine.index.to_numpy()
+        yx = mine[[Y, X]].to_numpy(np.float64)
+        tree = cKDTree(yx)
+        points = (clicked[frame][[Y, X]].to_numpy(np.float64) if frame in clicked
+                  else np.zeros((0, 2)))
+        if len(points):
+            distance, nearest = tree.query(points, distance_upper_bound=gate)
+            hit = np.unique(nearest[np.isfinite(distance)])
+            said_yes.extend(index[hit])
+        flagged = np.zeros(len(mine), dtype=bool)
+        if frame in wrong:
+            for near in tree.query_ball_point(wrong[frame][[Y, X]].to_numpy(np.float64), gate):
+                flagged[near] = True
+            flagged[np.isin(index, said_yes)] = False  # a particle click wins
+            said_no.extend(index[flagged])
+        if shape is not None and len(points) >= 3:
+            one = mine.assign(**{FRAME: 0})
+            if not area_is_incomplete(unclicked_in_area(one, [points], [shape]), len(points)):
+                far = cKDTree(points).query(yx)[0] > gate
+                area = _in_area(yx, clicked_area(points, shape)) & far & ~flagged
+                by_area.extend(index[area])
+    said_yes, said_no = np.asarray(said_yes, np.int64), np.asarray(said_no, np.int64)
+    return said_yes, np.concatenate([said_no, np.asarray(by_area, np.int64)]), said_no
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _platt(peak: np.ndarray, probability: np.ndarray, yes: np.ndarray, no: np.ndarray,
+           prior: float) -> tuple[float, float]:
+    # (a, b) of sigmoid(a + b logit(peak)) by Newton's method: the labelled candidates at
+    # weight 1 each, every candidate's probability as a soft label at ``prior`` in all.
+    z = np.concatenate([_logit(peak), _logit(yes), _logit(no)])
+    y = np.concatenate([probability, np.ones(len(yes)), np.zeros(len(no))])
+    w = np.concatenate([np.full(len(peak), prior / max(len(peak), 1)),
+                        np.ones(len(yes) + len(no))])
+    features = np.column_stack([np.ones_like(z), z])
+    coef = np.zeros(2)
+    for _ in range(100):
+        fitted = _sigmoid(features @ coef)
+        gradient = features.T @ (w * (y - fitted))
+        hessian = (features * (w * fitted * (1 - fitted))[:, None]).T @ features
+        step = np.linalg.solve(hessian + 1e-6 * np.eye(2), gradient)
+        coef = coef + step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(coef[0]), float(coef[1])
+
+
+def _labelled_f1(scores: np.ndarray, threshold: float, yes: np.ndarray,
+                 no: np.ndarray) -> float:
+    # F1 on the labelled candidates: particles kept, false ones kept, particles dropped.
+    tp = int((scores[yes] >= threshold).sum())
+    fp = int((scores[no] >= threshold).sum())
+    return 2 * tp / (2 * tp + fp + len(yes) - tp) if len(yes) + fp else 1.0
+
+
+def prior_weight(peak: np.ndarray, probability: np.ndarray, yes: np.ndarray,
+                 no: np.ndarray, weights=PRIOR_WEIGHTS) -> float:
+    """Choose how much the image's own probabilities count against the clicks.
+
+    Each of ``weights`` is scored by leave-one-out on the labelled candidates: the
+    log-likelihood of each label under the fit made without it. Where the image's
+    estimate agrees with the clicks a heavy weight loses nothing and keeps the fit
+    steady; where it is wrong (a decoy estimate that over-counts), the clicks win.
+    Ties go to the heavier weight.
+    """
+    z = np.concatenate([yes, no])
+    label = np.concatenate([np.ones(len(yes)), np.zeros(len(no))])
+    best, best_score = weights[-1], -np.inf
+    for weight in sorted(weights, reverse=True):
+        total = 0.0
+        for i in range(len(z)):
+            rest = np.delete(np.arange(len(z)), i)
+            a, b = _platt(peak, probability, z[rest][label[rest] == 1],
+                          z[rest][label[rest] == 0], weight)
+            p = float(np.clip(_sigmoid(a + b * _logit(z[i:i + 1]))[0], 1e-6, 1 - 1e-6))
+            total += np.log(p) if label[i] else np.log1p(-p)
+        if total > best_score + 1e-9:
+            best, best_score = weight, total
+    return float(best)
+
+
+def refit_threshold(candidates: pd.DataFrame, particles: pd.DataFrame,
+                    false: pd.DataFrame | None = None, *, start: float,
+                    shape: tuple[int, int] | None = None, gate: float = GATE) -> Refit:
+    """Refit the score threshold to the user's clicks (see the module's description).
+
+    Parameters
+    ----------
+    candidates : pandas.DataFrame
+        Every candidate of a detection
+        (:attr:`Detections.candidates <napari_denodet.core.detection.Detections.candidates>`:
+        ``score`` the probability, ``peak`` the raw score; ``frame`` for a stack), in
+        the same pixels as the clicks.
+    particles, false : pandas.DataFrame
+        Clicked particle centres and clicked false detections (points tables).
+    start : float
+        The threshold in force: kept, with the probabilities, when no candidate is
+        labelled.
+    shape : (int, int), optional
+        A frame's ``(H, W)``; without it no area is taken as completely clicked.
+    gate : float
+        Largest distance (px) between a click and its candidate.
+
+    Returns
+    -------
+    Refit
+    """
+    from napari_denodet.core.calibration import choose_threshold
+
+    false = particles.iloc[:0] if false is None else false
+    scores = candidates[SCORE].to_numpy(np.float64)
+    peak = candidates[PEAK].to_numpy(np.float64)
+    yes, no, said_no = _labelled(candidates, particles, false, shape, gate)
+    if len(yes) + len(no) == 0:
+        return Refit(threshold=float(start), kept=int((scores >= start).sum()), particles=0,
+                     particles_kept=0, false=0, false_kept=0, from_area=0, scores=scores)
+    weight = prior_weight(peak, scores, peak[yes], peak[no])
+    a, b = _platt(peak, scores, peak[yes], peak[no], weight)
+    refitted = _sigmoid(a + b * _logit(peak))
+    threshold = choose_threshold(refitted).threshold
+    if _labelled_f1(refitted, threshold, yes, no) <= _labelled_f1(scores, start, yes, no):
+        # No better on the clicks than what is in force: keep it.
+        refitted, threshold = scores.copy(), float(start)
+    refitted[yes], refitted[said_no] = 1.0, 0.0
+    return Refit(threshold=threshold, kept=int((refitted >= threshold).sum()),
+                 particles=len(yes), particles_kept=int((refitted[yes] >= threshold).sum()),
+                 false=len(no), false_kept=int((refitted[no] >= threshold).sum()),
+                 from_area=len(no) - len(said_no), scores=refitted)

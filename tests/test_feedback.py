@@ -1,0 +1,115 @@
+"""Instant feedback: the probabilities and threshold refitted to clicks."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_denodet.core.feedback import (
+    LABEL,
+    NOT_PARTICLE,
+    PARTICLE,
+    refit_threshold,
+    split_clicks,
+)
+from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
+
+SHAPE = (200, 200)
+
+
+def _candidates(seed=0):
+    # 60 particles with high raw peaks and 240 noise peaks with low ones, on two frames;
+    # the probabilities overrate the noise (as a poor decoy estimate would).
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(np.arange(12, 190, 24), np.arange(12, 190, 24)), -1)
+    spots = grid.reshape(-1, 2)[:30].astype(float)
+    rows = []
+    for frame in (0, 1):
+        for y, x in spots:
+            rows.append((frame, y, x, rng.uniform(0.6, 0.95), True))
+        noise = rng.uniform(0, SHAPE[0], (120, 2))
+        far = np.min(np.hypot(*(noise[:, None] - spots[None]).transpose(2, 0, 1)), 1) > 8
+        for y, x in noise[far]:
+            rows.append((frame, y, x, rng.uniform(0.05, 0.65), False))
+    table = pd.DataFrame(rows, columns=[FRAME, Y, X, "peak", "true"])
+    table.insert(3, SCORE, np.clip(table["peak"] + 0.35, 0, 1))
+    return table
+
+
+def _f1(candidates, scores, threshold):
+    truth = candidates[candidates["true"]]
+    return score_detections(candidates[scores >= threshold], truth).f1
+
+
+def test_no_click_changes_nothing():
+    table = _candidates()
+    refit = refit_threshold(table, table.iloc[:0], start=0.42, shape=SHAPE)
+    assert refit.threshold == 0.42
+    np.testing.assert_array_equal(refit.scores, table[SCORE])
+    assert refit.kept == int((table[SCORE] >= 0.42).sum())
+
+
+def test_a_completely_clicked_area_raises_a_threshold_that_keeps_noise():
+    table = _candidates()
+    start = 0.4  # keeps most of the noise
+    truth = table[table["true"]]
+    # Every particle of a corner of frame 0 clicked (slightly off centre, as a hand does).
+    corner = truth[(truth[FRAME] == 0) & (truth[Y] < 80) & (truth[X] < 110)]
+    clicks = corner.assign(**{Y: corner[Y] + 0.7, X: corner[X] - 0.5})[[FRAME, Y, X]]
+    refit = refit_threshold(table, clicks, start=start, shape=SHAPE)
+    assert refit.from_area > 0 and refit.particles == len(clicks)
+    assert refit.threshold != start
+    before, after = _f1(table, table[SCORE], start), _f1(table, refit.scores, refit.threshold)
+    assert after > before + 0.1
+    # Away from the clicks (frame 1) the probabilities still follow the network's ranking.
+    other = (table[FRAME] == 1).to_numpy()
+    order = np.argsort(table["peak"].to_numpy()[other])
+    assert np.all(np.diff(refit.scores[other][order]) > 0)
+
+
+def test_the_users_word_decides_the_clicked_candidates():
+    table = _candidates()
+    noise = table[~table["true"] & (table[FRAME] == 1)].nlargest(1, "peak")
+    particle = table[table["true"] & (table[FRAME] == 1)].nsmallest(1, "peak")
+    refit = refit_threshold(table, particle[[FRAME, Y, X]], noise[[FRAME, Y, X]],
+                            start=0.5, shape=SHAPE)
+    assert refit.scores[particle.index[0]] == 1.0 >= refit.threshold
+    assert refit.scores[noise.index[0]] == 0.0 < refit.threshold
+    assert refit.particles_kept == 1 and refit.particles == 1
+    # Every candidate within the gate of the false click is dropped.
+    near = np.hypot(table[Y] - noise[Y].iloc[0], table[X] - noise[X].iloc[0]) <= 5.0
+    assert refit.false == int((near & (table[FRAME] == 1)).sum()) and refit.false_kept == 0
+
+
+def test_clicks_on_another_frame_or_far_from_any_candidate_label_nothing():
+    table = _candidates()
+    lonely = points_table([100.0], [100.0], frame=[5])
+    refit = refit_threshold(table, lonely, lonely, start=0.5, shape=SHAPE)
+    assert refit.particles == refit.false == 0 and refit.threshold == 0.5
+
+
+def test_split_clicks_by_label():
+    clicks = pd.DataFrame({Y: [1.0, 2.0, 3.0], X: [4.0, 5.0, 6.0],
+                           LABEL: [PARTICLE, NOT_PARTICLE, PARTICLE]})
+    particles, false = split_clicks(clicks)
+    assert particles[Y].tolist() == [1.0, 3.0] and false[Y].tolist() == [2.0]
+    assert LABEL not in particles.columns
+    plain, none = split_clicks(clicks.drop(columns=LABEL))
+    assert len(plain) == 3 and none.empty
+    with pytest.raises(ValueError, match="'maybe'"):
+        split_clicks(clicks.assign(**{LABEL: ["maybe", PARTICLE, PARTICLE]}))
+
+
+def test_clicks_that_agree_with_the_threshold_in_force_keep_it():
+    # Probabilities that already rank right (the raw peak itself) and a threshold that
+    # keeps every clicked particle and drops the clicked noise: nothing to improve.
+    table = _candidates()
+    table[SCORE] = table["peak"]
+    truth = table[table["true"]]
+    clicks = truth[(truth[FRAME] == 0)].nlargest(5, "peak")[[FRAME, Y, X]]
+    noise = table[~table["true"] & (table[FRAME] == 0)].nsmallest(3, "peak")[[FRAME, Y, X]]
+    refit = refit_threshold(table, clicks, noise, start=0.55, shape=SHAPE)
+    assert refit.threshold == 0.55
+    unclicked = ~np.isin(np.arange(len(table)), np.flatnonzero(refit.scores != table[SCORE]))
+    assert unclicked.sum() >= len(table) - 8
+    np.testing.assert_array_equal(refit.scores[unclicked], table[SCORE][unclicked])
