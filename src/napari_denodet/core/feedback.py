@@ -9,19 +9,23 @@ screen change as the user clicks:
 
 - each *particle* click labels the candidate nearest to it within the gate a particle;
 - each *not a particle* click labels every candidate within the gate false;
-- where a frame's particle clicks look like a completely clicked area (at least three
-  clicks and no more unclicked particle-like candidates inside their area than
+- where a frame's particle clicks cover a completely clicked area (at least three
+  clicks; the user says so, or the image's own probabilities find no more likely
+  particles unclicked in the area than
   :func:`~napari_denodet.core.finetune.area_is_incomplete` allows), the candidates in
   that area away from every click are labelled false too, as Topaz and the fine-tuning
-  mode ``"threshold"`` assume.
+  mode ``"threshold"`` assume. Clicks on a few obvious particles scattered over a frame
+  leave likely particles unclicked in their area, so they label nothing there.
 
 The probabilities are then refitted as a logistic function of the network's raw peak
 score (Platt scaling), from the labelled candidates (weight 1 each) and from every
 candidate's image-estimated probability as a soft label (:data:`PRIOR_WEIGHT` clicks'
 worth in all): a few clicks move the estimate, they do not replace it. The threshold is
-again the one that maximises the expected F1 over all candidates. A clicked
-candidate's probability is the user's word: 1 for a particle, 0 for a false one. With
-no labelled candidate nothing changes.
+again the one that maximises the expected F1 over all candidates. The refit is kept
+only when it does better on the labelled candidates than the probabilities and
+threshold in force, and it needs both kinds of label: particles alone say nothing of
+the noise. A clicked candidate's probability is the user's word: 1 for a particle, 0 for
+a false one.
 """
 
 from __future__ import annotations
@@ -110,15 +114,16 @@ def _by_frame(table: pd.DataFrame) -> dict[int, pd.DataFrame]:
 
 
 def _labelled(candidates: pd.DataFrame, particles: pd.DataFrame, false: pd.DataFrame,
-              shape: tuple[int, int] | None, gate: float):
+              shape: tuple[int, int] | None, gate: float, complete: bool | None):
     # Positions (in ``candidates``) of the candidates labelled particle, labelled false,
     # and labelled false by a click itself (not by a completely clicked area).
     from scipy.spatial import cKDTree
 
-    from napari_denodet.core.finetune.calibration import area_is_incomplete, unclicked_in_area
+    from napari_denodet.core.finetune.calibration import area_is_incomplete
     from napari_denodet.core.finetune.clicks import _in_area, clicked_area
 
     candidates = candidates.reset_index(drop=True)
+    probability = candidates[SCORE].to_numpy(np.float64)
     said_yes, said_no, by_area = [], [], []
     mine_by_frame, clicked, wrong = (_by_frame(candidates), _by_frame(particles),
                                      _by_frame(false))
@@ -127,6 +132,7 @@ def _labelled(candidates: pd.DataFrame, particles: pd.DataFrame, false: pd.DataF
         if mine is None or mine.empty:
             continue
         index = mine.index.to_numpy()
+        score = probability[index]
         yx = mine[[Y, X]].to_numpy(np.float64)
         tree = cKDTree(yx)
         points = (clicked[frame][[Y, X]].to_numpy(np.float64) if frame in clicked
@@ -141,12 +147,13 @@ def _labelled(candidates: pd.DataFrame, particles: pd.DataFrame, false: pd.DataF
                 flagged[near] = True
             flagged[np.isin(index, said_yes)] = False  # a particle click wins
             said_no.extend(index[flagged])
-        if shape is not None and len(points) >= 3:
-            one = mine.assign(**{FRAME: 0})
-            if not area_is_incomplete(unclicked_in_area(one, [points], [shape]), len(points)):
-                far = cKDTree(points).query(yx)[0] > gate
-                area = _in_area(yx, clicked_area(points, shape)) & far & ~flagged
-                by_area.extend(index[area])
+        if shape is not None and len(points) >= 3 and complete is not False:
+            inside = _in_area(yx, clicked_area(points, shape))
+            inside &= (cKDTree(points).query(yx)[0] > gate) & ~flagged
+            # Unclicked candidates there that the image's own estimate calls particles.
+            likely = int((inside & (score >= 0.5)).sum())
+            if complete or not area_is_incomplete(likely, len(points)):
+                by_area.extend(index[inside])
     said_yes, said_no = np.asarray(said_yes, np.int64), np.asarray(said_no, np.int64)
     return said_yes, np.concatenate([said_no, np.asarray(by_area, np.int64)]), said_no
 
@@ -217,7 +224,8 @@ def prior_weight(peak: np.ndarray, probability: np.ndarray, yes: np.ndarray,
 
 def refit_threshold(candidates: pd.DataFrame, particles: pd.DataFrame,
                     false: pd.DataFrame | None = None, *, start: float,
-                    shape: tuple[int, int] | None = None, gate: float = GATE) -> Refit:
+                    shape: tuple[int, int] | None = None, gate: float = GATE,
+                    complete: bool | None = None) -> Refit:
     """Refit the score threshold to the user's clicks (see the module's description).
 
     Parameters
@@ -236,6 +244,12 @@ def refit_threshold(candidates: pd.DataFrame, particles: pd.DataFrame,
         A frame's ``(H, W)``; without it no area is taken as completely clicked.
     gate : float
         Largest distance (px) between a click and its candidate.
+    complete : bool, optional
+        Whether every particle in the area of a frame's particle clicks is clicked:
+        True (the user says so), False (never assume it), or None: assumed where the
+        image's own probabilities find no more likely particles (probability at least
+        0.5) unclicked there than :func:`~napari_denodet.core.finetune.area_is_incomplete`
+        allows.
 
     Returns
     -------
@@ -246,17 +260,19 @@ def refit_threshold(candidates: pd.DataFrame, particles: pd.DataFrame,
     false = particles.iloc[:0] if false is None else false
     scores = candidates[SCORE].to_numpy(np.float64)
     peak = candidates[PEAK].to_numpy(np.float64)
-    yes, no, said_no = _labelled(candidates, particles, false, shape, gate)
+    yes, no, said_no = _labelled(candidates, particles, false, shape, gate, complete)
     if len(yes) + len(no) == 0:
         return Refit(threshold=float(start), kept=int((scores >= start).sum()), particles=0,
                      particles_kept=0, false=0, false_kept=0, from_area=0, scores=scores)
-    weight = prior_weight(peak, scores, peak[yes], peak[no])
-    a, b = _platt(peak, scores, peak[yes], peak[no], weight)
-    refitted = _sigmoid(a + b * _logit(peak))
-    threshold = choose_threshold(refitted).threshold
-    if _labelled_f1(refitted, threshold, yes, no) <= _labelled_f1(scores, start, yes, no):
-        # No better on the clicks than what is in force: keep it.
-        refitted, threshold = scores.copy(), float(start)
+    refitted, threshold = scores.copy(), float(start)
+    if len(yes) and len(no):  # a refit needs both kinds: particles alone say nothing of noise
+        weight = prior_weight(peak, scores, peak[yes], peak[no])
+        a, b = _platt(peak, scores, peak[yes], peak[no], weight)
+        fitted = _sigmoid(a + b * _logit(peak))
+        chosen = choose_threshold(fitted).threshold
+        # Kept only when better on the clicks than what is in force.
+        if _labelled_f1(fitted, chosen, yes, no) > _labelled_f1(scores, start, yes, no):
+            refitted, threshold = fitted, chosen
     refitted[yes], refitted[said_no] = 1.0, 0.0
     return Refit(threshold=threshold, kept=int((refitted >= threshold).sum()),
                  particles=len(yes), particles_kept=int((refitted[yes] >= threshold).sum()),
