@@ -50,3 +50,13 @@ def no_worker_left_behind():
     from qtpy.QtCore import QThreadPool
 
     QThreadPool.globalInstance().waitForDone(30000)
+
+
+@pytest.fixture(autouse=True)
+def fresh_session_models():
+    """Forget the models a test fine-tuned in "this napari session": the Detect widget
+    offers the newest first, and the next test must start from the bundled ones."""
+    yield
+    from napari_denodet._widgets import session
+
+    session._MODELS.clear()

@@ -201,3 +201,32 @@ def test_the_empty_loss_plot_has_labelled_axes_and_says_what_will_appear(
     assert drawn(40, 260, 30, 80) > 20
     assert drawn(120, 180, 106, 119) > 5
     assert drawn(1, 16, 30, 80) > 5
+
+
+def test_clicks_are_never_preselected_and_false_clicks_are_negatives(make_napari_viewer, sim,
+                                                                     monkeypatch):
+    from unittest.mock import MagicMock
+
+    from napari_denodet.core.feedback import LABEL, NOT_PARTICLE
+
+    shown, started = [], []
+    monkeypatch.setattr(finetune_module, "show_error", shown.append)
+    monkeypatch.setattr(finetune_module, "create_worker",
+                        lambda *args, **kwargs: started.append(args) or MagicMock())
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy, name="cells")
+    viewer.add_points(np.zeros((50, 3)), name="cells particles")  # Detect's output
+    widget = _widget(viewer)
+    assert widget._clicks.value == finetune_module.NONE
+    assert widget.start(start_thread=False) is None and "clicked particles" in shown[-1]
+    layer = widget.new_annotation_layer()
+    for row in sim.truth[sim.truth.frame == 0].iloc[:3].itertuples():
+        layer.add([row.frame, row.y, row.x])
+    widget._kind.value = NOT_PARTICLE
+    layer.add([0, 5.0, 7.0])
+    assert layer.features[LABEL].tolist()[-1] == NOT_PARTICLE
+    assert widget._counts.value == "3 particles clicked, 1 false detections marked"
+    assert widget.start(start_thread=False) is not None
+    _, _, positives, negatives, *_ = started[-1]
+    assert len(positives) == 3 and LABEL not in positives.columns
+    assert negatives[["frame", "y", "x"]].values.tolist() == [[0, 5.0, 7.0]]

@@ -4,7 +4,11 @@ The widget holds no algorithm. It collects settings, starts a thread worker arou
 core generator :func:`napari_denodet.core.predict.detect` (model loading, reading and
 binning happen in the worker too), and turns the result into layers on the GUI thread.
 All candidates are kept, so the score slider filters the shown particles at once
-without running the network again.
+without running the network again, and the image's clicks layer
+(:mod:`napari_denodet._widgets.clicks`) refits the probabilities and the threshold to
+the user's clicks as they click (:func:`napari_denodet.core.feedback.refit_threshold`,
+debounced by :data:`REFIT_DELAY_MS`). Once the user moves the slider, "keep my
+threshold" is ticked and later detections keep it.
 
 A layer that is not an in-memory numpy array (a memory-mapped or Zarr stack opened
 lazily), or whose denoised result would exceed :data:`IN_MEMORY_LIMIT`, gets its
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -36,10 +41,13 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from napari_denodet._reader import POINTS_STYLE
 from napari_denodet._widgets import BINNING_TIP, session
+from napari_denodet._widgets.clicks import clicks_name, layer_points
 from napari_denodet.core.detection import POLARITIES
+from napari_denodet.core.metrics import GATE
 from napari_denodet.core.normalize import non_finite_note
 from napari_denodet.core.points import SCORE, coordinates
 
@@ -49,6 +57,8 @@ if TYPE_CHECKING:
 FROM_FILE = "from file..."
 #: Denoised results larger than this (bytes) go to a temporary file instead of memory.
 IN_MEMORY_LIMIT = 2**30
+#: Quiet time (ms) after the last click before the threshold is refitted.
+REFIT_DELAY_MS = 250
 
 
 @dataclass
@@ -179,6 +189,11 @@ class DetectWidget(Container):
                     "sets the threshold that maximises the expected F1 on the image; "
                     "move it to keep more or fewer particles.")
         self._found = Label(label="found", value="")
+        self._keep_mine = CheckBox(
+            text="keep my threshold", value=False,
+            tooltip="Ticked when you move the slider: later detections keep your threshold "
+                    "instead of choosing one per image. Clicks refit it and untick it.")
+        self._clicked = Label(label="clicks", value="", visible=False)
         self._run = PushButton(text="Detect")
         self._cancel = PushButton(text="Cancel", enabled=False,
                                   tooltip="Stop the running detection; no layer is added")
@@ -189,17 +204,28 @@ class DetectWidget(Container):
         super().__init__(widgets=[self._image, self._model, self._model_file, self._device,
                                   self._first, self._last, self._binning, self._polarity,
                                   self._run, self._cancel, self._bar,
-                                  self._threshold, self._found])
+                                  self._threshold, self._keep_mine, self._found,
+                                  self._clicked])
         self._candidates: dict[str, pd.DataFrame] = {}
+        # Per image: the candidates as detected, the threshold chosen, the click gate.
+        self._detected: dict[str, tuple[pd.DataFrame, float, float]] = {}
+        self._exact: float | None = None  # the threshold set, beyond the slider's precision
+        self._watched_clicks: dict[str, object] = {}
+        self._pending: set[str] = set()
+        self._refit_timer = QTimer()
+        self._refit_timer.setSingleShot(True)
+        self._refit_timer.setInterval(REFIT_DELAY_MS)
+        self._refit_timer.timeout.connect(self._refit_pending)
         self._diameters: dict[str, float | None] = {}
         self.worker = None
         self._model.changed.connect(
             lambda value: setattr(self._model_file, "visible", value == FROM_FILE))
         self._run.clicked.connect(self.start)
         self._cancel.clicked.connect(self.cancel)
-        self._threshold.changed.connect(self._apply_threshold)
-        viewer.layers.events.inserted.connect(self._image.reset_choices)
-        viewer.layers.events.removed.connect(self._image.reset_choices)
+        self._threshold.changed.connect(self._slider_moved)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._image.reset_choices)
+            event.connect(self._watch_clicks)
 
     def select_model(self, name: str, binning: int | None = None) -> None:
         """Offer the models made in this session again and choose ``name`` (and binning)."""
@@ -306,11 +332,15 @@ class DetectWidget(Container):
                                      self._viewer.layers.index(layer))
         self._candidates[name] = result.candidates
         self._diameters[name] = particle_diameter(model, result.binning)
-        # Set the chosen threshold quietly: the slider's handler would redraw every
-        # image's particles, and only this image's are new.
-        with self._threshold.changed.blocked():
-            self._threshold.value = result.threshold
+        diameter = self._diameters[name]
+        gate = diameter / 2 if diameter else GATE * max(1, result.binning)
+        self._detected[name] = (result.candidates, result.threshold, gate)
+        if not self._keep_mine.value:
+            self._set_threshold(result.threshold)
         self._apply_threshold(name=name)
+        self._watch_clicks()
+        if name in self._watched_clicks:
+            self.refit(name)
         for note in (result.warning(),
                      non_finite_note(result.non_finite) if result.non_finite else None):
             if note:
@@ -326,14 +356,90 @@ class DetectWidget(Container):
             return existing
         return getattr(self._viewer, f"add_{kind}")(data, name=name, **kwargs)
 
+    def _set_threshold(self, value: float) -> None:
+        # Quietly: the slider's handler would redraw every image's particles and tick
+        # "keep my threshold".
+        self._exact = float(value)
+        with self._threshold.changed.blocked():
+            self._threshold.value = value
+
+    def _slider_moved(self, _value=None) -> None:
+        self._exact = None
+        self._keep_mine.value = True
+        self._apply_threshold()
+
+    def _current_threshold(self) -> float:
+        value = float(self._threshold.value)
+        if self._exact is not None and abs(value - self._exact) < 1e-4:
+            return self._exact  # the slider rounds; the candidates at it stay kept
+        return value
+
+    # ------------------------------------------------------------- clicks
+
+    def _watch_clicks(self, _event=None) -> None:
+        # Follow the clicks layer of every detected image (made or removed at any time).
+        from napari.layers import Points
+
+        for name in list(self._watched_clicks):
+            layer = self._watched_clicks[name]
+            if layer not in self._viewer.layers:
+                del self._watched_clicks[name]
+        for name in self._detected:
+            layer_name = clicks_name(name)
+            if name in self._watched_clicks or layer_name not in self._viewer.layers:
+                continue
+            layer = self._viewer.layers[layer_name]
+            if isinstance(layer, Points):
+                layer.events.data.connect(partial(self._clicks_changed, name))
+                layer.events.features.connect(partial(self._clicks_changed, name))
+                self._watched_clicks[name] = layer
+
+    def _clicks_changed(self, name: str, _event=None) -> None:
+        self._pending.add(name)
+        self._refit_timer.start()
+
+    def _refit_pending(self) -> None:
+        pending, self._pending = self._pending, set()
+        for name in pending:
+            self.refit(name)
+
+    def refit(self, name: str):
+        """Refit the probabilities and threshold of image ``name`` to its clicks layer.
+
+        Runs on the GUI thread in milliseconds (no network). Returns the
+        :class:`~napari_denodet.core.feedback.Refit`, or None.
+        """
+        from napari_denodet.core.feedback import refit_threshold, split_clicks
+
+        clicks = self._watched_clicks.get(name)
+        image = next((layer for layer in self._viewer.layers if layer.name == name), None)
+        if clicks is None or image is None or name not in self._detected:
+            return None
+        detected, start, gate = self._detected[name]
+        try:
+            particles, false = split_clicks(layer_points(clicks, image))
+        except ValueError as exc:
+            show_error(f"Detect '{name}': {exc}")
+            return None
+        result = refit_threshold(detected, particles, false, start=start, gate=gate,
+                                 shape=tuple(image.data.shape[-2:]))
+        self._candidates[name] = detected.assign(**{SCORE: result.scores})
+        self._keep_mine.value = False
+        self._set_threshold(result.threshold)
+        self._apply_threshold(name=name)
+        self._clicked.value = result.summary() if len(particles) + len(false) else ""
+        self._clicked.visible = bool(self._clicked.value)
+        return result
+
     def _apply_threshold(self, _value=None, name: str | None = None) -> None:
+        threshold = self._current_threshold()
         names = [name] if name else list(self._candidates)
         for image_name in names:
             table = self._candidates.get(image_name)
             if table is None or image_name not in self._viewer.layers:
                 continue
             image = self._viewer.layers[image_name]
-            kept = table[table[SCORE] >= self._threshold.value].reset_index(drop=True)
+            kept = table[table[SCORE] >= threshold].reset_index(drop=True)
             features = kept.drop(columns=["y", "x"])
             coords = coordinates(kept)
             kwargs = {"scale": image.scale[-coords.shape[1]:],
@@ -359,7 +465,7 @@ class DetectWidget(Container):
             if len(kept):
                 points.border_color = "score"
                 points.border_colormap = "plasma"
-            self._found.value = _found_text(table, self._threshold.value)
+            self._found.value = _found_text(table, threshold)
 
 
 #: Above this many kept detections the label skips the recurrence (the slider stays quick).

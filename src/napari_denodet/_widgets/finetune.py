@@ -1,8 +1,9 @@
 """The Fine-tune dock widget: teach a model the user's particles from a few clicks.
 
-The user picks an image layer and an annotation Points layer (a button makes one, in
-add mode, over the image), clicks a handful of particle centres, optionally marks
-false detections in a negatives layer, and presses Start. The widget copies the
+The user picks an image layer and a clicks layer (a button makes one, in add mode,
+over the image; :mod:`napari_denodet._widgets.clicks`), clicks a handful of particle
+centres and, with "click as: not a particle", false detections, and presses Start. As
+they click, the Detect widget refits its threshold to the clicks at once. The widget copies the
 clicks (the user's layers are never modified), runs the core generator
 :func:`napari_denodet.core.finetune.finetune` in a thread worker, draws the loss as it
 falls, and offers the result to the Detect widget and to a file. Stop ends training
@@ -35,7 +36,8 @@ from qtpy.QtGui import QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from napari_denodet._widgets import BINNING_TIP, session
-from napari_denodet.core.points import points_table
+from napari_denodet._widgets.clicks import layer_points, new_clicks_layer, set_kind
+from napari_denodet.core.feedback import LABELS, PARTICLE, split_clicks
 
 if TYPE_CHECKING:
     import napari
@@ -165,21 +167,6 @@ class LossPlot(QWidget):
         painter.end()
 
 
-def layer_points(points_layer, image_layer) -> pd.DataFrame:
-    """Copy a Points layer's coordinates into the image's pixels as a points table."""
-    coords = np.array(points_layer.data, dtype=np.float64, copy=True)
-    ndim = image_layer.ndim
-    if coords.shape[1] != ndim:
-        raise ValueError(f"layer '{points_layer.name}' has {coords.shape[1]}D points but "
-                         f"image '{image_layer.name}' is {ndim}D")
-    # Layer coordinates to world, then to the image's pixels.
-    world = coords * np.asarray(points_layer.scale) + np.asarray(points_layer.translate)
-    pixels = (world - np.asarray(image_layer.translate)) / np.asarray(image_layer.scale)
-    if ndim == 3:
-        return points_table(pixels[:, 1], pixels[:, 2], frame=np.rint(pixels[:, 0]))
-    return points_table(pixels[:, 0], pixels[:, 1])
-
-
 class FinetuneWidget(Container):
     """Dock widget: fine-tune a model from clicked particle centres."""
 
@@ -188,10 +175,20 @@ class FinetuneWidget(Container):
 
         self._viewer = viewer
         self._image = ComboBox(label="image", choices=self._image_layers)
-        self._clicks = ComboBox(label="particles clicked", choices=self._points_layers)
-        self._new_clicks = PushButton(text="New annotation layer")
-        self._negatives = ComboBox(label="false detections",
-                                   choices=lambda _w=None: [NONE, *self._points_layers()])
+        # Never preselected: a detections layer is not the user's clicks.
+        self._clicks = ComboBox(label="clicks", value=NONE,
+                                choices=lambda _w=None: [NONE, *self._points_layers()],
+                                tooltip="Your clicks: particle centres, and false detections "
+                                        "clicked as 'not a particle'")
+        self._new_clicks = PushButton(text="New clicks layer")
+        self._kind = ComboBox(label="click as", choices=list(LABELS), value=PARTICLE,
+                              tooltip="What the next click on the clicks layer marks: a "
+                                      "particle centre, or a false detection (Detect's "
+                                      "threshold follows your clicks at once)")
+        self._negatives = ComboBox(label="more false detections",
+                                   choices=lambda _w=None: [NONE, *self._points_layers()],
+                                   tooltip="Optional: a separate Points layer of false "
+                                           "detections")
         self._counts = Label(value="")
         self._model = ComboBox(label="start from",
                                choices=lambda _w=None: [*session.names(), *bundled_models(),
@@ -219,7 +216,8 @@ class FinetuneWidget(Container):
         self._use = PushButton(text="Use for Detect", enabled=False)
         self.plot = LossPlot()
         super().__init__(widgets=[
-            self._image, self._clicks, self._new_clicks, self._negatives, self._counts,
+            self._image, self._clicks, self._new_clicks, self._kind, self._negatives,
+            self._counts,
             self._model, self._model_file, self._binning, self._steps, self._budget,
             self._keep, self._mode, self._start, self._stop, self._status, self._note,
             self._save_path,
@@ -231,6 +229,7 @@ class FinetuneWidget(Container):
         self._model.changed.connect(
             lambda value: setattr(self._model_file, "visible", value == FROM_FILE))
         self._new_clicks.clicked.connect(self.new_annotation_layer)
+        self._kind.changed.connect(self._set_kind)
         self._start.clicked.connect(self.start)
         self._stop.clicked.connect(self.stop)
         self._save.clicked.connect(self.save)
@@ -263,20 +262,36 @@ class FinetuneWidget(Container):
         value = self._negatives.value
         return None if value in (None, NONE) else value
 
+    def _clicks_layer(self):
+        value = self._clicks.value
+        return None if value in (None, NONE) else value
+
+    def _set_kind(self, kind=None) -> None:
+        layer = self._clicks_layer()
+        if layer is not None:
+            set_kind(layer, kind or self._kind.value)
+
     def _watch(self, _value=None) -> None:
         # Keep the click counts current as the user adds and deletes points.
         for layer in self._watched:
             layer.events.data.disconnect(self._count)
-        self._watched = [layer for layer in (self._clicks.value, self._negative_layer())
+        self._watched = [layer for layer in (self._clicks_layer(), self._negative_layer())
                          if layer is not None]
         for layer in self._watched:
             layer.events.data.connect(self._count)
         self._count()
 
     def _count(self, _event=None) -> None:
-        clicks, negatives = self._clicks.value, self._negative_layer()
-        n_pos = len(clicks.data) if clicks is not None else 0
-        n_neg = len(negatives.data) if negatives is not None else 0
+        from napari_denodet.core.feedback import LABEL, NOT_PARTICLE
+
+        clicks, negatives = self._clicks_layer(), self._negative_layer()
+        n_pos = n_neg = 0
+        if clicks is not None:
+            labels = (clicks.features[LABEL].astype(str) if LABEL in clicks.features
+                      else None)
+            n_neg = int((labels == NOT_PARTICLE).sum()) if labels is not None else 0
+            n_pos = len(clicks.data) - n_neg
+        n_neg += len(negatives.data) if negatives is not None else 0
         self._counts.value = f"{n_pos} particles clicked, {n_neg} false detections marked"
 
     def _tell(self, text: str, show=None) -> None:
@@ -290,17 +305,14 @@ class FinetuneWidget(Container):
         self._tell(text, show_error)
 
     def new_annotation_layer(self, _=None):
-        """Add an empty Points layer over the chosen image, in add mode, and pick it."""
+        """Add an empty clicks layer over the chosen image, in add mode, and pick it."""
         image = self._image.value
         if image is None:
             self._error("Fine-tune: open or select an image layer first")
             return None
-        layer = self._viewer.add_points(
-            np.empty((0, image.ndim)), ndim=image.ndim, name=f"{image.name} clicks",
-            scale=image.scale, translate=image.translate, size=8, face_color="transparent",
-            border_color="lime")
-        layer.mode = "add"
+        layer = new_clicks_layer(self._viewer, image)
         self._clicks.value = layer
+        self._set_kind()
         return layer
 
     # ----------------------------------------------------------------- run
@@ -318,7 +330,7 @@ class FinetuneWidget(Container):
 
     def start(self, _=None, start_thread: bool = True):
         """Check the inputs on the GUI thread, copy the clicks, then fine-tune in a worker."""
-        image, clicks = self._image.value, self._clicks.value
+        image, clicks = self._image.value, self._clicks_layer()
         if image is None or clicks is None:
             self._error("Fine-tune: choose an image layer and a layer of clicked particles")
             return None
@@ -326,9 +338,11 @@ class FinetuneWidget(Container):
             self._error(f"Fine-tune: layer '{image.name}' must be a 2D image or a 2D+t stack")
             return None
         try:
-            positives = layer_points(clicks, image)
-            negatives = (layer_points(self._negative_layer(), image)
-                         if self._negative_layer() is not None else None)
+            positives, negatives = split_clicks(layer_points(clicks, image))
+            if self._negative_layer() is not None:
+                more = split_clicks(layer_points(self._negative_layer(), image))[0]
+                negatives = pd.concat([negatives, more], ignore_index=True)
+            negatives = negatives if len(negatives) else None
         except ValueError as exc:
             self._error(f"Fine-tune: {exc}")
             return None
