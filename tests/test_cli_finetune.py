@@ -136,16 +136,17 @@ def test_threshold_mode_keeps_the_weights(stack, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "threshold recalibrated from the clicked area" in err
     assert "ties broken by the denoised image" in err and "blob" in card["localisation"]
-    # Detection with it writes scores with the blob term, at its threshold.
+    # Detection with it keeps the raw scores (with the blob term: ``peak``) at its
+    # threshold; ``score`` is their probability.
     assert main(["detect", str(stack / "cells.tif"), "--model", str(out),
                  "--out", str(tmp_path / "found")]) == 0
     found = pd.read_csv(tmp_path / "found" / "cells_points.csv")
-    assert len(found) and found["score"].min() >= card["threshold"]
+    assert len(found) and found["peak"].min() >= card["threshold"]
     # The engine's floor (on the peak probability) lost no detection the term lifted.
     assert main(["detect", str(stack / "cells.tif"), "--model", str(out), "--all-candidates",
                  "--out", str(tmp_path / "all")]) == 0
     every = pd.read_csv(tmp_path / "all" / "cells_points.csv")
-    assert len(found) == int((every["score"] >= card["threshold"]).sum())
+    assert len(found) == int((every["peak"] >= card["threshold"]).sum())
 
 
 def test_scattered_clicks_get_a_warning(tmp_path, capsys):
@@ -173,3 +174,17 @@ def test_finetune_on_an_image_with_inf_pixels_writes_finite_weights(stack, tmp_p
     assert "1 pixel NaN or infinite, treated as background" in capsys.readouterr().err
     weights = torch.load(model, weights_only=True)["state_dict"]
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_fine_tuning_finishes_in_a_minute_unless_told_otherwise():
+    from napari_denodet.cli import build_parser
+    from napari_denodet.core.finetune import FinetuneSettings
+
+    base = ["finetune", "a.tif", "--points", "b.csv", "--out", "c.pt"]
+    assert build_parser().parse_args(base).time_budget == 60.0
+    assert FinetuneSettings().time_budget == 60.0
+    assert build_parser().parse_args([*base, "--time-budget", "0"]).time_budget == 0
+    # A run without a budget repeats as one (not with the default minute).
+    command = FinetuneSettings(time_budget=None).command("a.tif", "b.csv", "fluorescence",
+                                                         "c.pt")
+    assert "--time-budget 0" in command

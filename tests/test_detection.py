@@ -80,3 +80,23 @@ def test_the_self_check_warns_about_noise_not_about_fast_particles():
     assert _detections(0.36, 0.38).warning() is None  # fast particles: all move on
     assert _detections(0.8, 0.9).warning() is None
     assert "80% found again" in _detections(0.8, 0.9).summary()
+
+
+def test_a_fine_tuned_model_keeps_its_fitted_threshold_with_probabilities(sparse):
+    # Its threshold was fitted to clicks on the raw peak scores: Detect keeps exactly the
+    # candidates at or above it, and still scores them as probabilities (they were all 1
+    # once, and every candidate was kept).
+    model = load_model("fluorescence")
+    parent = model.card.to_dict()
+    model.card = model.card.updated(parent={"name": parent["name"], "source": "test",
+                                            "threshold": 0.5}, threshold=0.8)
+    found = run(model.detect(sparse.noisy))
+    assert found.threshold_rule == "fine-tuned"
+    peaks = found.candidates["peak"]
+    assert len(found.points) == int((peaks >= 0.8).sum()) < len(found.candidates)
+    assert found.candidates["score"].between(0, 1).all()
+    assert found.candidates["score"].nunique() > 2
+    # Probabilities rise strictly with the raw score, so any two candidates can be split.
+    order = np.argsort(peaks.to_numpy())
+    distinct = np.diff(peaks.to_numpy()[order]) > 0
+    assert np.all(np.diff(found.candidates["score"].to_numpy()[order])[distinct] > 0)

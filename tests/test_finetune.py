@@ -55,18 +55,22 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     result, progress = drain(finetune(parent, shifted.noisy, clicks,
                                       settings=FinetuneSettings(steps=100, seed=0)))
     # Measured on the frame that holds no click, at both thresholds after training
-    # (measured: 0.83 -> 0.92 from the clicks, the parent scoring integer frames with a
-    # dithered noise scale; 0.79 -> 0.92 before it).
+    # (measured: 0.835 -> 0.887 from the clicks, training on 7 of the 10 clicks, 3 held
+    # out for the acceptance check; 0.83 -> 0.92 when all 10 were trained on).
     f1_parent = f1_on_second_frame(parent, shifted.noisy, shifted.truth)
     thresholds = result.model.card["training"]["calibration"]
     f1_clicks = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
                                    thresholds["threshold_from_clicks"])
     f1_count = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
                                   thresholds["threshold_keeping_count"])
-    assert f1_clicks >= f1_parent + 0.06, (f1_parent, f1_clicks)
-    assert f1_count >= f1_parent + 0.05, (f1_parent, f1_count)
-    assert result.steps_done == 100 and [p.stage for p in progress] == ["train"] * 100 + [
-        "calibrate"]
+    assert f1_clicks >= f1_parent + 0.04, (f1_parent, f1_clicks)
+    assert f1_count >= f1_parent + 0.04, (f1_parent, f1_count)
+    stages = [p.stage for p in progress if p.stage != "check"]
+    assert result.steps_done == 100 and stages == ["train"] * 100 + ["calibrate", "accept"]
+    # The adapted model was better on the 3 clicks it did not train on, so it is kept.
+    assert result.accepted and result.heldout["clicks"] == 3
+    assert result.heldout["f1_after"] > result.heldout["f1_before"]
+    assert result.message.startswith("adapted model kept")
     assert all(torch.equal(a, b) for a, b in zip(before, parent.network.parameters(),
                                                  strict=True)), "the parent was modified"
     card = result.model.card
@@ -79,7 +83,8 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     assert card["training"]["settings"]["calibration"] == advised
     assert card["threshold"] == calibration[
         "threshold_keeping_count" if advised == "count" else "threshold_from_clicks"]
-    assert progress[-1].metrics["threshold"] == card["threshold"]
+    calibrated = next(p for p in progress if p.stage == "calibrate")
+    assert calibrated.metrics["threshold"] == card["threshold"]
 
 
 def test_stop_returns_promptly_with_a_usable_model(shifted):
@@ -332,12 +337,14 @@ def test_count_calibration_keeps_the_parents_number_of_detections(shifted, advis
         parent.card = parent.card.updated(finetune={"mode": "weights",
                                                     "calibration": "count"})
     settings = FinetuneSettings(steps=3, calibration="auto" if advised else "count")
-    result, progress = drain(finetune(parent, shifted.noisy, clicks_of(shifted.truth, 6),
+    # 5 clicks: too few to hold some out, so the adapted model is returned unchecked.
+    result, progress = drain(finetune(parent, shifted.noisy, clicks_of(shifted.truth, 5),
                                       settings=settings))
+    assert result.accepted is None
     training = result.model.card["training"]
     assert training["settings"]["calibration"] == "count"
-    assert progress[-1].stage == "calibrate" and "as many detections" in (
-        progress[-1].metrics["message"])
+    calibrated = next(p for p in progress if p.stage == "calibrate")
+    assert "as many detections" in calibrated.metrics["message"]
 
     def detections(model):
         # On the clicked frame, as the model's card scores them.
@@ -514,3 +521,39 @@ def test_the_settings_write_the_command_that_repeats_the_run(tmp_path):
     # The threshold mode does not calibrate after training: no --calibration.
     assert "--calibration" not in FinetuneSettings(mode="threshold").command(
         "a.tif", "b.csv", "fluorescence", "c.pt")
+
+
+def test_an_adaptation_worse_on_the_held_out_clicks_is_not_kept(shifted):
+    # A learning rate far too high ruins the weights: the acceptance check on the clicks
+    # held out keeps the starting model, and says so.
+    parent = load_model("fluorescence")
+    settings = FinetuneSettings(steps=20, learning_rate=0.05, seed=0, mode="weights")
+    result, progress = drain(finetune(parent, shifted.noisy, clicks_of(shifted.truth, 10),
+                                      settings=settings))
+    assert result.accepted is False and result.heldout["clicks"] == 3
+    assert result.heldout["f1_after"] <= result.heldout["f1_before"]
+    assert result.message.startswith("previous model kept")
+    assert progress[-1].stage == "accept" and progress[-1].metrics["accepted"] is False
+    assert all(torch.equal(a, b) for a, b in zip(result.model.network.parameters(),
+                                                 parent.network.parameters(), strict=True))
+    card = result.model.card
+    assert card["training"]["accepted"] is False and not card.fitted_threshold
+    # It detects as the starting model does: the threshold chosen for the image.
+    mine, theirs = run(result.model.detect(shifted.noisy)), run(parent.detect(shifted.noisy))
+    assert mine.threshold_rule == theirs.threshold_rule == "expected F1"
+    pd.testing.assert_frame_equal(mine.points, theirs.points)
+
+
+def test_the_time_budget_covers_the_whole_run(shifted):
+    import time
+
+    settings = FinetuneSettings(steps=100_000, time_budget=8.0, seed=0)
+    started = time.perf_counter()
+    result, progress = drain(finetune(load_model("fluorescence"), shifted.noisy,
+                                      clicks_of(shifted.truth, 10), settings=settings))
+    wall = time.perf_counter() - started
+    assert result.steps_done >= 1 and result.accepted is not None
+    # Training stops early enough for calibration and the acceptance check to fit.
+    trained = [p for p in progress if p.stage == "train"]
+    assert trained[-1].elapsed <= 8.0 and wall <= 2 * 8.0, wall
+    assert all(p.budget == 8.0 and p.elapsed <= wall for p in trained)

@@ -352,9 +352,11 @@ class FinetuneWidget(Container):
             return None
         self._stop_event = threading.Event()
         job = self._job()
+        # With a time budget the steps are a ceiling: napari's bar then shows activity.
+        total = 0 if job.time_budget else job.steps
         worker = create_worker(run_finetuning, image.data, positives, negatives, job,
                                self._stop_event, _start_thread=False,
-                               _progress={"total": job.steps,
+                               _progress={"total": total,
                                           "desc": f"Fine-tune: {image.name}"})
         worker.yielded.connect(self._progress)
         worker.returned.connect(self._finished)
@@ -383,9 +385,14 @@ class FinetuneWidget(Container):
             self._tell(f"'{self._image_name}': {progress.metrics['message']}")
         elif progress.stage == Stage.CALIBRATE:
             self._status.value = progress.metrics["message"]
+        elif progress.stage == Stage.ACCEPT:
+            self._status.value = "checked on the clicks held out"
         elif progress.stage == Stage.TRAIN:
             self.plot.add(progress.metrics["loss"])
-            self._status.value = (f"step {progress.step}/{progress.total}, "
+            # Time against the budget: the steps asked for are a ceiling seldom reached.
+            self._status.value = (f"{progress.elapsed:.0f} s of {progress.budget:g} s, "
+                                  f"step {progress.step}" if progress.budget else
+                                  f"step {progress.step}/{progress.total}, "
                                   f"{progress.elapsed:.0f} s")
         else:
             self._status.value = (f"step {progress.step}: held-out clicks found "
@@ -399,6 +406,8 @@ class FinetuneWidget(Container):
                               f"threshold {result.model.threshold:.2f}")
         what = (f"{result.steps_done} steps" if result.steps_done else
                 "threshold recalibrated, weights kept")
+        if result.message:
+            what = result.message
         self._tell(f"Fine-tuned on '{self._image_name}': {what}; use it for Detect or save it")
 
     def _idle(self) -> None:

@@ -475,8 +475,18 @@ class ModelCard(Mapping):
 
     @property
     def is_fine_tuned(self) -> bool:
-        """Whether the card names a parent (its threshold was fitted to clicks)."""
+        """Whether the card names a parent (fine-tuned or recalibrated from it)."""
         return bool(self.parent)
+
+    @property
+    def fitted_threshold(self) -> bool:
+        """Whether the threshold was fitted to clicks, for detection to keep.
+
+        A fine-tuned model whose trained weights failed the acceptance check
+        (``training.accepted`` false) holds its parent's weights and detects as the
+        parent does, with a threshold chosen per image.
+        """
+        return self.is_fine_tuned and (self.training or {}).get("accepted", True) is not False
 
     # The read-only mapping of the JSON form.
 

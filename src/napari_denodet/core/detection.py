@@ -238,7 +238,7 @@ def detect_with_model(
         targets, decoys = decoys, targets
         result.denoised = decoy.denoised if out is None else result.denoised
     calibration = fit_calibration(targets[SCORE], decoys[SCORE], weight)
-    if model.card.is_fine_tuned and threshold is None:
+    if model.card.fitted_threshold and threshold is None:
         # A fine-tuned model's threshold was fitted to the user's clicks on its raw
         # scores: the same detections are kept, their scores still probabilities.
         threshold, rule = float(calibration(model.threshold)), "fine-tuned"

@@ -119,9 +119,6 @@ def _labelled(candidates: pd.DataFrame, particles: pd.DataFrame, false: pd.DataF
     # and labelled false by a click itself (not by a completely clicked area).
     from scipy.spatial import cKDTree
 
-    from napari_denodet.core.finetune.calibration import area_is_incomplete
-    from napari_denodet.core.finetune.clicks import _in_area, clicked_area
-
     candidates = candidates.reset_index(drop=True)
     probability = candidates[SCORE].to_numpy(np.float64)
     said_yes, said_no, by_area = [], [], []
@@ -148,14 +145,60 @@ def _labelled(candidates: pd.DataFrame, particles: pd.DataFrame, false: pd.DataF
             flagged[np.isin(index, said_yes)] = False  # a particle click wins
             said_no.extend(index[flagged])
         if shape is not None and len(points) >= 3 and complete is not False:
-            inside = _in_area(yx, clicked_area(points, shape))
-            inside &= (cKDTree(points).query(yx)[0] > gate) & ~flagged
-            # Unclicked candidates there that the image's own estimate calls particles.
-            likely = int((inside & (score >= 0.5)).sum())
-            if complete or not area_is_incomplete(likely, len(points)):
+            inside = _unclicked_in_area(yx, points, shape, gate) & ~flagged
+            if complete or _looks_complete(inside, score, len(points)):
                 by_area.extend(index[inside])
     said_yes, said_no = np.asarray(said_yes, np.int64), np.asarray(said_no, np.int64)
     return said_yes, np.concatenate([said_no, np.asarray(by_area, np.int64)]), said_no
+
+
+def _unclicked_in_area(yx: np.ndarray, points: np.ndarray, shape: tuple[int, int],
+                       gate: float) -> np.ndarray:
+    # Which candidates (``yx``) lie in the clicks' area, farther than ``gate`` from each.
+    from scipy.spatial import cKDTree
+
+    from napari_denodet.core.finetune.clicks import _in_area, clicked_area
+
+    if len(points) < 3 or not len(yx):
+        return np.zeros(len(yx), dtype=bool)
+    return _in_area(yx, clicked_area(points, shape)) & (cKDTree(points).query(yx)[0] > gate)
+
+
+def _looks_complete(unclicked: np.ndarray, probability: np.ndarray, n_clicks: int) -> bool:
+    # The image's own probabilities find no more likely particles among the unclicked
+    # candidates of the area than `area_is_incomplete` allows.
+    from napari_denodet.core.finetune.calibration import area_is_incomplete
+
+    return not area_is_incomplete(int((unclicked & (probability >= 0.5)).sum()), n_clicks)
+
+
+def area_looks_complete(candidates: pd.DataFrame, points: np.ndarray,
+                        shape: tuple[int, int], gate: float = GATE) -> bool:
+    """Whether one frame's particle clicks look like a completely clicked area.
+
+    Parameters
+    ----------
+    candidates : pandas.DataFrame
+        The frame's candidates, ``score`` a probability (a detection's candidates).
+    points : numpy.ndarray
+        ``(N, 2)`` clicked ``(y, x)`` on the frame (fewer than 3 cover no area).
+    shape : (int, int)
+        The frame's ``(H, W)``.
+    gate : float
+        Candidates nearer a click than this are that click's.
+
+    Returns
+    -------
+    bool
+        False without an area; else whether the candidates of the area away from the
+        clicks hold no more likely particles (probability at least 0.5) than
+        :func:`~napari_denodet.core.finetune.area_is_incomplete` allows.
+    """
+    if len(points) < 3:
+        return False
+    yx = candidates[[Y, X]].to_numpy(np.float64)
+    inside = _unclicked_in_area(yx, points, shape, gate)
+    return _looks_complete(inside, candidates[SCORE].to_numpy(np.float64), len(points))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -28,6 +28,9 @@ class Stage(str, Enum):
     CHECK = "check"
     #: Fine-tuning set the threshold (``metrics["message"]`` says how).
     CALIBRATE = "calibrate"
+    #: Fine-tuning's acceptance check on the held-out clicks: the adapted model kept or
+    #: not (``metrics["message"]`` says which and why).
+    ACCEPT = "accept"
     #: Something the user should read before fine-tuning goes on (``metrics["message"]``).
     NOTE = "note"
 

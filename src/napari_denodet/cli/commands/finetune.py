@@ -10,6 +10,7 @@ from napari_denodet.cli._common import (
     _binning,
     _drain,
     _model_out,
+    _non_negative_float,
     _path,
     _positive_float,
     _positive_int,
@@ -39,8 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=_path, required=True, metavar="MODEL.pt")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help=f"most training steps (default {FinetuneSettings.steps})")
-    parser.add_argument("--time-budget", type=_positive_float, default=None,
-                        metavar="SECONDS", help="stop training after this many seconds")
+    parser.add_argument("--time-budget", type=_non_negative_float,
+                        default=FinetuneSettings.time_budget, metavar="SECONDS",
+                        help="seconds for the whole run: training stops in time for the "
+                             "calibration and the acceptance check to end within it "
+                             f"(default {FinetuneSettings.time_budget:g}; 0: no limit, "
+                             "the steps decide)")
     parser.add_argument("--particles-per-frame", type=_positive_float, default=None,
                         help="expected particles per frame (default: estimated)")
     binning = parser.add_mutually_exclusive_group()
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if image.ndim == 3 and args.bin > 1:
         raise InputError(args.image, "--bin is for single micrographs, not stacks")
     clicks = _read_clicks(args, stack=image.ndim == 3)
-    settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget,
+    settings = FinetuneSettings(seed=args.seed, time_budget=args.time_budget or None,
                                 particles_per_frame=args.particles_per_frame,
                                 complete_region=args.complete_region,
                                 pseudo_labels=args.pseudo_labels, mode=args.mode,
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if progress.stage == Stage.NOTE:
             print(f"{args.image}: {progress.metrics['message']}", file=sys.stderr)
             return None
-        if progress.stage == Stage.CALIBRATE:
+        if progress.stage in (Stage.CALIBRATE, Stage.ACCEPT):
             print(progress.metrics["message"], file=sys.stderr)
             return None
         if progress.stage == Stage.CHECK:
@@ -113,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{progress.metrics['heldout_recall']:.2f} at threshold "
                   f"{progress.metrics['threshold']:.2f}", file=sys.stderr)
             return None
-        return f"loss {progress.metrics['loss']:.3f}"
+        budget = f", {progress.elapsed:.0f}/{progress.budget:g} s" if progress.budget else ""
+        return f"loss {progress.metrics['loss']:.3f}{budget}"
 
     print(f"{args.image}: {len(clicks['positives'])} clicked centres"
           + (f", {len(clicks['negatives'])} negatives" if "negatives" in clicks else "")
@@ -124,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
                                        files=files),
                         describe, lambda p: p.total)
     save_model(out, result.model.network, result.model.card, overwrite=args.overwrite)
+    kept = ("; the starting model's weights, the adapted ones were not better"
+            if result.accepted is False else "")
     print(f"wrote {out} and {out.with_suffix('.json')} ({result.steps_done} steps in "
-          f"{result.wall_time:.0f} s, threshold {result.model.threshold:.2f})")
+          f"{result.wall_time:.0f} s, threshold {result.model.threshold:.2f}{kept})")
     return 0
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.finetune.settings import (
     CALIBRATION_GATE,
+    HELD_OUT_SHARE,
     MIN_CLICKS,
     MIN_CLICKS_FOR_CHECK,
     FinetuneSettings,
@@ -71,11 +72,12 @@ def _check_clicks(table: pd.DataFrame, shape: tuple[int, ...], stack: bool) -> N
 
 
 def _split_heldout(table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    # A boolean mask of held-out clicks: every fifth click (at random) once there are
-    # enough of them, never fewer than MIN_CLICKS left for training.
+    # A boolean mask of held-out clicks: HELD_OUT_SHARE of them (at random) once there
+    # are enough, never fewer than MIN_CLICKS left for training.
     held = np.zeros(len(table), dtype=bool)
     if len(table) >= MIN_CLICKS_FOR_CHECK:
-        held[rng.permutation(len(table))[: len(table) // 5]] = True
+        n = min(int(round(HELD_OUT_SHARE * len(table))), len(table) - MIN_CLICKS)
+        held[rng.permutation(len(table))[:n]] = True
     return held
 
 

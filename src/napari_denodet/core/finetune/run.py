@@ -26,6 +26,7 @@ from torch import Tensor
 
 from napari_denodet.core.device import choose_device
 from napari_denodet.core.errors import InputError
+from napari_denodet.core.feedback import area_looks_complete
 from napari_denodet.core.finetune.calibration import (
     _matched,
     area_is_incomplete,
@@ -50,6 +51,7 @@ from napari_denodet.core.finetune.patches import _batch, _disk_mask, _patch_size
 from napari_denodet.core.finetune.settings import (
     CALIBRATION_GATE,
     CLICK_CLEARANCE,
+    MIN_CLICKS_FOR_CHECK,
     NEGATIVE_RADIUS,
     FinetunedModel,
     FinetuneFiles,
@@ -96,6 +98,7 @@ class _Job:
     name: str | None = None  # of the new model
     files: FinetuneFiles | None = None  # of a command-line run, for the card's command
     unclicked: int | None = None  # `unclicked_in_area`, when the threshold mode is asked
+    pass_seconds: float = 0.0  # one detection pass over the frames (the parent's)
 
 
 @dataclass
@@ -189,7 +192,8 @@ def finetune(
     if job.mode == "threshold":
         return (yield from _recalibrate(job))
     training = yield from _train(job, stop)
-    return (yield from _calibrate_trained(training))
+    adapted = yield from _calibrate_trained(training)
+    return (yield from _accept(training, adapted))
 
 
 def _binned(image: Any, positives: Any, negatives: Any, binning: int) -> tuple[Any, Any, Any]:
@@ -240,14 +244,16 @@ def _prepare(model: Model, image: Any, positives: Any, negatives: Any,
     # The local loss terms keep the temperature the parent was trained with; the card's
     # localisation temperature is for inference only.
     loss_window = (localisation["radius"], model.training_temperature)
+    passed = time.perf_counter()
     parent = _detections(model.network, frames, localisation, torch_device)
+    pass_seconds = time.perf_counter() - passed
     parent_found = _parent_detections(model, parent)
     return _Job(model=model, settings=settings, positives=positives, negatives=negatives,
                 frames=frames, size=size, localisation=localisation,
                 loss_window=loss_window, rng=rng, generator=generator, device=torch_device,
                 started=started, parent=parent, parent_found=parent_found,
                 prior=_estimate_prior(parent_found, frames, settings),
-                mode=resolve_mode(settings, model))
+                mode=resolve_mode(settings, model), pass_seconds=pass_seconds)
 
 
 def _clicks_per_frame(frames: list[_Frame]) -> list[np.ndarray]:
@@ -294,6 +300,10 @@ def _train(job: _Job, stop: threading.Event | None) -> Generator[FinetuneProgres
     training = _Run(job=job, network=network, optimiser=optimiser, trained=trained,
                     averaged=averaged, heldout=_click_tables(job.frames, "heldout"))
     training.started = time.perf_counter()
+    # What follows training (calibration, the acceptance check: about five detection
+    # passes over the frames) must fit in the budget too.
+    deadline = (None if settings.time_budget is None else
+                job.started + settings.time_budget - (5 * job.pass_seconds + 1.0))
     for step in range(1, settings.steps + 1):
         metrics = _step(training)
         if averaged is not None:
@@ -302,16 +312,19 @@ def _train(job: _Job, stop: threading.Event | None) -> Generator[FinetuneProgres
                     a.lerp_(p, 1.0 - settings.average)
         training.steps_done = step
         training.history.append({"step": step, **metrics})
-        elapsed = time.perf_counter() - training.started
-        yield FinetuneProgress(Stage.TRAIN, step, settings.steps, elapsed, metrics)
-        out_of_time = settings.time_budget is not None and elapsed >= settings.time_budget
+        now = time.perf_counter()
+        elapsed = now - job.started
+        yield FinetuneProgress(Stage.TRAIN, step, settings.steps, elapsed, metrics,
+                               settings.time_budget)
+        out_of_time = deadline is not None and now >= deadline
         if len(training.heldout) and (step % settings.check_every == 0
                                       or step == settings.steps):
             # The check judges the weights that would be returned (the average, if any).
             with _swapped(trained, averaged):
                 check = _check(training)
             training.history[-1].update(check)
-            yield FinetuneProgress(Stage.CHECK, step, settings.steps, elapsed, check)
+            yield FinetuneProgress(Stage.CHECK, step, settings.steps, elapsed, check,
+                                   settings.time_budget)
         if out_of_time or (stop is not None and stop.is_set()):
             break
     if averaged is not None:
@@ -341,7 +354,7 @@ def _calibrate_trained(training: _Run) -> Generator[FinetuneProgress, None, Fine
     threshold = keeping if calibration == "count" else from_clicks
     step = training.steps_done
     yield FinetuneProgress(Stage.CALIBRATE, step, settings.steps,
-                           time.perf_counter() - training.started,
+                           time.perf_counter() - job.started,
                            {"threshold": threshold, "calibration": calibration,
                             "message": _calibration_message(calibration, threshold,
                                                             len(parent_found))})
@@ -357,6 +370,86 @@ def _calibrate_trained(training: _Run) -> Generator[FinetuneProgress, None, Fine
     result = Model(network=network, card=card, source=f"fine-tuned from {job.model.source}")
     return FinetunedModel(model=result, history=training.history, steps_done=step,
                           wall_time=time.perf_counter() - job.started)
+
+
+def _accept(training: _Run, adapted: FinetunedModel
+            ) -> Generator[FinetuneProgress, None, FinetunedModel]:
+    # The acceptance check: the starting model as the user saw it (its probabilities and
+    # per-image threshold) and the adapted one (its fitted threshold), on the clicks no
+    # step trained on. The adapted model is kept only when it does better there.
+    job = training.job
+    heldout = training.heldout
+    if heldout.empty:
+        return replace(adapted, message=f"{adapted.steps_done} steps; too few clicks to "
+                                        f"hold some out and check the result "
+                                        f"(at least {MIN_CLICKS_FOR_CHECK})")
+    stack = np.stack([f.image if f.raw is None else f.raw for f in job.frames])
+    # The frames are the clicked ones as read, particles bright (dark ones flipped).
+    before = run(job.model.detect(stack, binning=1, polarity="bright",
+                                  device=str(job.device)))
+    after = run(adapted.model.detect(stack, binning=1, polarity="bright",
+                                     device=str(job.device)))
+    clicks = _clicks_per_frame(job.frames)
+    shapes = [f.image.shape for f in job.frames]
+    complete = job.settings.complete_region or all(
+        area_looks_complete(before.candidates[before.candidates[FRAME] == i], points, shape)
+        for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)))
+    f1_before = _heldout_f1(before, heldout, clicks, shapes, complete)
+    f1_after = _heldout_f1(after, heldout, clicks, shapes, complete)
+    accepted = f1_after > f1_before
+    facts = {"f1_before": f1_before, "f1_after": f1_after, "clicks": len(heldout),
+             "complete_area": bool(complete)}
+    measure = f"F1 on the {len(heldout)} clicks held out"
+    if accepted:
+        message = (f"adapted model kept: {measure} {f1_before:.2f} before, "
+                   f"{f1_after:.2f} after ({adapted.steps_done} steps)")
+        result = adapted
+    else:
+        message = (f"previous model kept: the adapted one was not better on the clicks it "
+                   f"did not train on ({measure} {f1_before:.2f} before, {f1_after:.2f} "
+                   "after)")
+        result = replace(adapted, model=_kept_parent(job, adapted))
+    elapsed = time.perf_counter() - job.started
+    yield FinetuneProgress(Stage.ACCEPT, adapted.steps_done, job.settings.steps, elapsed,
+                           {**facts, "accepted": accepted, "message": message},
+                           job.settings.time_budget)
+    return replace(result, accepted=accepted, heldout=facts, message=message,
+                   wall_time=elapsed)
+
+
+def _kept_parent(job: _Job, adapted: FinetunedModel) -> Model:
+    # The starting model's weights under the adapted model's card, marked as not
+    # accepted: it detects as the starting model does (a threshold chosen per image).
+    card = adapted.model.card
+    training = {**card.to_dict()["training"], "accepted": False}
+    card = card.updated(job.model.source, training=training, threshold=job.model.threshold)
+    network = copy.deepcopy(job.model.network).cpu().eval()
+    return Model(network=network, card=card, source=f"kept from {job.model.source}")
+
+
+def _heldout_f1(found, heldout: pd.DataFrame, clicks: list[np.ndarray],
+                shapes: list[tuple[int, int]], complete: bool) -> float:
+    # The F1 of the held-out clicks' recall and a precision no step trained on: that of
+    # the detections in a completely clicked area (those matching a click), else the
+    # target-decoy estimate on the frames (contrast-flipped frames were never seen).
+    from napari_denodet.core.finetune.clicks import _in_area, clicked_area
+    from napari_denodet.core.points import points_table
+
+    kept = found.points
+    recall = _matched(kept, heldout, CALIBRATION_GATE) / len(heldout)
+    precision = found.choice.expected_precision
+    if complete:
+        inside = matched = 0
+        for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)):
+            mine = kept[kept[FRAME] == i]
+            area = clicked_area(points, shape)
+            mine = mine[_in_area(mine[[Y, X]].to_numpy(np.float64), area)]
+            inside += len(mine)
+            matched += _matched(mine, points_table(points[:, 0], points[:, 1],
+                                                   frame=np.full(len(points), i)),
+                                CALIBRATION_GATE)
+        precision = matched / inside if inside else 1.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]:

@@ -18,8 +18,13 @@ from napari_denodet.core.progress import Stage
 
 #: Fewest clicked centres fine-tuning accepts.
 MIN_CLICKS = 2
-#: Clicks needed before some are held out to check the model during fine-tuning.
-MIN_CLICKS_FOR_CHECK = 12
+#: Clicks needed before some are held out for the acceptance check (and the checks during
+#: training); :data:`HELD_OUT_SHARE` of them are, so 10 clicks train on 7 and check on 3.
+MIN_CLICKS_FOR_CHECK = 6
+HELD_OUT_SHARE = 0.3
+#: Default seconds of a whole fine-tuning run (preparation, training, calibration and the
+#: acceptance check) on the machine it runs on.
+DEFAULT_TIME_BUDGET = 60.0
 #: Radius (px) around a negative point that is known background.
 NEGATIVE_RADIUS = 2.0
 #: Radius (px) around a click never taken as background in a completely clicked area.
@@ -63,7 +68,9 @@ class FinetuneSettings:
     steps : int
         Most optimiser steps.
     time_budget : float, optional
-        Stop after this many seconds of training even if ``steps`` are not done.
+        Seconds for the whole run: training stops early enough for the calibration and
+        the acceptance check to end within it, even if ``steps`` are not done (None:
+        the steps decide).
     batch_size, patch_size : int
         Patches per step and their edge in pixels (shrunk to fit small images).
     learning_rate : float
@@ -125,7 +132,7 @@ class FinetuneSettings:
     """
 
     steps: int = 300
-    time_budget: float | None = None
+    time_budget: float | None = DEFAULT_TIME_BUDGET
     batch_size: int = 8
     patch_size: int = 64
     learning_rate: float = 3e-4
@@ -217,7 +224,7 @@ class FinetuneSettings:
             *(["--calibration", self.calibration] if self.mode == "weights" else []),
             "--out", os.path.basename(os.fspath(out)),
             *(["--complete-region"] if self.complete_region else []),
-            *(["--time-budget", f"{self.time_budget:g}"] if self.time_budget else []),
+            "--time-budget", f"{self.time_budget or 0:g}",
             *(["--particles-per-frame", f"{self.particles_per_frame:g}"]
               if self.particles_per_frame else [])])
 
@@ -257,14 +264,17 @@ class FinetuneProgress:
     stage : Stage
         ``Stage.TRAIN`` after a step, ``Stage.CHECK`` after a held-out check,
         ``Stage.CALIBRATE`` once when the threshold is set, after training or in the
-        ``"threshold"`` mode (``metrics["message"]`` says what was set), ``Stage.NOTE``
+        ``"threshold"`` mode (``metrics["message"]`` says what was set), ``Stage.ACCEPT``
+        once after training and calibration when clicks were held out (the acceptance
+        check: ``metrics`` holds ``f1_before``, ``f1_after``, ``accepted`` and the
+        ``message``), ``Stage.NOTE``
         before either when the user should read ``metrics["message"]`` (NaN pixels, or
         a clicked area that does not look completely clicked,
         :func:`area_is_incomplete`).
     step, total : int
         Steps done and the most steps.
     elapsed : float
-        Seconds since training started.
+        Seconds since the run started.
     metrics : dict
         Losses of the step (``loss``, ``detection``, ``denoising``, ``consistency``), or
         the check's ``threshold`` and ``heldout_recall``.
@@ -275,6 +285,7 @@ class FinetuneProgress:
     total: int
     elapsed: float
     metrics: dict
+    budget: float | None = None  # the run's time budget (s), when it has one
 
 
 @dataclass
@@ -291,12 +302,24 @@ class FinetunedModel:
         Steps actually trained (fewer than asked when stopped or out of time).
     wall_time : float
         Seconds from start to return, calibration included.
+    accepted : bool or None
+        Whether the trained weights passed the acceptance check on the held-out clicks
+        (None: no weights trained, or too few clicks to hold any out). When False,
+        ``model`` holds the starting model's weights and detects as it does.
+    heldout : dict or None
+        The acceptance check: ``f1_before`` and ``f1_after`` on the held-out clicks,
+        ``clicks`` held out, ``complete_area`` (whether precision was counted).
+    message : str
+        One line for the user on what was kept and why.
     """
 
     model: Model
     history: list[dict] = field(default_factory=list)
     steps_done: int = 0
     wall_time: float = 0.0
+    accepted: bool | None = None
+    heldout: dict | None = None
+    message: str = ""
 
 
 def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
