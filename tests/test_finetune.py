@@ -557,3 +557,23 @@ def test_the_time_budget_covers_the_whole_run(shifted):
     trained = [p for p in progress if p.stage == "train"]
     assert trained[-1].elapsed <= 8.0 and wall <= 2 * 8.0, wall
     assert all(p.budget == 8.0 and p.elapsed <= wall for p in trained)
+
+
+def test_the_polarity_comes_from_the_clicks_and_goes_into_the_card():
+    from napari_denodet.core.finetune import clicks_polarity
+    from napari_denodet.core.simulate import simulate_micrograph
+
+    sim = simulate_micrograph(shape=(256, 256), snr=0.5, seed=3)
+    dark = sim.noisy
+    bright = dark.max() - dark
+    clicks = sim.truth[["y", "x"]].iloc[:8].reset_index(drop=True)
+    assert clicks_polarity(dark, clicks) == "dark"
+    assert clicks_polarity(bright, clicks) == "bright"
+    parent = load_model("micrograph")
+    assert parent.invert
+    result = run(finetune(parent, bright, clicks, settings=FinetuneSettings(mode="threshold")))
+    assert result.model.card["invert"] is False and not result.model.invert
+    told = run(finetune(parent, bright, clicks,
+                        settings=FinetuneSettings(mode="threshold", polarity="dark")))
+    assert told.model.invert
+    assert told.model.card["training"]["settings"]["polarity"] == "dark"

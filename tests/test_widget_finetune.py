@@ -230,3 +230,11 @@ def test_clicks_are_never_preselected_and_false_clicks_are_negatives(make_napari
     _, _, positives, negatives, *_ = started[-1]
     assert len(positives) == 3 and LABEL not in positives.columns
     assert negatives[["frame", "y", "x"]].values.tolist() == [[0, 5.0, 7.0]]
+
+
+def test_the_particles_polarity_reaches_the_run(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    assert widget._job().polarity is None
+    widget._polarity.value = "bright"
+    assert widget._job().polarity == "bright"

@@ -65,6 +65,7 @@ class FinetuneJob:
     binning: int
     pseudo_labels: float = 0.5
     mode: str = "auto"
+    polarity: str | None = None  # None: the model's (micrograph models: from the clicks)
 
 
 def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None,
@@ -75,7 +76,8 @@ def run_finetuning(data, positives: pd.DataFrame, negatives: pd.DataFrame | None
 
     model = job.model if isinstance(job.model, Model) else load_model(job.model)
     settings = FinetuneSettings(steps=job.steps, time_budget=job.time_budget,
-                                pseudo_labels=job.pseudo_labels, mode=job.mode)
+                                pseudo_labels=job.pseudo_labels, mode=job.mode,
+                                polarity=job.polarity)
     # Only the clicked frames are read.
     return (yield from model.finetune(data, positives, negatives, settings,
                                       binning=job.binning, stop=stop))
@@ -204,6 +206,10 @@ class FinetuneWidget(Container):
                                       "as particles too, so that it does not forget the ones "
                                       "you did not click. Untick when its detections are "
                                       "mostly wrong.")
+        self._polarity = ComboBox(
+            label="particles", choices=["auto", "dark", "bright"], value="auto",
+            tooltip="auto: as the model was trained (bright spots for fluorescence "
+                    "models); for micrograph models read from your clicks")
         self._mode = ComboBox(label="learn", choices=list(MODE_CHOICES), value=AUTO,
                               tooltip=MODE_TIP)
         self._start = PushButton(text="Start")
@@ -219,8 +225,8 @@ class FinetuneWidget(Container):
             self._image, self._clicks, self._new_clicks, self._kind, self._negatives,
             self._counts,
             self._model, self._model_file, self._binning, self._steps, self._budget,
-            self._keep, self._mode, self._start, self._stop, self._status, self._note,
-            self._save_path,
+            self._keep, self._polarity, self._mode, self._start, self._stop, self._status,
+            self._note, self._save_path,
             self._save, self._use])
         self.native.layout().addWidget(self.plot)
         self.worker = None
@@ -326,7 +332,9 @@ class FinetuneWidget(Container):
         return FinetuneJob(model=model, steps=int(self._steps.value), time_budget=budget,
                            binning=int(self._binning.value),
                            pseudo_labels=0.5 if self._keep.value else 0.0,
-                           mode=MODE_CHOICES[self._mode.value])
+                           mode=MODE_CHOICES[self._mode.value],
+                           polarity=None if self._polarity.value == "auto"
+                           else self._polarity.value)
 
     def start(self, _=None, start_thread: bool = True):
         """Check the inputs on the GUI thread, copy the clicks, then fine-tune in a worker."""

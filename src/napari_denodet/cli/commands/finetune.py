@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--complete-region", action="store_true",
                         help="every particle in the area the clicks cover is clicked: the "
                              "rest of that area is learnt as background")
+    parser.add_argument("--polarity", choices=("dark", "bright"), default=None,
+                        help="the particles' polarity on IMAGE (default: the model's; for "
+                             "micrograph models read from the clicks); the model records it")
     parser.add_argument("--axes", type=_axes, default=None,
                         help="axes of IMAGE, e.g. TYX (ending in YX)")
     parser.add_argument("--seed", type=int, default=FinetuneSettings.seed)
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                                 particles_per_frame=args.particles_per_frame,
                                 complete_region=args.complete_region,
                                 pseudo_labels=args.pseudo_labels, mode=args.mode,
-                                calibration=args.calibration)
+                                calibration=args.calibration, polarity=args.polarity)
     if args.steps:
         settings = replace(settings, steps=args.steps)
     files = FinetuneFiles(image=args.image, points=args.points, model=args.model, out=out,

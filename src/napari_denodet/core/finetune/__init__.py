@@ -69,7 +69,7 @@ from napari_denodet.core.finetune.calibration import (
     unclicked_in_area,
 )
 from napari_denodet.core.finetune.card import finetune_card
-from napari_denodet.core.finetune.clicks import click_density, clicked_area
+from napari_denodet.core.finetune.clicks import click_density, clicked_area, clicks_polarity
 from napari_denodet.core.finetune.run import finetune
 from napari_denodet.core.finetune.settings import (
     CALIBRATION_GATE,
@@ -114,6 +114,7 @@ __all__ = [
     "calibrate_threshold",
     "click_density",
     "clicked_area",
+    "clicks_polarity",
     "finetune",
     "finetune_card",
     "positive_unlabelled_loss",

@@ -15,7 +15,8 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
                   frames: Sequence[int], wall_time: float,
                   unclicked: int | None = None, blob: BlobScore | None = None,
                   calibration: dict | None = None, binning: int = 1,
-                  name: str | None = None, files: FinetuneFiles | None = None) -> ModelCard:
+                  name: str | None = None, files: FinetuneFiles | None = None,
+                  invert: bool | None = None) -> ModelCard:
     """Build the card of a fine-tuned model from its parent's card.
 
     Parameters
@@ -54,6 +55,9 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
     files : FinetuneFiles, optional
         The files of a command-line run: ``training.command`` then repeats it
         (:meth:`FinetuneSettings.command`).
+    invert : bool, optional
+        Whether the particles were dark on the user's image (``invert``; default the
+        parent's).
 
     Returns
     -------
@@ -70,6 +74,7 @@ def finetune_card(parent: Model, settings: FinetuneSettings, *, n_positives: int
         binning=binning)
     return card.updated(
         parent.source,
+        invert=card.invert if invert is None else bool(invert),
         localisation=localisation,
         name=name or f"{card.name or 'model'}-finetuned",
         parent={"name": card.name, "source": parent.source, "threshold": parent.threshold},

@@ -130,6 +130,29 @@ def clicked_area(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return area
 
 
+def clicks_polarity(image: Any, positives: pd.DataFrame, sigma: float = 2.0) -> str:
+    """Return ``"bright"`` or ``"dark"``: the particles' polarity, read from the clicks.
+
+    On each clicked frame (smoothed by a Gaussian of ``sigma`` px against the noise),
+    the values at the clicks are compared with the frame's median: particles brighter
+    than their frame are bright. The majority of the clicks decides (ties: dark, as
+    micrographs usually are).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    stack = np.ndim(image) == 3
+    votes = 0
+    indices = sorted(set(positives[FRAME].astype(int))) if stack else [0]
+    for index in indices:
+        frame, _ = finite_frame(np.asarray(image[index] if stack else image, np.float32))
+        smooth = gaussian_filter(frame, sigma)
+        rows = positives[positives[FRAME] == index] if stack else positives
+        yy = np.clip(np.rint(rows[Y].to_numpy()).astype(int), 0, frame.shape[0] - 1)
+        xx = np.clip(np.rint(rows[X].to_numpy()).astype(int), 0, frame.shape[1] - 1)
+        votes += int(np.sign(smooth[yy, xx] - np.median(smooth)).sum())
+    return "bright" if votes > 0 else "dark"
+
+
 def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert: bool,
             held: np.ndarray, complete: bool = False) -> tuple[list[_Frame], int]:
     # The clicked frames, normalised, and how many of their pixels were NaN or inf.

@@ -46,6 +46,7 @@ from napari_denodet.core.finetune.clicks import (
     _frames,
     _pixels,
     _split_heldout,
+    clicks_polarity,
 )
 from napari_denodet.core.finetune.patches import _batch, _disk_mask, _patch_size, _transform
 from napari_denodet.core.finetune.settings import (
@@ -99,6 +100,7 @@ class _Job:
     files: FinetuneFiles | None = None  # of a command-line run, for the card's command
     unclicked: int | None = None  # `unclicked_in_area`, when the threshold mode is asked
     pass_seconds: float = 0.0  # one detection pass over the frames (the parent's)
+    invert: bool = False  # the particles are dark on the user's image
 
 
 @dataclass
@@ -232,7 +234,10 @@ def _prepare(model: Model, image: Any, positives: Any, negatives: Any,
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     held = _split_heldout(positives, rng)
-    frames, non_finite = _frames(image, positives, negatives, model.invert, held,
+    invert = (settings.polarity == "dark" if settings.polarity is not None
+              else clicks_polarity(image, positives) == "dark"
+              if model.scenario == "micrograph" else model.invert)
+    frames, non_finite = _frames(image, positives, negatives, invert, held,
                                  settings.complete_region)
     if non_finite:
         yield FinetuneProgress(Stage.NOTE, 0, settings.steps, time.perf_counter() - started,
@@ -253,7 +258,7 @@ def _prepare(model: Model, image: Any, positives: Any, negatives: Any,
                 loss_window=loss_window, rng=rng, generator=generator, device=torch_device,
                 started=started, parent=parent, parent_found=parent_found,
                 prior=_estimate_prior(parent_found, frames, settings),
-                mode=resolve_mode(settings, model), pass_seconds=pass_seconds)
+                mode=resolve_mode(settings, model), pass_seconds=pass_seconds, invert=invert)
 
 
 def _clicks_per_frame(frames: list[_Frame]) -> list[np.ndarray]:
@@ -366,7 +371,8 @@ def _calibrate_trained(training: _Run) -> Generator[FinetuneProgress, None, Fine
                          calibration={"threshold_from_clicks": from_clicks,
                                       "threshold_keeping_count": keeping,
                                       "parent_count": len(parent_found)},
-                         binning=job.binning, name=job.name, files=job.files)
+                         binning=job.binning, name=job.name, files=job.files,
+                         invert=job.invert)
     result = Model(network=network, card=card, source=f"fine-tuned from {job.model.source}")
     return FinetunedModel(model=result, history=training.history, steps_done=step,
                           wall_time=time.perf_counter() - job.started)
@@ -484,7 +490,8 @@ def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]
                          steps_done=0, threshold=threshold, prior=job.prior,
                          frames=[f.index for f in frames],
                          wall_time=time.perf_counter() - job.started, unclicked=job.unclicked,
-                         blob=blob, binning=job.binning, name=job.name, files=job.files)
+                         blob=blob, binning=job.binning, name=job.name, files=job.files,
+                         invert=job.invert)
     network = copy.deepcopy(model.network).cpu().eval()
     result = Model(network=network, card=card, source=f"recalibrated from {model.source}")
     return FinetunedModel(model=result, history=[], steps_done=0,

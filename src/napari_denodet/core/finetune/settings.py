@@ -127,6 +127,10 @@ class FinetuneSettings:
     calibration : str
         One of :data:`CALIBRATIONS`: how the ``"weights"`` mode sets the threshold
         after training.
+    polarity : {"dark", "bright"}, optional
+        The particles' polarity on the user's image; by default the model's, and for
+        micrograph models read from the clicks (:func:`clicks_polarity`). The
+        fine-tuned model's card records it (``invert``).
     seed : int
         Seeds the patch sampling, masking and augmentation.
     """
@@ -153,6 +157,7 @@ class FinetuneSettings:
     blob_weight: float = 0.1
     blob_sigma: float = 2.0
     calibration: str = "auto"
+    polarity: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -168,6 +173,9 @@ class FinetuneSettings:
         if not 0 <= self.pseudo_labels <= 1:
             raise InputError(None, f"the pseudo-label share must be in [0, 1], got "
                                    f"{self.pseudo_labels}")
+        if self.polarity not in (None, "dark", "bright"):
+            raise InputError(None, f"the polarity must be dark or bright, got "
+                                   f"{self.polarity!r}")
         if self.mode not in MODES:
             raise InputError(None, f"the fine-tuning mode must be one of "
                                    f"{', '.join(MODES)}, got {self.mode!r}")
@@ -225,6 +233,7 @@ class FinetuneSettings:
             "--out", os.path.basename(os.fspath(out)),
             *(["--complete-region"] if self.complete_region else []),
             "--time-budget", f"{self.time_budget or 0:g}",
+            *(["--polarity", self.polarity] if self.polarity else []),
             *(["--particles-per-frame", f"{self.particles_per_frame:g}"]
               if self.particles_per_frame else [])])
 
