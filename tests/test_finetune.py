@@ -58,22 +58,30 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     # (measured: 0.835 -> 0.887 from the clicks, training on 7 of the 10 clicks, 3 held
     # out for the acceptance check; 0.83 -> 0.92 when all 10 were trained on).
     f1_parent = f1_on_second_frame(parent, shifted.noisy, shifted.truth)
-    thresholds = result.model.card["training"]["calibration"]
-    f1_clicks = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
+    adapted = result.adapted
+    thresholds = adapted.card["training"]["calibration"]
+    f1_clicks = f1_on_second_frame(adapted, shifted.noisy, shifted.truth,
                                    thresholds["threshold_from_clicks"])
-    f1_count = f1_on_second_frame(result.model, shifted.noisy, shifted.truth,
+    f1_count = f1_on_second_frame(adapted, shifted.noisy, shifted.truth,
                                   thresholds["threshold_keeping_count"])
     assert f1_clicks >= f1_parent + 0.04, (f1_parent, f1_clicks)
     assert f1_count >= f1_parent + 0.04, (f1_parent, f1_count)
     stages = [p.stage for p in progress if p.stage != "check"]
     assert result.steps_done == 100 and stages == ["train"] * 100 + ["calibrate", "accept"]
-    # The adapted model was better on the 3 clicks it did not train on, so it is kept.
-    assert result.accepted and result.heldout["clicks"] == 3
-    assert result.heldout["f1_after"] > result.heldout["f1_before"]
-    assert result.message.startswith("adapted model kept")
+    # The adapted model is kept exactly when it does better on the 3 clicks it did not
+    # train on (a close call here: 0.869 against 0.867 in one run, 0.857 in another
+    # whose arithmetic ran on another number of threads); else the starting weights.
+    held = result.heldout
+    assert held["clicks"] == 3
+    assert result.accepted == (held["f1_after"] > held["f1_before"])
+    assert result.message.startswith("adapted model kept" if result.accepted
+                                     else "previous model kept")
+    kept = adapted if result.accepted else parent
+    assert all(torch.equal(a, b) for a, b in zip(result.model.network.parameters(),
+                                                 kept.network.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(before, parent.network.parameters(),
                                                  strict=True)), "the parent was modified"
-    card = result.model.card
+    card = adapted.card
     assert card["parent"]["name"] == "fluorescence"
     assert card["training"]["clicks"] == 10 and card["training"]["steps"] == 100
     assert 0.1 <= card["threshold"] <= 0.9

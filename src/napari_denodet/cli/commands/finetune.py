@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if progress.stage == Stage.NOTE:
             print(f"{args.image}: {progress.metrics['message']}", file=sys.stderr)
             return None
-        if progress.stage in (Stage.CALIBRATE, Stage.ACCEPT):
+        if progress.stage == Stage.CALIBRATE or progress.stage == Stage.ACCEPT:
             print(progress.metrics["message"], file=sys.stderr)
             return None
         if progress.stage == Stage.CHECK:

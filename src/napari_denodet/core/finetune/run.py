@@ -386,7 +386,8 @@ def _accept(training: _Run, adapted: FinetunedModel
     job = training.job
     heldout = training.heldout
     if heldout.empty:
-        return replace(adapted, message=f"{adapted.steps_done} steps; too few clicks to "
+        return replace(adapted, adapted=adapted.model,
+                       message=f"{adapted.steps_done} steps; too few clicks to "
                                         f"hold some out and check the result "
                                         f"(at least {MIN_CLICKS_FOR_CHECK})")
     stack = np.stack([f.image if f.raw is None else f.raw for f in job.frames])
@@ -420,7 +421,7 @@ def _accept(training: _Run, adapted: FinetunedModel
                            {**facts, "accepted": accepted, "message": message},
                            job.settings.time_budget)
     return replace(result, accepted=accepted, heldout=facts, message=message,
-                   wall_time=elapsed)
+                   wall_time=elapsed, adapted=adapted.model)
 
 
 def _kept_parent(job: _Job, adapted: FinetunedModel) -> Model:

@@ -320,6 +320,9 @@ class FinetunedModel:
         ``clicks`` held out, ``complete_area`` (whether precision was counted).
     message : str
         One line for the user on what was kept and why.
+    adapted : Model or None
+        The model with the trained weights, whether or not it was kept (None when no
+        weights were trained): to save or compare it anyway.
     """
 
     model: Model
@@ -329,6 +332,7 @@ class FinetunedModel:
     accepted: bool | None = None
     heldout: dict | None = None
     message: str = ""
+    adapted: Model | None = None
 
 
 def resolve_mode(settings: FinetuneSettings, model: Model) -> str:
