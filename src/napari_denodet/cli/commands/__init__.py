@@ -5,7 +5,7 @@ and ``run(args)``, which calls the core and returns the exit status. Modules imp
 core (and torch) inside their functions, so that importing the command line stays cheap.
 """
 
-from napari_denodet.cli.commands import detect, evaluate, finetune, simulate, train
+from napari_denodet.cli.commands import detect, evaluate, finetune, simulate, track, train
 
 #: The subcommands in the order ``--help`` lists them.
-COMMANDS = (simulate, evaluate, detect, train, finetune)
+COMMANDS = (simulate, evaluate, detect, track, train, finetune)

@@ -1,0 +1,73 @@
+"""``napari-denodet track``: link a time-lapse's detections into tracks."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_denodet.cli._common import _path, _positive_float, _positive_int, _share
+
+NAME = "track"
+HELP = "link the detections of a time-lapse into tracks"
+DESCRIPTION = ("Link the points of POINTS (a points CSV of a time-lapse, as detect writes "
+               "it) into tracks with the LAP linker TrackMate uses (laptrack): frame to "
+               "frame up to --max-distance px, across up to --gap missed frames. Writes "
+               "DIR/<stem>_tracks.csv (the points with a track_id column) and, with "
+               "--isbi, DIR/<stem>_tracks.xml in the ISBI 2012 particle tracking "
+               "challenge's format.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``track``."""
+    from napari_denodet.core.tracks import LinkSettings
+
+    parser.add_argument("points", type=_path, metavar="POINTS",
+                        help="points CSV with frame, y, x (e.g. detect's <stem>_points.csv)")
+    parser.add_argument("--out", type=_path, required=True, metavar="DIR")
+    parser.add_argument("--max-distance", type=_positive_float,
+                        default=LinkSettings.max_distance, metavar="PX",
+                        help="largest displacement between linked detections (default "
+                             f"{LinkSettings.max_distance:g} px)")
+    parser.add_argument("--gap", type=int, default=LinkSettings.gap_frames, metavar="FRAMES",
+                        help="most frames a particle may be missed and still be linked "
+                             f"across (default {LinkSettings.gap_frames}; 0: none)")
+    parser.add_argument("--min-length", type=_positive_int, default=1, metavar="FRAMES",
+                        help="keep tracks spanning at least this many frames (default 1: "
+                             "all; short tracks are often noise)")
+    parser.add_argument("--threshold", type=_share, default=None,
+                        help="link only points whose score is at least this")
+    parser.add_argument("--isbi", action="store_true",
+                        help="also write the tracks as ISBI 2012 challenge XML")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the points, link them, write the tracks and say what was found."""
+    from napari_denodet.core.errors import InputError, about_file
+    from napari_denodet.core.io import read_points, write_points
+    from napari_denodet.core.points import FRAME, SCORE
+    from napari_denodet.core.trackfiles import write_isbi_xml
+    from napari_denodet.core.tracks import LinkSettings, link, track_features, tracks_longer
+
+    points = read_points(args.points)
+    if FRAME not in points.columns:
+        raise InputError(args.points, "has no frame column: tracks need a time-lapse")
+    if args.threshold is not None:
+        if SCORE not in points.columns:
+            raise InputError(args.points, "has no 'score' column to apply --threshold to")
+        points = points[points[SCORE] >= args.threshold]
+    with about_file(args.points):
+        tracks = link(points, LinkSettings(max_distance=args.max_distance,
+                                           gap_frames=args.gap))
+    tracks = tracks_longer(tracks, args.min_length)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.points.stem.removesuffix("_points")
+    written = [write_points(args.out / f"{stem}_tracks.csv", tracks, overwrite=args.overwrite)]
+    if args.isbi:
+        written.append(write_isbi_xml(args.out / f"{stem}_tracks.xml", tracks,
+                                      overwrite=args.overwrite))
+    features = track_features(tracks)
+    length = f", median length {features['length'].median():.0f} frames" if len(
+        features) else ""
+    print(f"{args.points}: {len(features)} tracks from {len(tracks)} points{length}; wrote "
+          + ", ".join(str(path) for path in written))
+    return 0

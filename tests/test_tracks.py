@@ -1,0 +1,111 @@
+"""Tracks: detections linked with laptrack, summarised, filtered, written and read."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_denodet.cli import main
+from napari_denodet.core.errors import InputError
+from napari_denodet.core.io import read_points, write_points
+from napari_denodet.core.simulate import simulate_timelapse
+from napari_denodet.core.trackfiles import read_isbi_xml, write_isbi_xml
+from napari_denodet.core.tracks import (
+    TRACK_ID,
+    LinkSettings,
+    link,
+    track_features,
+    tracks_longer,
+)
+
+
+@pytest.fixture(scope="module")
+def moving():
+    return simulate_timelapse("vesicle", snr=4, density="low", frames=20, shape=(128, 128),
+                              seed=3)
+
+
+def _purity(linked, truth_ids):
+    # How many true tracks each linked track mixes, and how many pieces each true one has.
+    table = linked.assign(true=np.asarray(truth_ids))
+    mixed = table.groupby(TRACK_ID)["true"].nunique().mean()
+    pieces = table.groupby("true")[TRACK_ID].nunique().mean()
+    return mixed, pieces
+
+
+def test_the_true_positions_link_into_the_true_tracks(moving):
+    truth = moving.truth
+    linked = link(truth[["frame", "y", "x"]])
+    assert list(linked.index) == list(range(len(truth)))
+    mixed, pieces = _purity(linked, truth["track_id"])
+    assert mixed == 1.0  # no track joins two particles
+    assert pieces < 1.3  # a particle is seldom cut in two
+    # Ids count from 0 in order of first appearance.
+    first = linked.groupby(TRACK_ID)["frame"].min().to_numpy()
+    assert np.all(np.diff(first) >= 0) and linked[TRACK_ID].min() == 0
+
+
+def test_a_missed_frame_is_bridged_only_within_the_gap():
+    frames = [0, 1, 2, 4, 5]  # frame 3 missed
+    points = pd.DataFrame({"frame": frames, "y": [10.0 + f for f in frames],
+                           "x": [20.0] * 5})
+    assert link(points, LinkSettings(max_distance=3, gap_frames=1))[TRACK_ID].nunique() == 1
+    assert link(points, LinkSettings(max_distance=3, gap_frames=0))[TRACK_ID].nunique() == 2
+    # A jump larger than the largest displacement starts a new track.
+    far = points.assign(x=[20.0, 20.0, 20.0, 40.0, 40.0])
+    assert link(far, LinkSettings(max_distance=3, gap_frames=1))[TRACK_ID].nunique() == 2
+
+
+def test_features_and_the_length_filter():
+    points = pd.DataFrame({"frame": [0, 1, 2, 0], "y": [0.0, 3.0, 7.0, 50.0],
+                           "x": [0.0, 4.0, 4.0, 50.0], "score": [0.9, 0.8, 0.7, 0.4]})
+    linked = link(points, LinkSettings(max_distance=6, gap_frames=0))
+    features = track_features(linked).set_index(TRACK_ID)
+    walker = linked[TRACK_ID].iloc[0]
+    assert features.loc[walker, "length"] == 3 and features.loc[walker, "detections"] == 3
+    assert features.loc[walker, "mean_speed"] == pytest.approx((5.0 + 4.0) / 2)
+    assert features.loc[walker, "mean_score"] == pytest.approx(0.8)
+    assert len(tracks_longer(linked, 2)) == 3
+
+
+def test_settings_and_inputs_are_checked():
+    with pytest.raises(InputError, match="largest displacement"):
+        LinkSettings(max_distance=0)
+    with pytest.raises(InputError, match="whole number of frames"):
+        LinkSettings(gap_frames=-1)
+    with pytest.raises(InputError, match="no frame column"):
+        link(pd.DataFrame({"y": [1.0], "x": [2.0]}))
+    assert link(pd.DataFrame({"frame": [], "y": [], "x": []}))[TRACK_ID].tolist() == []
+
+
+def test_isbi_xml_round_trips(moving, tmp_path):
+    linked = link(moving.truth[["frame", "y", "x"]])
+    path = write_isbi_xml(tmp_path / "tracks.xml", linked, SNR="4", scenario="vesicle")
+    text = path.read_text()
+    assert text.startswith('<?xml version="1.0"') and "<TrackContestISBI2012" in text
+    assert 'scenario="vesicle"' in text and "<particle>" in text and 'z="0"' in text
+    back = read_isbi_xml(path)
+    assert back[TRACK_ID].nunique() == linked[TRACK_ID].nunique()
+    ordered = linked.sort_values([TRACK_ID, "frame"]).reset_index(drop=True)
+    np.testing.assert_allclose(back[["frame", "y", "x"]], ordered[["frame", "y", "x"]],
+                               atol=1e-4)
+    with pytest.raises(InputError, match="exists"):
+        write_isbi_xml(path, linked)
+    (tmp_path / "bad.xml").write_text("<root><other/></root>")
+    with pytest.raises(InputError, match="no TrackContestISBI2012"):
+        read_isbi_xml(tmp_path / "bad.xml")
+
+
+def test_the_track_command_writes_csv_and_xml(moving, tmp_path, capsys):
+    points = moving.truth[["frame", "y", "x"]].assign(score=0.9)
+    source = write_points(tmp_path / "cells_points.csv", points)
+    assert main(["track", str(source), "--out", str(tmp_path / "out"), "--isbi",
+                 "--min-length", "3"]) == 0
+    tracks = read_points(tmp_path / "out" / "cells_tracks.csv")
+    assert TRACK_ID in tracks and tracks.groupby(TRACK_ID)["frame"].agg(
+        lambda f: f.max() - f.min() + 1).min() >= 3
+    assert (tmp_path / "out" / "cells_tracks.xml").is_file()
+    assert "tracks from" in capsys.readouterr().out
+    # A single image's points: a one-line error naming the file.
+    write_points(tmp_path / "single.csv", points.drop(columns="frame"))
+    assert main(["track", str(tmp_path / "single.csv"), "--out", str(tmp_path)]) != 0
+    assert "single.csv" in capsys.readouterr().err
