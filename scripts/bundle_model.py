@@ -5,7 +5,9 @@ Usage::
     .venv/bin/python scripts/bundle_model.py runs/fluorescence3.pt fluorescence
 
 The weights are saved unchanged; the card's ``name`` becomes NAME and the ``--out`` of
-its reproducing command becomes ``NAME.pt``, so the card describes the bundled file.
+its reproducing command becomes ``NAME.pt``, so the card describes the bundled file. A
+warm-started model's card gets the starting model's training record
+(``training.init_training``) if it lacks it: run before the starting model is replaced.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shlex
 from pathlib import Path
 
 from napari_denodet.core.models import load_model, save_model
+from napari_denodet.core.train import init_training
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_denodet" / "models"
 
@@ -29,7 +32,12 @@ def main() -> None:
     card = dict(model.card, name=args.name)
     command = shlex.split(card["training"]["command"])
     command[command.index("--out") + 1] = f"{args.name}.pt"
-    card["training"] = dict(card["training"], command=shlex.join(command))
+    training = dict(card["training"], command=shlex.join(command))
+    init = (training.get("settings") or {}).get("init")
+    if init and "init_training" not in training:
+        # A warm start: keep the starting model's record (made before cards kept it).
+        training["init_training"] = init_training(init)
+    card["training"] = training
     out = save_model(MODELS / f"{args.name}.pt", model.network, card, overwrite=True)
     print(f"bundled {args.model} as {out}")
 

@@ -471,6 +471,17 @@ def train(
                         settings=settings, wall_time=time.perf_counter() - started)
 
 
+def init_training(init: str) -> dict:
+    """Return the training record of the model a warm start began from (command included).
+
+    A warm-started model's card keeps it (``training.init_training``), so the model can
+    be made again: that record's command first, then this one with ``--init`` its output.
+    """
+    from napari_denodet.core.models import load_model
+
+    return load_model(init).card.to_dict()["training"]
+
+
 def _warm_start(network: Denodet, init: str) -> None:
     # Start from a trained model's weights (same network shape), e.g. to widen the domain
     # of a bundled model instead of learning the narrow world again from scratch.
@@ -605,6 +616,7 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
             "validation": {k: last.get(k) for k in ("val_f1", "val_rmse", "val_loss")},
             **({"formation_ranges": _jsonable(MICROGRAPH_DOMAIN if micrograph else RANGES),
                 "ptc_share": PTC_SHARE} if realistic else {}),
+            **({"init_training": init_training(s.init)} if s.init else {}),
         },
         "normalisation": "per frame: subtract the median, divide by 1.4826 x MAD",
         "invert": s.invert,
