@@ -161,6 +161,21 @@ def test_model_card_records_how_to_reproduce():
     assert card["invert"] is False and card["deviations"]
 
 
+def test_a_warm_start_begins_at_the_models_weights_and_its_card_says_from_what():
+    from napari_denodet.core.models import load_model
+
+    start = load_model("fluorescence")
+    s = TrainSettings(**{**TINY, "init": "fluorescence"})
+    result, _ = drain(train(s))
+    # Four small steps move the weights only a little from the bundled ones (batch-norm
+    # statistics are re-estimated from the tiny batches: not compared).
+    moved = [float((a - b).abs().max()) for a, b in
+             zip(result.network.parameters(), start.network.parameters(), strict=True)]
+    assert max(moved) < 0.2
+    card = model_card(result, "warm", "napari-denodet train --init fluorescence")
+    assert card["training"]["init_training"]["command"] == start.card["training"]["command"]
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="unknown scenario"):
         TrainSettings(scenario="bacteria")
