@@ -169,7 +169,7 @@ def test_a_warm_start_begins_at_the_models_weights_and_its_card_says_from_what()
     result, _ = drain(train(s))
     # Four small steps move the weights only a little from the bundled ones (batch-norm
     # statistics are re-estimated from the tiny batches: not compared).
-    moved = [float((a - b).abs().max()) for a, b in
+    moved = [float((a - b).detach().abs().max()) for a, b in
              zip(result.network.parameters(), start.network.parameters(), strict=True)]
     assert max(moved) < 0.2
     card = model_card(result, "warm", "napari-denodet train --init fluorescence")
