@@ -99,13 +99,89 @@ def test_the_track_command_writes_csv_and_xml(moving, tmp_path, capsys):
     points = moving.truth[["frame", "y", "x"]].assign(score=0.9)
     source = write_points(tmp_path / "cells_points.csv", points)
     assert main(["track", str(source), "--out", str(tmp_path / "out"), "--isbi",
-                 "--min-length", "3"]) == 0
+                 "--trackmate", "--min-length", "3"]) == 0
     tracks = read_points(tmp_path / "out" / "cells_tracks.csv")
     assert TRACK_ID in tracks and tracks.groupby(TRACK_ID)["frame"].agg(
         lambda f: f.max() - f.min() + 1).min() >= 3
     assert (tmp_path / "out" / "cells_tracks.xml").is_file()
+    from napari_denodet.core.trackfiles import read_trackmate_xml
+
+    assert len(read_trackmate_xml(tmp_path / "out" / "cells_trackmate.xml")) == len(tracks)
     assert "tracks from" in capsys.readouterr().out
     # A single image's points: a one-line error naming the file.
     write_points(tmp_path / "single.csv", points.drop(columns="frame"))
     assert main(["track", str(tmp_path / "single.csv"), "--out", str(tmp_path)]) != 0
     assert "single.csv" in capsys.readouterr().err
+
+
+#: The layout of a TrackMate file as TrackMate writes it (read from files TrackMate
+#: saved): element paths and the attributes its loader reads on each.
+TRACKMATE_LAYOUT = {
+    "TrackMate": {"version"},
+    "TrackMate/Model": {"spatialunits", "timeunits"},
+    "TrackMate/Model/FeatureDeclarations/SpotFeatures/Feature":
+        {"feature", "name", "shortname", "dimension", "isint"},
+    "TrackMate/Model/FeatureDeclarations/EdgeFeatures/Feature":
+        {"feature", "name", "shortname", "dimension", "isint"},
+    "TrackMate/Model/FeatureDeclarations/TrackFeatures/Feature":
+        {"feature", "name", "shortname", "dimension", "isint"},
+    "TrackMate/Model/AllSpots": {"nspots"},
+    "TrackMate/Model/AllSpots/SpotsInFrame": {"frame"},
+    "TrackMate/Model/AllSpots/SpotsInFrame/Spot":
+        {"ID", "name", "QUALITY", "POSITION_X", "POSITION_Y", "POSITION_Z", "POSITION_T",
+         "FRAME", "RADIUS", "VISIBILITY"},
+    "TrackMate/Model/AllTracks/Track": {"name", "TRACK_ID", "TRACK_INDEX", "NUMBER_SPOTS"},
+    "TrackMate/Model/AllTracks/Track/Edge": {"SPOT_SOURCE_ID", "SPOT_TARGET_ID",
+                                             "LINK_COST"},
+    "TrackMate/Model/FilteredTracks/TrackID": {"TRACK_ID"},
+    "TrackMate/Settings/ImageData": {"filename", "folder", "width", "height", "nslices",
+                                     "nframes", "pixelwidth", "pixelheight", "voxeldepth",
+                                     "timeinterval"},
+    "TrackMate/Settings/BasicSettings": {"xstart", "xend", "ystart", "yend", "zstart",
+                                         "zend", "tstart", "tend"},
+    "TrackMate/Settings/TrackerSettings/Linking": {"LINKING_MAX_DISTANCE"},
+    "TrackMate/Settings/TrackerSettings/GapClosing": {"ALLOW_GAP_CLOSING",
+                                                      "GAP_CLOSING_MAX_DISTANCE",
+                                                      "MAX_FRAME_GAP"},
+}
+
+
+def _paths(element, prefix=""):
+    here = f"{prefix}/{element.tag}" if prefix else element.tag
+    yield here, element
+    for child in element:
+        yield from _paths(child, here)
+
+
+def test_trackmate_xml_follows_trackmates_layout_and_round_trips(moving, tmp_path):
+    from xml.etree import ElementTree
+
+    from napari_denodet.core.trackfiles import read_trackmate_xml, write_trackmate_xml
+
+    linked = link(moving.truth[["frame", "y", "x"]].assign(score=0.7, intensity=3.0))
+    path = write_trackmate_xml(tmp_path / "tracks.xml", linked, moving.noisy.shape,
+                               image="cells.tif")
+    root = ElementTree.parse(path).getroot()
+    found = {}
+    for element_path, element in _paths(root):
+        found.setdefault(element_path, set()).update(element.attrib)
+    for element_path, attributes in TRACKMATE_LAYOUT.items():
+        assert element_path in found, element_path
+        assert attributes <= found[element_path], (element_path, attributes - found[
+            element_path])
+    # Every spot an edge names exists; nspots is the number of spots.
+    spot_ids = {s.get("ID") for s in root.iter("Spot")}
+    assert root.find("Model/AllSpots").get("nspots") == str(len(spot_ids)) == str(len(linked))
+    assert all({e.get("SPOT_SOURCE_ID"), e.get("SPOT_TARGET_ID")} <= spot_ids
+               for e in root.iter("Edge"))
+    back = read_trackmate_xml(path)
+    assert len(back) == len(linked)
+    pairs = back.merge(linked, on=["frame", "y", "x"], suffixes=("_back", ""))
+    assert len(pairs) == len(linked)
+    # The same partition into tracks (ids may differ).
+    assert pairs.groupby("track_id")["track_id_back"].nunique().max() == 1
+    assert pairs.groupby("track_id_back")["track_id"].nunique().max() == 1
+    assert (back["score"] == 0.7).all()
+    (tmp_path / "other.xml").write_text("<root/>")
+    with pytest.raises(InputError, match="not a TrackMate file"):
+        read_trackmate_xml(tmp_path / "other.xml")

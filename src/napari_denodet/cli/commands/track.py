@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="link only points whose score is at least this")
     parser.add_argument("--isbi", action="store_true",
                         help="also write the tracks as ISBI 2012 challenge XML")
+    parser.add_argument("--trackmate", action="store_true",
+                        help="also write DIR/<stem>_trackmate.xml, a TrackMate file Fiji's "
+                             "TrackMate loads")
+    parser.add_argument("--image", type=_path, default=None, metavar="IMAGE",
+                        help="the time-lapse the points come from: its size and name go "
+                             "into the TrackMate file (default: the points' extent)")
     parser.add_argument("--overwrite", action="store_true")
 
 
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_denodet.core.errors import InputError, about_file
     from napari_denodet.core.io import read_points, write_points
     from napari_denodet.core.points import FRAME, SCORE
-    from napari_denodet.core.trackfiles import write_isbi_xml
+    from napari_denodet.core.trackfiles import write_isbi_xml, write_trackmate_xml
     from napari_denodet.core.tracks import LinkSettings, link, track_features, tracks_longer
 
     points = read_points(args.points)
@@ -65,9 +71,33 @@ def run(args: argparse.Namespace) -> int:
     if args.isbi:
         written.append(write_isbi_xml(args.out / f"{stem}_tracks.xml", tracks,
                                       overwrite=args.overwrite))
+    if args.trackmate:
+        written.append(write_trackmate_xml(
+            args.out / f"{stem}_trackmate.xml", tracks, _shape(args, points),
+            image=str(args.image or ""), max_distance=args.max_distance,
+            gap_frames=args.gap, overwrite=args.overwrite))
     features = track_features(tracks)
     length = f", median length {features['length'].median():.0f} frames" if len(
         features) else ""
     print(f"{args.points}: {len(features)} tracks from {len(tracks)} points{length}; wrote "
           + ", ".join(str(path) for path in written))
     return 0
+
+
+def _shape(args: argparse.Namespace, points) -> tuple[int, int, int]:
+    # (frames, height, width): the image's, else the smallest that holds the points.
+    import numpy as np
+
+    from napari_denodet.core.errors import InputError
+    from napari_denodet.core.io import read_image
+    from napari_denodet.core.points import FRAME, X, Y
+
+    if args.image is not None:
+        shape = tuple(int(n) for n in read_image(args.image).shape)
+        if len(shape) != 3:
+            raise InputError(args.image, f"is not a time-lapse (shape {shape})")
+        return shape
+    if points.empty:
+        return (1, 1, 1)
+    return (int(points[FRAME].max()) + 1, int(np.ceil(points[Y].max())) + 1,
+            int(np.ceil(points[X].max())) + 1)
