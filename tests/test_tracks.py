@@ -185,3 +185,22 @@ def test_trackmate_xml_follows_trackmates_layout_and_round_trips(moving, tmp_pat
     (tmp_path / "other.xml").write_text("<root/>")
     with pytest.raises(InputError, match="not a TrackMate file"):
         read_trackmate_xml(tmp_path / "other.xml")
+
+
+def test_detect_track_writes_the_tracks_of_a_time_lapse(tmp_path, capsys):
+    from napari_denodet.core.io import write_tiff
+
+    sim = simulate_timelapse("vesicle", snr=6, density="low", frames=6, shape=(96, 96),
+                             seed=8)
+    write_tiff(tmp_path / "cells.tif", np.clip(sim.noisy, 0, 65535).astype(np.uint16))
+    assert main(["detect", str(tmp_path / "cells.tif"), "--out", str(tmp_path / "out"),
+                 "--track", "--denoised", "none"]) == 0
+    points = read_points(tmp_path / "out" / "cells_points.csv")
+    tracks = read_points(tmp_path / "out" / "cells_tracks.csv")
+    assert len(tracks) == len(points) and TRACK_ID in tracks
+    assert tracks[TRACK_ID].nunique() < len(tracks)  # detections were linked
+    # A single image has no tracks: one line naming the file.
+    write_tiff(tmp_path / "one.tif", np.clip(sim.noisy[0], 0, 65535).astype(np.uint16))
+    assert main(["detect", str(tmp_path / "one.tif"), "--out", str(tmp_path / "out"),
+                 "--track"]) != 0
+    assert "one.tif" in capsys.readouterr().err

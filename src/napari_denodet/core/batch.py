@@ -86,6 +86,10 @@ class DetectSettings:
     polarity : str, optional
         ``"dark"``, ``"bright"`` or ``"auto"`` particles; None: the model's (auto for
         micrograph models).
+    track : float, optional
+        Also link a time-lapse's detections into tracks with this largest step (px)
+        and write ``<stem>_tracks.csv`` (:func:`napari_denodet.core.tracks.link`);
+        None: no tracks.
     """
 
     model: str = "fluorescence"
@@ -102,6 +106,7 @@ class DetectSettings:
     overwrite: bool = False
     torch_threads: int | None = None
     polarity: str | None = None
+    track: float | None = None
 
     def __post_init__(self) -> None:
         if self.denoised not in DENOISED_FORMATS:
@@ -196,8 +201,8 @@ def output_paths(path: str | os.PathLike, out_dir: str | os.PathLike,
     Returns
     -------
     dict of str to pathlib.Path
-        ``denoised`` (unless ``settings.denoised`` is ``"none"``), ``star`` and ``box``
-        when asked for, and ``points`` (the CSV, written last).
+        ``denoised`` (unless ``settings.denoised`` is ``"none"``), ``star``, ``box``
+        and ``tracks`` when asked for, and ``points`` (the CSV, written last).
     """
     stem, out_dir = Path(path).stem, Path(out_dir)
     targets = {}
@@ -207,6 +212,8 @@ def output_paths(path: str | os.PathLike, out_dir: str | os.PathLike,
         targets["star"] = out_dir / f"{stem}_points.star"
     if settings.box_size:
         targets["box"] = out_dir / f"{stem}_points.box"
+    if settings.track:
+        targets["tracks"] = out_dir / f"{stem}_tracks.csv"
     targets["points"] = out_dir / f"{stem}_points.csv"
     return targets
 
@@ -270,6 +277,8 @@ def detect_file_steps(
     image = read_image(path, axes=settings.axes)
     if len(image.shape) == 3 and ("star" in targets or "box" in targets):
         raise InputError(path, "STAR and BOX output is for single micrographs, not stacks")
+    if len(image.shape) == 2 and "tracks" in targets:
+        raise InputError(path, "is a single image: tracks need a time-lapse")
     try:
         shape = binned_shape(image.shape, binning)
     except ValueError as exc:
@@ -359,15 +368,19 @@ def _commit(path: Path, writer, settings: DetectSettings) -> list[Path]:
 
 def _write_points(path: Path, writing: dict[str, Path], points,
                   settings: DetectSettings) -> list[Path]:
-    # The points files to write, the CSV last; return what was written.
+    # The points files to write (the tracks: the points linked), the CSV last; return
+    # what was written.
     from napari_denodet.core.io import write_points
+    from napari_denodet.core.tracks import LinkSettings, link
 
     wrote = []
-    for key in ("star", "box", "points"):
+    for key in ("star", "box", "tracks", "points"):
         if key not in writing:
             continue
+        table = (link(points, LinkSettings(max_distance=settings.track)) if key == "tracks"
+                 else points)
         try:
-            write_points(writing[key], points, overwrite=settings.overwrite,
+            write_points(writing[key], table, overwrite=settings.overwrite,
                          box_size=settings.box_size if key == "box" else None)
         except InputError:
             if manifest.written_by_twin(path, writing[key], asdict(settings)):

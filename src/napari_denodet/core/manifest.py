@@ -46,7 +46,7 @@ LOCK_STALE = 30.0
 LOCK_WAIT = 120.0
 #: Settings that decide an output's content: an output is resumed only if they match.
 OUTPUT_SETTINGS = ("model", "binning", "polarity", "axes", "threshold", "all_candidates",
-                   "box_size")
+                   "box_size", "track")
 
 
 def new_run(**about) -> dict:

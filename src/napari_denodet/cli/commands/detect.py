@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from napari_denodet.core.batch import DENOISED_FORMATS, DetectSettings
     from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.device import DEVICES, PRECISIONS
+    from napari_denodet.core.tracks import LinkSettings
 
     parser.add_argument("inputs", nargs="+", type=_path, metavar="INPUT",
                         help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
@@ -50,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the threshold that maximises the expected F1)")
     parser.add_argument("--all-candidates", action="store_true",
                         help="keep every candidate with its score instead of thresholding")
+    parser.add_argument("--track", type=_positive_float, nargs="?", default=None,
+                        const=LinkSettings.max_distance, metavar="PX",
+                        help="also link each time-lapse's detections into tracks and write "
+                             "DIR/<stem>_tracks.csv (largest step PX, default "
+                             f"{LinkSettings.max_distance:g}; see the track command)")
     parser.add_argument("--polarity", choices=POLARITIES, default=None,
                         help="particles darker or brighter than the background (default: "
                              "the model's; micrograph models choose per image, 'auto')")
@@ -133,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
                               precision=args.precision, binning=binning,
                               batch_size=args.batch_size, axes=args.axes,
                               star=args.star, box_size=args.box_size, denoised=args.denoised,
-                              overwrite=args.overwrite, polarity=args.polarity)
+                              overwrite=args.overwrite, polarity=args.polarity,
+                              track=args.track)
     if args.scheduler is None:  # a remote cluster may have devices that this machine lacks
         choose_device(settings.device)
     paths = without_outputs(expand_inputs(args.inputs), args.out)
