@@ -146,3 +146,27 @@ def test_module_entry_and_help_run_without_error():
     out = subprocess.run([sys.executable, "-m", "napari_denodet.cli", "simulate", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "--scenario" in out.stdout
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    # `napari-denodet evaluate a b | head -1`: no "Broken pipe" error, no traceback.
+    import subprocess
+    import sys
+
+    from napari_denodet.core.io import write_points
+    from napari_denodet.core.points import points_table
+
+    table = points_table([1.0, 2.0], [3.0, 4.0])
+    for name in ("a.csv", "b.csv"):
+        write_points(tmp_path / name, table)
+    script = ("import sys; from napari_denodet.cli import main; "
+              f"sys.exit(main(['evaluate', r'{tmp_path / 'a.csv'}', r'{tmp_path / 'b.csv'}']))")
+    # A reader that has already gone: every write to the pipe fails.
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait(timeout=30)
+    writer = subprocess.run([sys.executable, "-c", script], stdout=reader.stdin,
+                            stderr=subprocess.PIPE, text=True, timeout=120)
+    reader.stdin.close()
+    assert writer.returncode == 1
+    assert "Broken pipe" not in writer.stderr and "Traceback" not in writer.stderr
+    assert "Exception ignored" not in writer.stderr

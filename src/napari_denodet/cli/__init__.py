@@ -8,6 +8,7 @@ in :mod:`napari_denodet.cli.commands`, one module each; this module assembles th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = parser.parse_args(argv)
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # Whoever read our output stopped reading: nothing to tell them. Python's own
+        # advice: point stdout at devnull so the final flush at exit stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except _UsageError as exc:
         print(f"{exc}", file=sys.stderr)
         return EXIT_USAGE
