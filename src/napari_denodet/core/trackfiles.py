@@ -40,6 +40,33 @@ from napari_denodet.core.tracks import TRACK_ID
 CONTEST = "TrackContestISBI2012"
 
 
+def _checked(path: str | os.PathLike, tracks: pd.DataFrame) -> Path:
+    # The destination, once the tracks have the columns every track file needs.
+    path = Path(path)
+    missing = {TRACK_ID, FRAME, Y, X} - set(tracks.columns)
+    if missing:
+        raise InputError(path, f"the tracks have no {', '.join(sorted(missing))} column")
+    return path
+
+
+def _write(path: Path, root: ElementTree.Element, standalone: str, overwrite: bool) -> Path:
+    # The document, indented, written atomically (an existing file only with overwrite).
+    from napari_denodet.core.atomic import atomic_write
+
+    ElementTree.indent(root)
+    text = (f'<?xml version="1.0" encoding="UTF-8"{standalone}?>\n'
+            + ElementTree.tostring(root, encoding="unicode") + "\n")
+    return atomic_write(path, lambda temporary: temporary.write_text(text), overwrite)
+
+
+def _parsed(path: str | os.PathLike) -> tuple[Path, ElementTree.Element]:
+    path = Path(path)
+    try:
+        return path, ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as exc:
+        raise InputError(path, f"is not readable XML ({exc})") from None
+
+
 def write_isbi_xml(path: str | os.PathLike, tracks: pd.DataFrame, *,
                    overwrite: bool = False, **attributes: str) -> Path:
     """Write a tracks table as ISBI 2012 challenge XML (atomically).
@@ -60,12 +87,7 @@ def write_isbi_xml(path: str | os.PathLike, tracks: pd.DataFrame, *,
     -------
     pathlib.Path
     """
-    from napari_denodet.core.atomic import atomic_write
-
-    path = Path(path)
-    missing = {TRACK_ID, FRAME, Y, X} - set(tracks.columns)
-    if missing:
-        raise InputError(path, f"the tracks have no {', '.join(sorted(missing))} column")
+    path = _checked(path, tracks)
     root = ElementTree.Element("root")
     contest = ElementTree.SubElement(root, CONTEST, {k: str(v) for k, v in attributes.items()})
     for _, track in tracks.sort_values([TRACK_ID, FRAME]).groupby(TRACK_ID, sort=True):
@@ -74,10 +96,7 @@ def write_isbi_xml(path: str | os.PathLike, tracks: pd.DataFrame, *,
             ElementTree.SubElement(particle, "detection", {
                 "t": str(int(round(getattr(row, FRAME)))), "x": f"{getattr(row, X):.4f}",
                 "y": f"{getattr(row, Y):.4f}", "z": "0"})
-    ElementTree.indent(root)
-    text = ('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
-            + ElementTree.tostring(root, encoding="unicode") + "\n")
-    return atomic_write(path, lambda temporary: temporary.write_text(text), overwrite)
+    return _write(path, root, ' standalone="no"', overwrite)
 
 
 def read_isbi_xml(path: str | os.PathLike) -> pd.DataFrame:
@@ -95,11 +114,7 @@ def read_isbi_xml(path: str | os.PathLike) -> pd.DataFrame:
         Not XML, no ``TrackContestISBI2012`` element, or a detection without a number
         in ``t``, ``x`` or ``y``.
     """
-    path = Path(path)
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError) as exc:
-        raise InputError(path, f"is not readable XML ({exc})") from None
+    path, root = _parsed(path)
     contest = root if root.tag == CONTEST else root.find(CONTEST)
     if contest is None:
         raise InputError(path, f"has no {CONTEST} element: not an ISBI 2012 tracks file")
@@ -198,12 +213,7 @@ def write_trackmate_xml(path: str | os.PathLike, tracks: pd.DataFrame,
     -------
     pathlib.Path
     """
-    from napari_denodet.core.atomic import atomic_write
-
-    path = Path(path)
-    missing = {TRACK_ID, FRAME, Y, X} - set(tracks.columns)
-    if missing:
-        raise InputError(path, f"the tracks have no {', '.join(sorted(missing))} column")
+    path = _checked(path, tracks)
     table = tracks.reset_index(drop=True)
     root = ElementTree.Element("TrackMate", {"version": TRACKMATE_VERSION})
     ElementTree.SubElement(root, "Log").text = "Written by napari-denodet."
@@ -229,10 +239,7 @@ def write_trackmate_xml(path: str | os.PathLike, tracks: pd.DataFrame,
     _write_tracks(model, table, quality)
     _write_settings(root, shape, image, max_distance, gap_frames)
     ElementTree.SubElement(root, "GUIState", {"state": "ConfigureViews"})
-    ElementTree.indent(root)
-    text = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            + ElementTree.tostring(root, encoding="unicode") + "\n")
-    return atomic_write(path, lambda temporary: temporary.write_text(text), overwrite)
+    return _write(path, root, "", overwrite)
 
 
 def _write_tracks(model, table: pd.DataFrame, quality: pd.Series) -> None:
@@ -314,11 +321,7 @@ def read_trackmate_xml(path: str | os.PathLike) -> pd.DataFrame:
     InputError
         Not XML, not a TrackMate file, or a spot without a number in its position.
     """
-    path = Path(path)
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError) as exc:
-        raise InputError(path, f"is not readable XML ({exc})") from None
+    path, root = _parsed(path)
     model = root.find("Model")
     if root.tag != "TrackMate" or model is None or model.find("AllSpots") is None:
         raise InputError(path, "is not a TrackMate file (no TrackMate > Model > AllSpots)")
