@@ -84,3 +84,19 @@ def test_the_users_threshold_survives_the_next_detection(make_napari_viewer, qtb
     with qtbot.waitSignal(worker.finished, timeout=120000):
         worker.start()
     assert widget._threshold.value != pytest.approx(0.93)
+
+
+def test_clicks_act_on_a_single_image_too(make_napari_viewer, qtbot, sim):
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.noisy[0], name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
+    worker = widget.start(start_thread=False)
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
+    data, features = _kept(viewer)
+    assert data.shape[1] == 2
+    clicks = new_clicks_layer(viewer, viewer.layers["cells"])
+    assert clicks.ndim == 2
+    set_kind(clicks, NOT_PARTICLE)
+    clicks.add(data[int(np.argmax(features["score"]))])
+    qtbot.waitUntil(lambda: len(_kept(viewer)[0]) == len(data) - 1, timeout=5000)
