@@ -383,14 +383,11 @@ def test_threshold_mode_keeps_the_weights_and_moves_the_threshold(shifted):
     clicks = clicks_of(shifted.truth, 10)
     result, progress = drain(finetune(parent, shifted.noisy, clicks,
                                       settings=FinetuneSettings(mode="threshold")))
-    assert [p.stage for p in progress] == ["calibrate", "accept"]
+    assert [p.stage for p in progress] == ["calibrate"]
     assert result.steps_done == 0
     tuned = dict(result.model.network.state_dict())
     assert all(torch.equal(v, tuned[k]) for k, v in parent.network.state_dict().items())
-    # Kept only when it does better on the clicks than what they give at once.
-    held = result.heldout
-    assert result.accepted == (held["f1_after"] > held["f1_before"]) and held["clicks"] == 10
-    card = result.adapted.card
+    card = result.model.card
     assert card["training"]["mode"] == "threshold" and card["training"]["steps"] == 0
     assert card["threshold"] == pytest.approx(progress[0].metrics["threshold"])
     assert card["threshold"] != parent.threshold
@@ -439,13 +436,13 @@ def test_auto_mode_trains_when_the_area_is_not_completely_clicked(shifted):
     # Asked for explicitly, threshold only still runs, after the same warning.
     result, progress = drain(finetune(advised, shifted.noisy, clicks,
                                       settings=FinetuneSettings(mode="threshold")))
-    assert [p.stage for p in progress] == ["note", "calibrate", "accept"]
+    assert [p.stage for p in progress] == ["note", "calibrate"]
     assert "may come out too high" in progress[0].metrics["message"]
     assert result.steps_done == 0
     # A completely clicked region gives no note and keeps the advice.
     result, progress = drain(finetune(advised, shifted.noisy, clicks_of(shifted.truth, 10)))
-    assert [p.stage for p in progress] == ["calibrate", "accept"]
-    assert result.adapted.card["training"]["unclicked_in_area"] <= 2
+    assert [p.stage for p in progress] == ["calibrate"]
+    assert result.model.card["training"]["unclicked_in_area"] <= 2
 
 
 def test_unknown_mode_is_refused():
@@ -460,16 +457,14 @@ def test_threshold_mode_fits_a_blob_score_that_detection_applies(shifted, tmp_pa
     clicks = clicks_of(shifted.truth, 10)
     result, progress = drain(finetune(parent, shifted.noisy, clicks,
                                       settings=FinetuneSettings(mode="threshold")))
-    calibrated = next(p for p in progress if p.stage == "calibrate")
-    assert calibrated.metrics["blob_score"] is True
-    assert calibrated.metrics["message"].startswith(
+    assert progress[-1].metrics["blob_score"] is True
+    assert progress[-1].metrics["message"].startswith(
         "weights kept; threshold recalibrated from the clicked area: ")
-    assert calibrated.metrics["message"].endswith(", ties broken by the denoised image")
-    recalibrated = result.adapted  # whether or not the acceptance check kept it
-    blob = recalibrated.card["localisation"]["blob"]
+    assert progress[-1].metrics["message"].endswith(", ties broken by the denoised image")
+    blob = result.model.card["localisation"]["blob"]
     assert blob["weight"] == 0.1 and blob["sigma"] == 2.0 and blob["scale"] > 0
     # Saved and loaded, the model scores with it: same points, other scores.
-    path = save_model(tmp_path / "tuned.pt", recalibrated.network, recalibrated.card)
+    path = save_model(tmp_path / "tuned.pt", result.model.network, result.model.card)
     tuned = load_model(path)
     assert tuned.localisation["blob"] == blob
     found = run(detect(shifted.noisy[:1], tuned.network, **tuned.localisation)).points
@@ -479,10 +474,10 @@ def test_threshold_mode_fits_a_blob_score_that_detection_applies(shifted, tmp_pa
     assert moved.max() > 0.05 and moved.max() <= 0.1 + 1e-9
     # Weight 0 keeps the peak probability; training the weights drops a parent's term.
     plain_card = run(finetune(parent, shifted.noisy, clicks, settings=FinetuneSettings(
-        mode="threshold", blob_weight=0.0))).adapted.card
+        mode="threshold", blob_weight=0.0))).model.card
     assert "blob" not in plain_card["localisation"]
     trained = run(finetune(tuned, shifted.noisy, clicks,
-                           settings=FinetuneSettings(mode="weights", steps=2))).adapted
+                           settings=FinetuneSettings(mode="weights", steps=2))).model
     assert "blob" not in trained.localisation
     assert trained.localisation["radius"] == parent.localisation["radius"]
 
@@ -502,7 +497,7 @@ def test_model_finetune_bins_and_the_card_records_it(shifted):
     result, progress = drain(parent.finetune(full, clicks,
                                              settings=FinetuneSettings(mode="threshold"),
                                              binning=2, name="mine"))
-    assert [p.stage for p in progress] == [Stage.CALIBRATE, Stage.ACCEPT]
+    assert [p.stage for p in progress] == [Stage.CALIBRATE]
     assert all(type(p.stage) is Stage for p in progress)
     card = result.model.card
     assert card.name == "mine" and card.binning == 2 and result.model.binning == 2

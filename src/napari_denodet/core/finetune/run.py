@@ -46,7 +46,6 @@ from napari_denodet.core.finetune.clicks import (
     _frames,
     _pixels,
     _split_heldout,
-    clicked_area,
     clicks_polarity,
 )
 from napari_denodet.core.finetune.patches import _batch, _disk_mask, _patch_size, _transform
@@ -430,22 +429,20 @@ def _kept_parent(job: _Job, adapted: FinetunedModel) -> Model:
     # accepted: it detects as the starting model does (a threshold chosen per image).
     card = adapted.model.card
     training = {**card.to_dict()["training"], "accepted": False}
-    card = card.updated(job.model.source, training=training, threshold=job.model.threshold,
-                        localisation=job.model.card.localisation.to_dict())
+    card = card.updated(job.model.source, training=training, threshold=job.model.threshold)
     network = copy.deepcopy(job.model.network).cpu().eval()
     return Model(network=network, card=card, source=f"kept from {job.model.source}")
 
 
 def _heldout_f1(found, heldout: pd.DataFrame, clicks: list[np.ndarray],
-                shapes: list[tuple[int, int]], complete: bool,
-                kept: pd.DataFrame | None = None) -> float:
+                shapes: list[tuple[int, int]], complete: bool) -> float:
     # The F1 of the held-out clicks' recall and a precision no step trained on: that of
     # the detections in a completely clicked area (those matching a click), else the
     # target-decoy estimate on the frames (contrast-flipped frames were never seen).
     from napari_denodet.core.finetune.clicks import _in_area, clicked_area
     from napari_denodet.core.points import points_table
 
-    kept = found.points if kept is None else kept
+    kept = found.points
     recall = _matched(kept, heldout, CALIBRATION_GATE) / len(heldout)
     precision = found.choice.expected_precision
     if complete:
@@ -498,57 +495,8 @@ def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]
                          invert=job.invert)
     network = copy.deepcopy(model.network).cpu().eval()
     result = Model(network=network, card=card, source=f"recalibrated from {model.source}")
-    recalibrated = FinetunedModel(model=result, history=[], steps_done=0,
-                                  wall_time=time.perf_counter() - job.started)
-    return (yield from _accept_recalibrated(job, recalibrated))
-
-
-def _accept_recalibrated(job: _Job, recalibrated: FinetunedModel
-                         ) -> Generator[FinetuneProgress, None, FinetunedModel]:
-    # The threshold mode fits every click, so no click is held out; its result is
-    # compared with what the clicks already give at once (the starting model's
-    # probabilities refitted to them, core/feedback.py) on the completely clicked area
-    # it assumes: the share of clicks found and the precision in the area. Kept only
-    # when better there.
-    from napari_denodet.core.feedback import refit_threshold
-
-    frames = job.frames
-    clicks = _clicks_per_frame(frames)
-    shapes = [f.image.shape for f in frames]
-    every = pd.concat([_click_tables(frames, "positives"), _click_tables(frames, "heldout")],
-                      ignore_index=True)
-    if every.empty or not any(clicked_area(c, s).any() for c, s in zip(clicks, shapes,
-                                                                       strict=True)):
-        return recalibrated
-    stack = np.stack([f.image if f.raw is None else f.raw for f in frames])
-    before = run(job.model.detect(stack, binning=1, polarity="bright",
-                                  device=str(job.device)))
-    refit = refit_threshold(before.candidates, every, _click_tables(frames, "negatives"),
-                            start=before.threshold, shape=shapes[0], complete=True)
-    instant = before.candidates[refit.scores >= refit.threshold]
-    after = run(recalibrated.model.detect(stack, binning=1, polarity="bright",
-                                          device=str(job.device)))
-    f1_before = _heldout_f1(before, every, clicks, shapes, True, kept=instant)
-    f1_after = _heldout_f1(after, every, clicks, shapes, True)
-    accepted = f1_after > f1_before
-    facts = {"f1_before": f1_before, "f1_after": f1_after, "clicks": len(every),
-             "complete_area": True}
-    measure = f"F1 on your {len(every)} clicks and their area"
-    if accepted:
-        message = (f"recalibrated threshold kept: {measure} {f1_before:.2f} with the "
-                   f"clicks alone, {f1_after:.2f} recalibrated")
-        result = recalibrated.model
-    else:
-        message = (f"previous model kept: the recalibrated threshold did no better than "
-                   f"the clicks alone ({measure} {f1_before:.2f}, recalibrated "
-                   f"{f1_after:.2f})")
-        result = _kept_parent(job, recalibrated)
-    elapsed = time.perf_counter() - job.started
-    yield FinetuneProgress(Stage.ACCEPT, 0, 0, elapsed,
-                           {**facts, "accepted": accepted, "message": message},
-                           job.settings.time_budget)
-    return replace(recalibrated, model=result, accepted=accepted, heldout=facts,
-                   message=message, wall_time=elapsed, adapted=recalibrated.model)
+    return FinetunedModel(model=result, history=[], steps_done=0,
+                          wall_time=time.perf_counter() - job.started)
 
 
 def _detections(network, frames: list[_Frame], localisation: dict,
