@@ -209,10 +209,11 @@ def _adaptation_table(rows: list[dict]) -> list[str]:
     adapted = [r for r in rows if "adapt_f1" in r]
     if not adapted:
         return []
-    lines = ["", "Adaptation (fine-tuning at its defaults) on the first region of each case: "
-                 "F1 outside the clicked region; *kept* says whether the adapted weights "
-                 "passed the acceptance check (else the starting model is kept); the time "
-                 "is the whole fine-tuning call.", "",
+    regions = len({(r["case"], r["draw"]) for r in adapted})
+    lines = ["", f"Adaptation (fine-tuning at its defaults) on {regions} regions (the first "
+                 "ones of each case): F1 outside the clicked region; *kept* says whether "
+                 "the adapted weights passed the acceptance check (else the starting model "
+                 "is kept); the time is the whole fine-tuning call.", "",
              "| case | clicks | F1 before | instant | adapted | adapted + clicks | kept "
              "| held-out F1 before → after | time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
