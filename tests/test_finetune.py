@@ -585,3 +585,17 @@ def test_the_polarity_comes_from_the_clicks_and_goes_into_the_card():
                         settings=FinetuneSettings(mode="threshold", polarity="dark")))
     assert told.model.invert
     assert told.model.card["training"]["settings"]["polarity"] == "dark"
+
+
+def test_a_parent_kept_by_the_check_keeps_its_own_blob_term(shifted):
+    # A recalibrated parent scores with a blob term; the adapted card drops it, and the
+    # starting model, kept when training does no better, must keep it.
+    clicks = clicks_of(shifted.truth, 10)
+    tuned = run(finetune(load_model("fluorescence"), shifted.noisy, clicks,
+                         settings=FinetuneSettings(mode="threshold"))).model
+    assert "blob" in tuned.localisation
+    result = run(finetune(tuned, shifted.noisy, clicks, settings=FinetuneSettings(
+        mode="weights", steps=20, learning_rate=0.05, seed=0)))
+    assert result.accepted is False and "blob" not in result.adapted.localisation
+    assert result.model.localisation == tuned.localisation
+    assert result.model.threshold == tuned.threshold

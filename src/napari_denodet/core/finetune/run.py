@@ -429,7 +429,10 @@ def _kept_parent(job: _Job, adapted: FinetunedModel) -> Model:
     # accepted: it detects as the starting model does (a threshold chosen per image).
     card = adapted.model.card
     training = {**card.to_dict()["training"], "accepted": False}
-    card = card.updated(job.model.source, training=training, threshold=job.model.threshold)
+    # The parent's threshold and localisation (a blob term of its own included): the
+    # adapted card's drop it.
+    card = card.updated(job.model.source, training=training, threshold=job.model.threshold,
+                        localisation=job.model.card.localisation.to_dict())
     network = copy.deepcopy(job.model.network).cpu().eval()
     return Model(network=network, card=card, source=f"kept from {job.model.source}")
 
