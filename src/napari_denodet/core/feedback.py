@@ -222,15 +222,22 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def _prior_sample(peak: np.ndarray, probability: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    # At most PRIOR_SAMPLE candidates, evenly spaced in score order: the same fit at a
+    # bounded cost on long stacks. Drawn once per refit, not once per fit.
+    if len(peak) <= PRIOR_SAMPLE:
+        return peak, probability
+    order = np.argsort(peak, kind="stable")
+    keep = order[np.linspace(0, len(peak) - 1, PRIOR_SAMPLE).round().astype(int)]
+    return peak[keep], probability[keep]
+
+
 def _platt(peak: np.ndarray, probability: np.ndarray, yes: np.ndarray, no: np.ndarray,
            prior: float) -> tuple[float, float]:
     # (a, b) of sigmoid(a + b logit(peak)) by Newton's method: the labelled candidates at
-    # weight 1 each, every candidate's probability as a soft label at ``prior`` in all.
-    if len(peak) > PRIOR_SAMPLE:
-        # Evenly spaced in score order: the same fit, at a bounded cost on long stacks.
-        order = np.argsort(peak, kind="stable")
-        keep = order[np.linspace(0, len(peak) - 1, PRIOR_SAMPLE).round().astype(int)]
-        peak, probability = peak[keep], probability[keep]
+    # weight 1 each, every candidate's probability (of :func:`_prior_sample`) as a soft
+    # label at ``prior`` in all.
     z = np.concatenate([_logit(peak), _logit(yes), _logit(no)])
     y = np.concatenate([probability, np.ones(len(yes)), np.zeros(len(no))])
     w = np.concatenate([np.full(len(peak), prior / max(len(peak), 1)),
@@ -265,7 +272,9 @@ def prior_weight(peak: np.ndarray, probability: np.ndarray, yes: np.ndarray,
     each label under the fit made without it. Where the image's
     estimate agrees with the clicks a heavy weight loses nothing and keeps the fit
     steady; where it is wrong (a decoy estimate that over-counts), the clicks win.
-    Ties go to the heavier weight.
+    Ties go to the heavier weight. ``peak`` and ``probability`` are the candidates that
+    stand for the prior (:func:`refit_threshold` passes at most :data:`PRIOR_SAMPLE`);
+    ``yes`` and ``no`` the raw scores of the labelled ones.
     """
     z = np.concatenate([yes, no])
     label = np.concatenate([np.ones(len(yes)), np.zeros(len(no))])
@@ -329,8 +338,9 @@ def refit_threshold(candidates: pd.DataFrame, particles: pd.DataFrame,
                      particles_kept=0, false=0, false_kept=0, from_area=0, scores=scores)
     refitted, threshold = scores.copy(), float(start)
     if len(yes) and len(no):  # a refit needs both kinds: particles alone say nothing of noise
-        weight = prior_weight(peak, scores, peak[yes], peak[no])
-        a, b = _platt(peak, scores, peak[yes], peak[no], weight)
+        prior = _prior_sample(peak, scores)
+        weight = prior_weight(*prior, peak[yes], peak[no])
+        a, b = _platt(*prior, peak[yes], peak[no], weight)
         fitted = _sigmoid(a + b * _logit(peak))
         chosen = choose_threshold(fitted).threshold
         # Kept only when better on the clicks than what is in force.
