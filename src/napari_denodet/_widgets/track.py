@@ -34,6 +34,13 @@ def tracks_name(points_name: str) -> str:
     return f"{points_name.removesuffix(SUFFIX)} tracks"
 
 
+def link_and_summarise(table: pd.DataFrame, settings: LinkSettings
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Link the points and summarise the tracks: the work the worker does."""
+    linked = link(table, settings)
+    return linked, track_features(linked)
+
+
 class TrackWidget(Container):
     """Dock widget: link particles into tracks, hide the short ones."""
 
@@ -59,7 +66,8 @@ class TrackWidget(Container):
         super().__init__(widgets=[self._points, self._distance, self._gap, self._run,
                                   self._shortest, self._summary])
         self.worker = None
-        self._linked: dict[str, pd.DataFrame] = {}
+        # Per particles layer: the linked points and their tracks' summary.
+        self._linked: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
         self._run.clicked.connect(self.start)
         self._shortest.changed.connect(self._apply_shortest)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -86,9 +94,9 @@ class TrackWidget(Container):
                 table[column] = layer.features[column].to_numpy()
         settings = LinkSettings(max_distance=float(self._distance.value),
                                 gap_frames=int(self._gap.value))
-        worker = create_worker(link, table, settings, _start_thread=False,
+        worker = create_worker(link_and_summarise, table, settings, _start_thread=False,
                                _progress={"desc": f"Track: {layer.name}"})
-        worker.returned.connect(lambda linked, lay=layer: self._show(lay, linked))
+        worker.returned.connect(lambda out, lay=layer: self._show(lay, *out))
         worker.errored.connect(lambda exc: show_error(f"Track '{layer.name}' failed: {exc}"))
         worker.finished.connect(lambda: setattr(self._run, "enabled", True))
         self._run.enabled = False
@@ -97,7 +105,7 @@ class TrackWidget(Container):
             worker.start()
         return worker
 
-    def _show(self, layer, linked: pd.DataFrame) -> None:
+    def _show(self, layer, linked: pd.DataFrame, summary: pd.DataFrame) -> None:
         # On the GUI thread: the track ids onto the particles, the Tracks layer.
         if layer not in self._viewer.layers or len(layer.data) != len(linked):
             show_error(f"Track: '{layer.name}' changed while linking; press Track again")
@@ -105,16 +113,15 @@ class TrackWidget(Container):
         features = layer.features.copy()
         features[TRACK_ID] = linked[TRACK_ID].to_numpy()
         layer.features = features
-        self._linked[layer.name] = linked
+        self._linked[layer.name] = (linked, summary)
         self._apply_shortest(name=layer.name)
 
     def _apply_shortest(self, _value=None, name: str | None = None) -> None:
         for layer_name in [name] if name else list(self._linked):
-            linked = self._linked[layer_name]
+            linked, summary = self._linked[layer_name]
             if layer_name not in self._viewer.layers:
                 continue
             layer = self._viewer.layers[layer_name]
-            summary = track_features(linked)
             long_enough = summary[TRACK_ID][summary["length"] >= self._shortest.value]
             keep = linked[TRACK_ID].isin(long_enough).to_numpy()
             if len(layer.data) == len(keep):
