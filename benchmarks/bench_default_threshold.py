@@ -46,6 +46,7 @@ import torch
 from common import (
     CLASSIC,
     DENSITIES,
+    SCENARIO_MODEL,
     SNRS,
     TEST_SEED,
     VAL_SEED,
@@ -63,8 +64,6 @@ from napari_denodet.core.predict import detect, run
 from napari_denodet.core.simulate import simulate_timelapse
 
 REPO = Path(__file__).resolve().parents[1]
-SCENARIO_MODEL = {"vesicle": "fluorescence", "receptor": "fluorescence",
-                  "microtubule": "microtubule"}
 GATE = 5.0
 #: Test conditions: keyword arguments of ``simulate_timelapse`` for every cell's stacks.
 CONDITIONS = {

@@ -30,7 +30,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import DENSITIES, LOG_SIGMAS, SCENARIOS, SNRS, cell_index, cell_stacks, tune_classic
+from common import (
+    DENSITIES,
+    LOG_SIGMAS,
+    SCENARIO_MODEL,
+    SCENARIOS,
+    SNRS,
+    cell_index,
+    cell_stacks,
+    tune_classic,
+)
 
 from napari_denodet.core.classic import detect_classic
 from napari_denodet.core.models import load_model
@@ -39,7 +48,6 @@ from napari_denodet.core.trackmetrics import score_tracks
 from napari_denodet.core.tracks import LinkSettings, link
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"microtubule": "microtubule"}  # the bundled model each scenario gets
 MEASURES = ("alpha", "beta", "jaccard_tracks", "jaccard_detections")
 
 
@@ -48,7 +56,7 @@ def _cell(scenario: str, snr: float, density: str, args) -> dict:
                             cell_index(scenario, snr, density))
     settings = LinkSettings(max_distance=args.max_distance)
     truth = test.truth[["track_id", "frame", "y", "x"]]
-    found = run(load_model(MODELS.get(scenario, "fluorescence")).detect(test.noisy)).points
+    found = run(load_model(SCENARIO_MODEL[scenario]).detect(test.noisy)).points
     ours = score_tracks(truth, link(found, settings))
     _, sigma, threshold = tune_classic(val.noisy, val.truth, "log", "sigma", LOG_SIGMAS)
     log = pd.DataFrame(detect_classic(test.noisy, "log", sigma=sigma))

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DATA, DENSITIES, SCENARIOS, SNRS, cell_index, cell_stacks
+from common import (
+    DATA,
+    DENSITIES,
+    SCENARIO_MODEL,
+    SCENARIOS,
+    SNRS,
+    cell_index,
+    cell_stacks,
+)
 
 from napari_denodet.core.detection import recurrence
 from napari_denodet.core.metrics import score_detections
@@ -36,12 +44,11 @@ from napari_denodet.core.tracks import LinkSettings, link, tracks_longer
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS = (1, 2, 3, 5)
-MODELS = {"microtubule": "microtubule"}  # the bundled model each scenario gets
 
 
 def _cell(scenario: str, snr: float, density: str, frames: int) -> dict:
     _, test = cell_stacks(scenario, snr, density, frames, cell_index(scenario, snr, density))
-    model = load_model(MODELS.get(scenario, "fluorescence"))
+    model = load_model(SCENARIO_MODEL[scenario])
     found = run(model.detect(test.noisy)).points
     linked = link(found, LinkSettings())
     row = {"scenario": scenario, "snr": snr, "density": density}

@@ -64,6 +64,9 @@ CLASSIC = (("LoG", "log", "sigma", LOG_SIGMAS), ("wavelet", "wavelet", "k", WAVE
 LEVELS = 150
 #: The row entry (and table column) of the bundled model a user picks for the scenario.
 BUNDLED = "bundled for the scenario"
+#: The bundled model a user picks for each simulated scenario.
+SCENARIO_MODEL = {"vesicle": "fluorescence", "receptor": "fluorescence",
+                  "microtubule": "microtubule"}
 
 
 def candidate_table(c):
