@@ -80,13 +80,19 @@ def test_running_again_replaces_the_results(make_napari_viewer, qtbot, sim):
     assert names.count("cells particles") == 1 and names.count("cells denoised") == 1
 
 
-def test_cancel_stops_promptly_and_leaves_the_viewer_usable(make_napari_viewer, qtbot):
+def _long_run(make_napari_viewer):
+    # A viewer with a stack long enough to cancel mid-run, and the widget on the CPU.
     long = simulate_timelapse("vesicle", snr=4, density="low", frames=40, shape=(256, 256),
                               seed=1).noisy
     viewer = make_napari_viewer()
     viewer.add_image(long, name="long")
     widget = _widget(viewer)
     widget._device.value = "cpu"
+    return viewer, widget
+
+
+def test_cancel_stops_promptly_and_leaves_the_viewer_usable(make_napari_viewer, qtbot):
+    viewer, widget = _long_run(make_napari_viewer)
     worker = widget.start(start_thread=False)
     steps = []
 
@@ -249,12 +255,7 @@ def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_c
 
 def test_the_widget_shows_progress_and_its_cancel_button_stops_the_run(make_napari_viewer,
                                                                        qtbot):
-    long = simulate_timelapse("vesicle", snr=4, density="low", frames=40, shape=(256, 256),
-                              seed=1).noisy
-    viewer = make_napari_viewer()
-    viewer.add_image(long, name="long")
-    widget = _widget(viewer)
-    widget._device.value = "cpu"
+    viewer, widget = _long_run(make_napari_viewer)
     assert not widget._cancel.enabled
     worker = widget.start(start_thread=False)
     assert widget._cancel.enabled and not widget._run.enabled
