@@ -35,7 +35,7 @@ def _calibrated(config: NetworkConfig | None = None, seed: int = 0) -> Denodet:
     net.train()
     with torch.no_grad():
         for _ in range(3):
-            net(torch.randn(2, 1, 32, 32))
+            net(torch.randn(2, net.config.in_channels, 32, 32))
     return net.eval()
 
 

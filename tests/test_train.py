@@ -223,3 +223,79 @@ def test_a_run_can_start_from_a_trained_models_weights():
     assert all(torch.equal(v, start[k]) for k, v in network.state_dict().items())
     with pytest.raises(ValueError, match="not the one asked for"):
         _warm_start(build_network(NetworkConfig(widths=(4, 8, 16))), "fluorescence")
+
+
+def test_a_window_is_centred_and_repeats_the_centre_where_neighbours_are_missing():
+    from napari_denodet.core.train import time_window
+
+    assert time_window(5, 1) == [5]
+    assert time_window(5, 3) == [4, 5, 6]
+    assert time_window(2, 5, "first") == [2, 2, 2, 3, 4]
+    assert time_window(2, 5, "last") == [0, 1, 2, 2, 2]
+    assert time_window(1, 3, "single") == [1, 1, 1]
+
+
+def test_a_windowed_sample_holds_its_frames_and_the_centre_frames_truth():
+    s = TrainSettings(window=3, patch_size=64)
+    assert s.network.in_channels == 3
+    samples = [draw_sample(s, np.random.default_rng(seed)) for seed in range(40)]
+    for sample in samples:
+        assert sample.noisy.shape == (3, 64, 64) and sample.clean.shape == (64, 64)
+        frames = sample.noisy
+        # Each frame is normalised on its own, as the engine does.
+        assert np.abs(np.median(frames, axis=(1, 2))).max() < 0.5  # not raw photons
+        edge = sample.params["edge"]
+        assert np.array_equal(frames[0], frames[1]) == (edge in ("first", "single"))
+        assert np.array_equal(frames[2], frames[1]) == (edge in ("last", "single"))
+    assert {s.params["edge"] for s in samples} >= {"inside", "first"}
+    # The truth is the centre frame's: the clean target peaks on it.
+    sample = next(s for s in samples if len(s.truth))
+    yx = np.round(sample.truth).astype(int).clip(0, 63)
+    assert np.median(sample.clean[yx[:, 0], yx[:, 1]]) > np.median(sample.clean)
+    turned = augment(sample, np.random.default_rng(3))
+    assert turned.noisy.shape == (3, 64, 64)
+    noisy, clean, _ = collate([turned, turned])
+    assert noisy.shape == (2, 3, 64, 64) and clean.shape == (2, 1, 64, 64)
+
+
+def test_a_window_is_refused_where_it_cannot_be():
+    from napari_denodet.core.network import NetworkConfig
+
+    with pytest.raises(ValueError, match="odd number"):
+        TrainSettings(window=2)
+    with pytest.raises(ValueError, match="time-lapses only"):
+        TrainSettings(scenario="micrograph", window=3)
+    with pytest.raises(ValueError, match="needs 3"):
+        TrainSettings(window=3, network=NetworkConfig(in_channels=5))
+
+
+def test_a_single_frame_model_starts_a_windowed_one_that_detects_as_it_does():
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.network import build_network
+    from napari_denodet.core.train import _warm_start
+
+    network = build_network(TrainSettings(window=3).network)
+    _warm_start(network, "fluorescence")
+    start = load_model("fluorescence").network.eval()
+    network.eval()
+    frames = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        theirs, ours = start(frames[:, 1:2]), network(frames)
+    for a, b in zip(theirs, ours, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    # The neighbours' weights start at zero but are trained.
+    first = network.enc1.first[0].weight
+    assert first.shape[1] == 3 and first[:, 0].abs().max() == 0 and first.requires_grad
+
+
+def test_a_windowed_run_trains_and_its_model_reads_its_window(tmp_path):
+    from napari_denodet.core.models import load_model, save_model
+
+    s = TrainSettings(**{**TINY, "window": 3, "init": "fluorescence"})
+    result, _ = drain(train(s))
+    card = model_card(result, "t3", "napari-denodet train --window 3")
+    assert card["training"]["settings"]["window"] == 3
+    save_model(tmp_path / "t3.pt", result.network, card)
+    model = load_model(tmp_path / "t3.pt")
+    assert model.window == 3 and load_model("fluorescence").window == 1
+    assert model.card.to_dict()["network"]["in_channels"] == 3

@@ -261,7 +261,7 @@ def _decoy_pass(model: Model, binned, result, chosen: str, auto_polarity: bool,
                 settings: dict):
     # The engine on decoy frames; returns its result and the frames each decoy frame
     # stands for.
-    from napari_denodet.core.predict import detect
+    from napari_denodet.core.predict import detect, network_window
 
     frames = settings.pop("frames")
     if model.invert or auto_polarity:
@@ -271,10 +271,24 @@ def _decoy_pass(model: Model, binned, result, chosen: str, auto_polarity: bool,
                                   frames=frames, **settings)
         return decoy, 1.0
     picked = decoy_frames(len(result.scales))
-    view = _DecoyFrames(binned, [result.first_frame + i for i in picked],
-                        np.ndim(binned) == 3)
-    decoy = yield from detect(view, model.network, invert=False, **settings)
-    return decoy, len(result.scales) / len(picked)
+    stack = np.ndim(binned) == 3
+    weight = len(result.scales) / len(picked)
+    if network_window(model.network) == 1 or not stack:
+        view = _DecoyFrames(binned, [result.first_frame + i for i in picked], stack)
+        decoy = yield from detect(view, model.network, invert=False, **settings)
+        return decoy, weight
+    # A network that reads neighbouring frames sees each decoy frame among its flipped
+    # neighbours, as a frame among its own: one pass per decoy frame, over a view that
+    # flips whichever frames are read.
+    view = _DecoyFrames(binned, range(len(binned)), stack)
+    tables = []
+    for i in picked:
+        index = result.first_frame + i
+        decoy = yield from detect(view, model.network, invert=False,
+                                  frames=(index, index + 1), **settings)
+        tables.append(decoy.points)
+    decoy.points = pd.concat(tables, ignore_index=True)
+    return decoy, weight
 
 
 def _other_polarity_wins(mine, theirs, share: float = 0.05) -> bool:

@@ -91,6 +91,18 @@ class Model:
         return self.card.scenario or ""
 
     @property
+    def window(self) -> int:
+        """Frames the network reads to detect in one: 1, or an odd window of a time-lapse.
+
+        The window is centred on the frame detected in; the first and last frames of a
+        stack, and single images, repeat themselves where neighbours are missing. It is
+        the network's input channels (the card's ``network.in_channels``).
+        """
+        from napari_denodet.core.predict import network_window
+
+        return network_window(self.network)
+
+    @property
     def binning(self) -> int:
         """The bin factor a fine-tuned model was fine-tuned at (1 for others).
 

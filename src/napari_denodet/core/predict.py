@@ -383,7 +383,7 @@ def detect(
         ``(y, x)`` image or ``(t, y, x)`` stack, any numeric dtype; anything that slices
         like a numpy array (e.g. a :class:`numpy.memmap`), read one batch at a time.
     network : torch.nn.Module
-        Maps a normalised ``(B, 1, H, W)`` batch to ``(denoised, heatmap_logits)``; run
+        Maps a normalised ``(B, C, H, W)`` batch to ``(denoised, heatmap_logits)``; run
         in evaluation mode on a copy (:func:`prepare_network`), never modified.
     invert : bool
         Particles are darker than the background (cryo-EM).
@@ -467,17 +467,32 @@ def detect(
 
     non_finite = 0
 
+    half = network_window(network) // 2
+    total_frames = shape[0] if stack else 1
+
     def read(first: int, last: int) -> list[tuple[np.ndarray, FrameScale]]:
+        # Frames first..last-1, normalised, each as the network reads it: one frame, or
+        # its window of neighbours (repeating the stack's first and last frames, or a
+        # single image, where neighbours are missing).
         nonlocal non_finite
-        block = load_block(image[first:last] if stack else image)
+        low, high = max(first - half, 0), min(last + half, total_frames)
+        block = load_block(image[low:high] if stack else image)
         block = block if stack else block[None]
         frames = []
         for i, frame in enumerate(block):
             normalised, scale, bad = normalise_frame(frame, invert,
-                                                     first + i if stack else None)
-            non_finite += bad
+                                                     low + i if stack else None)
+            if first <= low + i < last:
+                non_finite += bad
             frames.append((normalised, scale))
-        return frames
+        if not half:
+            return frames
+        windows = []
+        for index in range(first, last):
+            around = [min(max(index + k, 0), total_frames - 1) - low
+                      for k in range(-half, half + 1)]
+            windows.append((np.stack([frames[j][0] for j in around]), frames[index - low][1]))
+        return windows
 
     def write(first: int, frames: np.ndarray) -> None:
         if stack:
@@ -524,6 +539,22 @@ def detect(
     )
 
 
+def network_window(network: nn.Module) -> int:
+    """Frames a network reads per detection: 1, or an odd window centred on the frame.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        A DENODET network; its input channels are the window.
+
+    Returns
+    -------
+    int
+        The window (1 for single-frame networks and networks without a config).
+    """
+    return int(getattr(getattr(network, "config", None), "in_channels", 1))
+
+
 def _denoised_output(out: Any, expected: tuple[int, ...]) -> Any:
     # Where the denoised frames go: a float32 array in memory, or ``out`` if it fits.
     if out is None:
@@ -539,9 +570,10 @@ def _checked_settings(shape: tuple[int, ...], network: nn.Module, batch_size: in
     # The arguments of detect checked (one line each when wrong); returns the blob term.
     if len(shape) not in (2, 3) or min(shape, default=0) < 1:
         raise InputError(None, f"expected a (y, x) image or a (t, y, x) stack, got shape {shape}")
-    channels = getattr(getattr(network, "config", None), "in_channels", 1)
-    if channels != 1:
-        raise InputError(None, f"this network expects {channels} channels; images have 1")
+    channels = network_window(network)
+    if channels % 2 == 0:
+        raise InputError(None, f"this network expects {channels} channels; images have 1 "
+                               "(a window of frames has an odd number)")
     for name, value, lowest in (
         ("batch_size", 1 if batch_size is None else batch_size, 1),
         ("tile_size", tile_size, 1),
@@ -565,8 +597,8 @@ def _run_frames(
 ) -> np.ndarray:
     # One forward pass over whole frames, then detection on their heatmaps; returns the
     # denoised frames in the input's intensity scale.
-    batch = torch.from_numpy(np.stack([frame for frame, _ in normalised])[:, None])
-    den, logits = model(batch)
+    batch = np.stack([frame for frame, _ in normalised])
+    den, logits = model(torch.from_numpy(batch if batch.ndim == 4 else batch[:, None]))
     den = den[:, 0].cpu().numpy()
     out = np.empty(den.shape, dtype=np.float32)
     for i, (_, scale) in enumerate(normalised):
@@ -592,8 +624,8 @@ class _Stitched:
 
     @torch.inference_mode()
     def add(self, model: PreparedNetwork, frame: np.ndarray, tiles: list) -> None:
-        batch = np.stack([frame[window] for window, _, _ in tiles])[:, None]
-        den, logits = model(torch.from_numpy(batch))
+        batch = np.stack([frame[(..., *window)] for window, _, _ in tiles])
+        den, logits = model(torch.from_numpy(batch if batch.ndim == 4 else batch[:, None]))
         for i, (_, keep, inner) in enumerate(tiles):
             self.denoised[keep] = den[i, 0][inner].to(self.denoised.device)
             self.logits[0][keep] = logits[i, 0][inner].to(self.logits.device)

@@ -116,7 +116,16 @@ class TrainSettings:
         the default, the PTC-like world alone (and the halo and blur ranges).
     init : str, optional
         A model (bundled name or ``.pt`` path) whose weights the network starts from,
-        instead of a random initialisation; its shape must match ``network``.
+        instead of a random initialisation; its shape must match ``network``, except
+        that a single-frame model can start a model with a time window (its weights go
+        to the centre frame, the neighbours start at zero: the start detects exactly as
+        the single-frame model does).
+    window : int
+        Time-lapses only: frames the network sees, centred on the frame it detects in
+        (1, the default: frame by frame; 3: the frames before and after too). It
+        becomes the network's input channels. :data:`EDGE_SHARE` of the patches repeat
+        the centre frame in place of some neighbours, as at the first and last frames
+        of a stack and for single images (:func:`time_window`).
     """
 
     scenario: str = "fluorescence"
@@ -142,6 +151,7 @@ class TrainSettings:
     correlated_noise: float = 0.0
     domain: str = "ptc"
     init: str | None = None
+    window: int = 1
 
     def __post_init__(self) -> None:
         if self.scenario not in TRAIN_SCENARIOS:
@@ -171,6 +181,16 @@ class TrainSettings:
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")
+        if int(self.window) != self.window or self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"window must be an odd number of frames >= 1, got "
+                             f"{self.window}")
+        if self.scenario == "micrograph" and self.window != 1:
+            raise ValueError("window applies to time-lapses only")
+        if self.network.in_channels not in (1, self.window):
+            raise ValueError(f"the network has {self.network.in_channels} input channels; "
+                             f"a window of {self.window} frames needs {self.window}")
+        object.__setattr__(self, "network",
+                           replace(self.network, in_channels=int(self.window)))
 
     @property
     def settle_start(self) -> int:
@@ -261,14 +281,68 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
         if settings.correlated_noise > 0 and rng.random() < 0.5:
             widths = tuple(float(w) for w in rng.uniform(0.0, settings.correlated_noise, 2))
         density = rng.uniform(30, 1200)
-        sim = simulate_timelapse(scenario, snr=snr, density=density, frames=1,
+        window = settings.window
+        sim = simulate_timelapse(scenario, snr=snr, density=density, frames=window,
                                  shape=(size, size), seed=seed, noise_correlation=widths,
                                  formation=patch_formation(settings, seed))
+        if window > 1:
+            centre = window // 2
+            edge = _draw_edge(rng)
+            frames = [sim.noisy[t] for t in time_window(centre, window, edge)]
+            scales = [frame_scale(frame) for frame in frames]
+            noisy = np.stack([sc.forward(frame) for sc, frame in zip(scales, frames,
+                                                                          strict=True)])
+            truth = sim.truth[sim.truth["frame"] == centre][["y", "x"]]
+            return Sample(noisy, scales[centre].forward(sim.clean[centre]),
+                          truth.to_numpy(dtype=np.float64),
+                          params={**sim.params, "seed": seed, "edge": edge})
         noisy, clean = sim.noisy[0], sim.clean[0]
     scale = frame_scale(noisy, invert=settings.invert)
     truth = sim.truth[["y", "x"]].to_numpy(dtype=np.float64)
     return Sample(scale.forward(noisy), scale.forward(clean), truth,
                   params={**sim.params, "seed": seed})
+
+
+#: Shares of windowed training patches that repeat the centre frame in place of the
+#: frames before it (as at a stack's first frame), after it (last frame), or all of
+#: them (a single image); the rest see real neighbours.
+EDGE_SHARE = {"first": 0.08, "last": 0.08, "single": 0.04}
+
+
+def _draw_edge(rng: np.random.Generator) -> str:
+    u, total = rng.random(), 0.0
+    for edge, share in EDGE_SHARE.items():
+        total += share
+        if u < total:
+            return edge
+    return "inside"
+
+
+def time_window(centre: int, window: int, edge: str = "inside") -> list[int]:
+    """Frame indices a network with a ``window`` sees when it detects in frame ``centre``.
+
+    Parameters
+    ----------
+    centre : int
+        The frame detected in, the middle of the window.
+    window : int
+        Odd number of frames.
+    edge : {"inside", "first", "last", "single"}
+        Which neighbours repeat the centre frame instead: those before it (the stack
+        starts there), after it (the stack ends there), or all (a single image).
+
+    Returns
+    -------
+    list of int
+        ``window`` frame indices, oldest first.
+    """
+    half = window // 2
+    indices = []
+    for offset in range(-half, half + 1):
+        repeat = (edge == "single" or (edge == "first" and offset < 0)
+                  or (edge == "last" and offset > 0))
+        indices.append(centre if repeat else centre + offset)
+    return indices
 
 
 #: The realistic micrograph domain: particle radii (px) and, per patch, how often and
@@ -319,22 +393,29 @@ def patch_formation(settings: TrainSettings, seed: int):
 
 
 def augment(sample: Sample, rng: np.random.Generator) -> Sample:
-    """Rotate by a random multiple of 90 degrees and maybe flip, points included."""
+    """Rotate by a random multiple of 90 degrees and maybe flip, points included.
+
+    A windowed sample's ``(frames, y, x)`` noisy stack turns with its clean centre.
+    """
     noisy, clean, yx = sample.noisy, sample.clean, sample.truth.copy()
     for _ in range(int(rng.integers(4))):
-        width = noisy.shape[1]
-        noisy, clean = np.rot90(noisy), np.rot90(clean)
+        width = noisy.shape[-1]
+        noisy, clean = np.rot90(noisy, axes=(-2, -1)), np.rot90(clean)
         yx = np.stack([width - 1 - yx[:, 1], yx[:, 0]], axis=1)  # (y, x) -> (W-1-x, y)
     if rng.random() < 0.5:
-        width = noisy.shape[1]
-        noisy, clean = noisy[:, ::-1], clean[:, ::-1]
+        width = noisy.shape[-1]
+        noisy, clean = noisy[..., ::-1], clean[:, ::-1]
         yx = np.stack([yx[:, 0], width - 1 - yx[:, 1]], axis=1)
     return Sample(np.ascontiguousarray(noisy), np.ascontiguousarray(clean), yx)
 
 
 def collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack samples into ``(B, 1, H, W)`` tensors and ``(K, 3)`` centres."""
-    noisy = torch.from_numpy(np.stack([s.noisy for s in samples])[:, None].astype(np.float32))
+    """Stack samples into ``(B, C, H, W)`` tensors and ``(K, 3)`` centres.
+
+    ``C`` is 1, or a windowed sample's frames; the clean target always has one channel.
+    """
+    noisy = np.stack([s.noisy for s in samples])
+    noisy = torch.from_numpy((noisy if noisy.ndim == 4 else noisy[:, None]).astype(np.float32))
     clean = torch.from_numpy(np.stack([s.clean for s in samples])[:, None].astype(np.float32))
     centres = [np.column_stack([np.full(len(s.truth), i), s.truth]) for i, s in
                enumerate(samples)]
@@ -488,10 +569,22 @@ def _warm_start(network: Denodet, init: str) -> None:
     from napari_denodet.core.models import load_model
 
     start = load_model(init)
-    if start.network.config.to_dict() != network.config.to_dict():
-        raise ValueError(f"--init {init}: its network {start.network.config.to_dict()} is "
-                         f"not the one asked for ({network.config.to_dict()})")
-    network.load_state_dict(start.network.state_dict())
+    theirs, ours = start.network.config, network.config
+    if replace(theirs, in_channels=ours.in_channels) != ours or \
+            theirs.in_channels not in (1, ours.in_channels):
+        raise ValueError(f"--init {init}: its network {theirs.to_dict()} is "
+                         f"not the one asked for ({ours.to_dict()})")
+    state = start.network.state_dict()
+    if theirs.in_channels != ours.in_channels:
+        # A single-frame model starts a windowed one: each weight that reads the input
+        # reads the centre frame; the neighbours start at zero.
+        inflated = network.state_dict()
+        for key, value in state.items():
+            if value.shape != inflated[key].shape:
+                grown = torch.zeros_like(inflated[key])
+                grown[:, ours.in_channels // 2] = value[:, 0]
+                state[key] = grown
+    network.load_state_dict(state)
 
 
 #: What a training checkpoint holds (plain types and tensors only: it loads without

@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, metavar="MODEL",
                         help="start from this model's weights (bundled name or .pt path) "
                              "instead of a random initialisation")
+    parser.add_argument("--window", type=_positive_int, default=default.window,
+                        metavar="FRAMES",
+                        help="time-lapses: frames the network sees, centred on the one "
+                             "it detects in (odd; default 1: frame by frame)")
     parser.add_argument("--name", default=None,
                         help="model name in the card (default: file stem)")
     parser.add_argument("--checkpoint", type=_path, default=None,
@@ -158,7 +162,7 @@ def train_settings(args: argparse.Namespace):
                                                **_given(widths=args.widths)),
                          denoising_loss=args.denoising_loss,
                          correlated_noise=args.correlated_noise, domain=args.domain,
-                         init=args.init,
+                         init=args.init, window=args.window,
                          **_given(halo_range=args.halo_range, blur_range=args.blur_range))
 
 
@@ -188,6 +192,7 @@ def _command(args: argparse.Namespace, settings, out: Path) -> str:
           if settings.correlated_noise > 0 else []),
         *(["--domain", settings.domain] if settings.domain != TrainSettings.domain else []),
         *(["--init", settings.init] if settings.init else []),
+        *(["--window", str(settings.window)] if settings.window != 1 else []),
         "--out", out.name])
 
 

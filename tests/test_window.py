@@ -1,0 +1,132 @@
+"""Networks that read a window of neighbouring frames, through the engine and a model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_denodet.core.network import NetworkConfig
+from napari_denodet.core.predict import detect, run
+from napari_denodet.core.simulate import simulate
+from test_predict import _calibrated
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def windowed():
+    # Random weights on all three frames: each neighbour changes the output.
+    return _calibrated(NetworkConfig(in_channels=3), seed=1)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return simulate("vesicle", snr=3, frames=5, shape=(64, 80), seed=2).noisy
+
+
+def _window_of(stack, indices):
+    return np.stack([stack[i] for i in indices])
+
+
+def _single_frame_result(network, frames):
+    # The engine on a hand-made 3-frame stack, detecting in its middle frame only.
+    return run(detect(frames, network, frames=(1, 2)))
+
+
+def test_each_frame_is_detected_among_its_neighbours_and_edges_repeat_the_frame(windowed,
+                                                                             stack):
+    whole = run(detect(stack, windowed))
+    # Frame 2 among frames 1 and 3; frame 0 with itself before it; frame 4 after it.
+    for index, around in ((2, [1, 2, 3]), (0, [0, 0, 1]), (4, [3, 4, 4])):
+        alone = _single_frame_result(windowed, _window_of(stack, around))
+        np.testing.assert_allclose(whole.denoised[index], alone.denoised[0], atol=1e-4)
+        mine = whole.points[whole.points["frame"] == index]
+        assert len(mine) == len(alone.points) > 0
+        np.testing.assert_allclose(np.sort(mine["y"]), np.sort(alone.points["y"]), atol=1e-3)
+    # A different neighbour changes the result: the window is really read.
+    other = _single_frame_result(windowed, _window_of(stack, [0, 2, 3]))
+    assert np.abs(other.denoised[0] - whole.denoised[2]).max() > 1e-3
+
+
+def test_a_frame_range_batches_and_tiles_read_the_same_neighbours(windowed, stack):
+    whole = run(detect(stack, windowed))
+    part = run(detect(stack, windowed, frames=(1, 4), batch_size=2))
+    np.testing.assert_allclose(part.denoised, whole.denoised[1:4], atol=1e-4)
+    tiled = run(detect(stack, windowed, tile_size=32, overlap=48))
+    np.testing.assert_allclose(tiled.denoised, whole.denoised, atol=1e-4)
+    assert len(tiled.points) == len(whole.points)
+
+
+def test_a_single_image_is_its_own_neighbours(windowed, stack):
+    single = run(detect(stack[3], windowed))
+    repeated = _single_frame_result(windowed, _window_of(stack, [3, 3, 3]))
+    np.testing.assert_allclose(single.denoised, repeated.denoised[0], atol=1e-4)
+
+
+def test_non_finite_pixels_are_counted_once_per_frame(windowed, stack):
+    bad = stack.astype(np.float32).copy()
+    bad[2, 5, 5] = np.nan
+    assert run(detect(bad, windowed)).non_finite == 1
+    assert run(detect(bad, windowed, frames=(3, 5))).non_finite == 0
+
+
+def test_a_network_with_an_even_number_of_channels_is_refused(stack):
+    from napari_denodet.core.errors import InputError
+
+    with pytest.raises(InputError, match="expects 2 channels"):
+        run(detect(stack, _calibrated(NetworkConfig(in_channels=2))))
+
+
+def _inflated_model(tmp_path, neighbours: float = 0.0):
+    # The bundled fluorescence model grown to a 3-frame window; with zero neighbour
+    # weights it detects exactly as the bundled model.
+    from napari_denodet.core.models import load_model, save_model
+    from napari_denodet.core.network import build_network
+    from napari_denodet.core.train import TrainSettings, _warm_start
+
+    start = load_model("fluorescence")
+    network = build_network(TrainSettings(window=3).network)
+    _warm_start(network, "fluorescence")
+    if neighbours:
+        with torch.no_grad():
+            weight = network.enc1.first[0].weight
+            weight[:, 0] = neighbours * weight[:, 1]
+            weight[:, 2] = neighbours * weight[:, 1]
+    network.eval()
+    card = start.card.to_dict()
+    card["name"] = "t3"
+    save_model(tmp_path / "t3.pt", network, card)
+    return load_model(tmp_path / "t3.pt"), start
+
+
+def test_a_windowed_model_calibrates_on_decoys_of_whole_windows(tmp_path):
+    model, start = _inflated_model(tmp_path)
+    sim = simulate("vesicle", snr=2, frames=12, shape=(96, 96), seed=5)
+    theirs, ours = run(start.detect(sim.noisy)), run(model.detect(sim.noisy))
+    # Same network in effect: same candidates, same decoys, so the same probabilities
+    # and threshold (the decoy frames are read with their flipped neighbours).
+    assert ours.threshold == pytest.approx(theirs.threshold)
+    np.testing.assert_allclose(ours.candidates["score"], theirs.candidates["score"],
+                               atol=1e-6)
+    assert len(ours.points) == len(theirs.points) > 0
+
+
+def test_the_decoy_pass_flips_the_neighbours_too(tmp_path, monkeypatch):
+    from napari_denodet.core import detection
+
+    model, _ = _inflated_model(tmp_path, neighbours=0.5)
+    sim = simulate("vesicle", snr=2, frames=12, shape=(64, 64), seed=6)
+    read = []
+    original = detection._DecoyFrames.__getitem__
+
+    def spy(self, key):
+        frames = original(self, key)
+        read.append(list(self.indices[key]))
+        return frames
+
+    monkeypatch.setattr(detection._DecoyFrames, "__getitem__", spy)
+    found = run(model.detect(sim.noisy))
+    assert found.threshold > 0
+    # Each decoy frame was read with the frames on either side of it, all flipped.
+    picked = detection.decoy_frames(12)
+    assert read == [list(range(max(i - 1, 0), min(i + 2, 12))) for i in picked]
