@@ -130,3 +130,41 @@ def test_the_decoy_pass_flips_the_neighbours_too(tmp_path, monkeypatch):
     # Each decoy frame was read with the frames on either side of it, all flipped.
     picked = detection.decoy_frames(12)
     assert read == [list(range(max(i - 1, 0), min(i + 2, 12))) for i in picked]
+
+
+def test_windows_given_whole_detect_as_in_their_stack(windowed, stack):
+    whole = run(detect(stack, windowed))
+    windows = np.stack([_window_of(stack, [0, 0, 1]), _window_of(stack, [2, 3, 4])])
+    given = run(detect(windows, windowed))
+    np.testing.assert_allclose(given.denoised, whole.denoised[[0, 3]], atol=1e-4)
+    assert len(given.points) == (whole.points["frame"].isin([0, 3])).sum()
+
+
+def test_fine_tuning_a_windowed_model_reads_each_clicked_frame_in_its_window(tmp_path):
+    from helpers import drain
+    from napari_denodet.core.finetune import FinetuneSettings, finetune
+    from napari_denodet.core.finetune.clicks import _frames
+    from napari_denodet.core.points import FRAME
+
+    model, _ = _inflated_model(tmp_path, neighbours=0.3)
+    sim = simulate("vesicle", snr=3, frames=6, shape=(96, 96), seed=7)
+    truth = sim.truth
+    clicks = pd_clicks(truth, {0: 4, 3: 4})
+    frames, _ = _frames(sim.noisy, clicks, clicks.iloc[:0], False,
+                        np.zeros(len(clicks), bool), window=3)
+    assert [f.index for f in frames] == [0, 3]
+    assert frames[0].image.shape == (3, 96, 96) and frames[0].shape == (96, 96)
+    np.testing.assert_array_equal(frames[0].raw[0], frames[0].raw[1])  # repeated
+    np.testing.assert_array_equal(frames[1].raw, sim.noisy[2:5].astype(np.float32))
+    result, _ = drain(finetune(model, sim.noisy, clicks,
+                               settings=FinetuneSettings(steps=3, seed=0, time_budget=None)))
+    assert result.adapted.window == 3 and result.model.window == 3
+    found = run(result.model.detect(sim.noisy))
+    assert set(found.points[FRAME]) <= set(range(6)) and len(found.points) > 0
+
+
+def pd_clicks(truth, per_frame):
+    import pandas as pd
+
+    parts = [truth[truth.frame == f].iloc[:n] for f, n in per_frame.items()]
+    return pd.concat(parts)[["frame", "y", "x"]].reset_index(drop=True)

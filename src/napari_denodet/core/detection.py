@@ -165,12 +165,14 @@ def recurrence(points: pd.DataFrame, gate: float = RECURRENCE_GATE) -> float | N
 
 class _DecoyFrames:
     # The chosen frames of a (binned) image with their contrast flipped, read lazily:
-    # slices like a (k, y, x) stack for the engine.
+    # slices like a (k, y, x) stack for the engine, or (k, w, y, x) for windows given
+    # whole (every frame of a window flipped).
 
     def __init__(self, image, indices: Sequence[int], stack: bool) -> None:
         self.image, self.indices, self.stack = image, list(indices), stack
-        self.shape = (len(self.indices), *np.shape(image)[-2:])
-        self.ndim = 3
+        shape = np.shape(image)
+        self.shape = (len(self.indices), *(shape[1:] if len(shape) == 4 else shape[-2:]))
+        self.ndim = len(self.shape)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -179,14 +181,19 @@ class _DecoyFrames:
         from napari_denodet.core.io import load_block
         from napari_denodet.core.normalize import finite_frame, looks_integral
 
-        frames = []
-        for index in self.indices[key]:
-            frame = load_block(self.image[index] if self.stack else self.image)
+        def flipped(frame):
             integral = looks_integral(frame)
             decoy = decoy_frame(finite_frame(frame)[0])
             # A camera's whole numbers stay whole, so the decoy is normalised as the
             # frame is (a dithered median and MAD), not by a scale of its own kind.
-            frames.append(np.rint(decoy) if integral else decoy)
+            return np.rint(decoy) if integral else decoy
+
+        frames = []
+        for index in self.indices[key]:
+            frame = load_block(self.image[index] if self.stack or self.ndim == 4
+                               else self.image)
+            frames.append(np.stack([flipped(f) for f in frame]) if frame.ndim == 3
+                          else flipped(frame))
         return np.stack(frames)
 
 

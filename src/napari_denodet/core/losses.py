@@ -250,7 +250,9 @@ def blind_spot_mask(noisy: Tensor, fraction: float,
     Parameters
     ----------
     noisy : Tensor
-        ``(B, 1, H, W)`` batch.
+        ``(B, C, H, W)`` batch: one frame, or a window of frames (``C`` > 1), masked at
+        the same pixels in every frame, from the same neighbour: a frame repeated in the
+        window (at a stack's first or last frame) must not show the masked pixel.
     fraction : float
         Share of pixels to mask.
     generator : torch.Generator
@@ -265,7 +267,7 @@ def blind_spot_mask(noisy: Tensor, fraction: float,
         ``(B, 1, H, W)`` bool, True where a pixel was replaced.
     """
     b, _, h, w = noisy.shape
-    mask = torch.rand(noisy.shape, generator=generator) < fraction
+    mask = torch.rand((b, 1, h, w), generator=generator) < fraction
     where = mask.nonzero(as_tuple=True)
     n = len(where[0])
     dy = torch.randint(-2, 3, (n,), generator=generator)
@@ -277,7 +279,7 @@ def blind_spot_mask(noisy: Tensor, fraction: float,
     sy = torch.where((sy < 0) | (sy >= h), where[2] - dy, sy)
     sx = torch.where((sx < 0) | (sx >= w), where[3] - dx, sx)
     masked = noisy.clone()
-    masked[where] = noisy[where[0], where[1], sy, sx]
+    masked[where[0], :, where[2], where[3]] = noisy[where[0], :, sy, sx]
     return masked, mask
 
 

@@ -382,6 +382,10 @@ def detect(
     image : array_like
         ``(y, x)`` image or ``(t, y, x)`` stack, any numeric dtype; anything that slices
         like a numpy array (e.g. a :class:`numpy.memmap`), read one batch at a time.
+        A network that reads a window of ``w`` frames (:func:`network_window`) sees
+        each frame of a stack among its neighbours (the first and last frames, and a
+        single image, repeat themselves where neighbours are missing); it also takes
+        ``(n, w, y, x)`` windows given whole, each detected in its middle frame.
     network : torch.nn.Module
         Maps a normalised ``(B, C, H, W)`` batch to ``(denoised, heatmap_logits)``; run
         in evaluation mode on a copy (:func:`prepare_network`), never modified.
@@ -449,7 +453,8 @@ def detect(
     """
     shape = tuple(int(n) for n in np.shape(image))
     blob_score = _checked_settings(shape, network, batch_size, tile_size, overlap, blob)
-    stack = len(shape) == 3
+    stack = len(shape) >= 3
+    given_windows = len(shape) == 4
     height, width = shape[-2:]
     start, stop = _check_frames(frames, shape[0] if stack else 1, stack)
     torch_device = choose_device(device)
@@ -475,6 +480,9 @@ def detect(
         # its window of neighbours (repeating the stack's first and last frames, or a
         # single image, where neighbours are missing).
         nonlocal non_finite
+        if given_windows:
+            return [_normalised_window(window, invert, first + i, half)
+                    for i, window in enumerate(load_block(image[first:last]))]
         low, high = max(first - half, 0), min(last + half, total_frames)
         block = load_block(image[low:high] if stack else image)
         block = block if stack else block[None]
@@ -539,6 +547,14 @@ def detect(
     )
 
 
+def _normalised_window(window: np.ndarray, invert: bool, index: int,
+                       half: int) -> tuple[np.ndarray, FrameScale]:
+    # A window given whole (frames around one frame, e.g. the clicked frames' windows of
+    # a fine-tuning run): each frame normalised on its own; the centre's scale returned.
+    frames = [normalise_frame(frame, invert, index) for frame in window]
+    return np.stack([frame for frame, _, _ in frames]), frames[half][1]
+
+
 def network_window(network: nn.Module) -> int:
     """Frames a network reads per detection: 1, or an odd window centred on the frame.
 
@@ -568,9 +584,10 @@ def _denoised_output(out: Any, expected: tuple[int, ...]) -> Any:
 def _checked_settings(shape: tuple[int, ...], network: nn.Module, batch_size: int | None,
                       tile_size: int, overlap: int, blob: dict | None) -> BlobScore | None:
     # The arguments of detect checked (one line each when wrong); returns the blob term.
-    if len(shape) not in (2, 3) or min(shape, default=0) < 1:
-        raise InputError(None, f"expected a (y, x) image or a (t, y, x) stack, got shape {shape}")
     channels = network_window(network)
+    windows = len(shape) == 4 and channels > 1 and shape[1] == channels
+    if (len(shape) not in (2, 3) and not windows) or min(shape, default=0) < 1:
+        raise InputError(None, f"expected a (y, x) image or a (t, y, x) stack, got shape {shape}")
     if channels % 2 == 0:
         raise InputError(None, f"this network expects {channels} channels; images have 1 "
                                "(a window of frames has an odd number)")

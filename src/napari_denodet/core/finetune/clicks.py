@@ -28,7 +28,8 @@ from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 
 @dataclass
 class _Frame:
-    # One normalised frame with the clicks on it, in the frame's pixels.
+    # One normalised frame with the clicks on it, in the frame's pixels; for a model
+    # that reads a window of frames, ``image`` and ``raw`` hold the window around it.
     index: int
     image: np.ndarray
     positives: np.ndarray  # (K, 2) y, x
@@ -39,6 +40,16 @@ class _Frame:
     # The frame as the engine takes it (finite, particles bright: negated if inverted), so
     # detections on it are normalised once, as in detect; None: detect on ``image``.
     raw: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the frame."""
+        return self.image.shape[-2:]
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of the frame (one frame, not its window)."""
+        return int(np.prod(self.shape))
 
 
 def _as_table(points: pd.DataFrame | np.ndarray | None, stack: bool, what: str) -> pd.DataFrame:
@@ -154,16 +165,27 @@ def clicks_polarity(image: Any, positives: pd.DataFrame, sigma: float = 2.0) -> 
 
 
 def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert: bool,
-            held: np.ndarray, complete: bool = False) -> tuple[list[_Frame], int]:
-    # The clicked frames, normalised, and how many of their pixels were NaN or inf.
+            held: np.ndarray, complete: bool = False,
+            window: int = 1) -> tuple[list[_Frame], int]:
+    # The clicked frames (each in its window of frames, for a model that reads one),
+    # normalised, and how many of their pixels were NaN or inf.
     stack = np.ndim(image) == 3
     indices = sorted(set(positives[FRAME].astype(int))) if stack else [0]
     frames, non_finite = [], 0
+    last = np.shape(image)[0] - 1 if stack else 0
     for index in indices:
         raw = np.asarray(image[index] if stack else image, dtype=np.float32)
         engine, bad = finite_frame(raw, index if stack else None)
         normalised, _, _ = normalise_frame(engine, invert)
         non_finite += bad
+        if window > 1:
+            # The engine's window: neighbours, the frame itself where they are missing.
+            around = [min(max(index + k, 0), last) for k in range(-(window // 2),
+                                                                   window // 2 + 1)]
+            read = [engine if j == index or not stack else finite_frame(
+                np.asarray(image[j], dtype=np.float32), j)[0] for j in around]
+            engine = np.stack(read)
+            normalised = np.stack([normalise_frame(f, invert)[0] for f in read])
 
         def on_frame(table, index=index):
             rows = table[table[FRAME] == index] if stack else table
@@ -207,7 +229,7 @@ def _click_tables(frames: list[_Frame], attribute: str) -> pd.DataFrame:
 
 
 def _pixels(frames: list[_Frame]) -> int:
-    return sum(f.image.size for f in frames)
+    return sum(f.pixels for f in frames)
 
 
 def click_density(points: np.ndarray, shape: tuple[int, int]) -> float:
@@ -241,6 +263,6 @@ def _estimate_prior(found: pd.DataFrame, frames: list[_Frame],
         return settings.particles_per_frame * len(frames) / pixels
     clicks = sum(len(f.positives) + len(f.heldout) for f in frames)
     parent = float(len(found))
-    dense = sum(click_density(np.concatenate([f.positives, f.heldout]), f.image.shape)
-                * f.image.size for f in frames)
+    dense = sum(click_density(np.concatenate([f.positives, f.heldout]), f.shape)
+                * f.pixels for f in frames)
     return max(parent, dense, clicks) / pixels

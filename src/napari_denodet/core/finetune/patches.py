@@ -19,7 +19,7 @@ from napari_denodet.core.network import STRIDE
 
 
 def _patch_size(frames: list[_Frame], wanted: int) -> int:
-    smallest = min(min(f.image.shape) for f in frames)
+    smallest = min(min(f.shape) for f in frames)
     size = min(wanted, smallest) // STRIDE * STRIDE
     if size < 16:
         raise InputError(None, f"the image is too small to fine-tune on ({smallest} px; "
@@ -41,12 +41,14 @@ def _draw_patch(frames: list[_Frame], size: int, near_click: bool,
         x0 = int(round(cx)) - int(rng.integers(margin, size - margin))
     else:
         frame = frames[int(rng.integers(len(frames)))]
-        y0 = int(rng.integers(0, frame.image.shape[0] - size + 1))
-        x0 = int(rng.integers(0, frame.image.shape[1] - size + 1))
-    h, w = frame.image.shape
+        y0 = int(rng.integers(0, frame.shape[0] - size + 1))
+        x0 = int(rng.integers(0, frame.shape[1] - size + 1))
+    h, w = frame.shape
     y0, x0 = min(max(y0, 0), h - size), min(max(x0, 0), w - size)
-    patch = np.stack([frame.image[y0 : y0 + size, x0 : x0 + size],
-                      frame.region[y0 : y0 + size, x0 : x0 + size]])
+    # (channels + 1, size, size): the frame (or its window), then the clicked region.
+    image = frame.image.reshape(-1, h, w)
+    patch = np.concatenate([image[:, y0 : y0 + size, x0 : x0 + size],
+                            frame.region[None, y0 : y0 + size, x0 : x0 + size]])
 
     def inside(points):
         shifted = points - (y0, x0)
@@ -74,7 +76,7 @@ def _augment(patch: np.ndarray, pos: np.ndarray, neg: np.ndarray, k: int, flip: 
 
 
 def _batch(frames, size, settings, rng):
-    # (B, 1, size, size) noisy patches, their positives and negatives as (patch, y, x)
+    # (B, C, size, size) noisy patches, their positives and negatives as (patch, y, x)
     # rows, and (B, size, size) bool of the completely clicked region.
     patches, positives, negatives = [], [], []
     n_click = int(round(settings.batch_size * settings.click_patch_fraction))
@@ -88,8 +90,8 @@ def _batch(frames, size, settings, rng):
         positives.append(np.column_stack([np.full(len(pos), i), pos]))
         negatives.append(np.column_stack([np.full(len(neg), i), neg]))
     stacked = np.stack(patches).astype(np.float32)
-    noisy = torch.from_numpy(np.ascontiguousarray(stacked[:, :1]))
-    region = torch.from_numpy(stacked[:, 1] > 0.5)
+    noisy = torch.from_numpy(np.ascontiguousarray(stacked[:, :-1]))
+    region = torch.from_numpy(stacked[:, -1] > 0.5)
 
     def centres(parts):
         return torch.from_numpy(np.concatenate(parts).astype(np.float32)).reshape(-1, 3)

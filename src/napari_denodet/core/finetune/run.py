@@ -238,7 +238,7 @@ def _prepare(model: Model, image: Any, positives: Any, negatives: Any,
               else clicks_polarity(image, positives) == "dark"
               if model.scenario == "micrograph" else model.invert)
     frames, non_finite = _frames(image, positives, negatives, invert, held,
-                                 settings.complete_region)
+                                 settings.complete_region, window=model.window)
     if non_finite:
         yield FinetuneProgress(Stage.NOTE, 0, settings.steps, time.perf_counter() - started,
                                {"message": non_finite_note(non_finite)})
@@ -273,7 +273,7 @@ def _check_area(job: _Job) -> Generator[FinetuneProgress, None, None]:
         return
     settings, clicks = job.settings, _clicks_per_frame(job.frames)
     job.unclicked = unclicked_in_area(job.parent.points, clicks,
-                                      [f.image.shape for f in job.frames])
+                                      [f.shape for f in job.frames])
     if not area_is_incomplete(job.unclicked, sum(len(c) for c in clicks)):
         return
     found = (f"{job.unclicked} confident detections in the clicked area are not "
@@ -397,7 +397,7 @@ def _accept(training: _Run, adapted: FinetunedModel
     after = run(adapted.model.detect(stack, binning=1, polarity="bright",
                                      device=str(job.device)))
     clicks = _clicks_per_frame(job.frames)
-    shapes = [f.image.shape for f in job.frames]
+    shapes = [f.shape for f in job.frames]
     complete = job.settings.complete_region or all(
         area_looks_complete(before.candidates[before.candidates[FRAME] == i], points, shape)
         for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)))
@@ -474,7 +474,7 @@ def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]
         blob = BlobScore.fit(responses, settings.blob_weight, settings.blob_sigma)
         scored = candidates.assign(score=blob.apply(candidates[SCORE], responses))
     threshold, facts = calibrate_from_area(scored, _clicks_per_frame(frames),
-                                           [f.image.shape for f in frames],
+                                           [f.shape for f in frames],
                                            detections=job.parent_found)
     source = "the clicked area"
     if threshold is None:
@@ -569,7 +569,9 @@ def _step(training: _Run) -> dict:
     logits = logits[:, 0]
 
     # Blind-spot denoising: predict the masked pixels' noisy values from their context.
-    denoising = F.mse_loss(denoised[:b][mask], noisy[mask])
+    # (A window's centre frame is the one denoised; the mask covers every frame.)
+    centre = noisy.shape[1] // 2
+    denoising = F.mse_loss(denoised[:b][mask], noisy[:, centre : centre + 1][mask])
 
     pixels = float(b * size * size)
     particle_pixels = job.prior * pixels * max(float(positive.sum()), 1.0) / max(
