@@ -9,10 +9,11 @@ user who opens the card sees what the model measured and where: for the fluoresc
 model, ``docs/benchmarks/detection.json`` (``benchmarks/bench_detection.py``): F1, RMSE and PSNR
 per SNR, averaged over the scenarios and densities; for the micrograph model,
 ``docs/benchmarks/finetune.json`` (``benchmarks/bench_finetune.py``): F1 and RMSE before
-fine-tuning on each micrograph case. The fluorescence cards' ``deviations`` are set to
-:data:`napari_denodet.core.train.DEVIATIONS`, whose figures come from the detection
-benchmark. Run it after either benchmark; a test checks that the cards agree with the
-committed reports.
+fine-tuning on each micrograph case; for the model that reads a window of frames,
+``docs/benchmarks/window.json`` (``benchmarks/bench_window.py``). The fluorescence
+cards' ``deviations`` are set to :data:`napari_denodet.core.train.DEVIATIONS`, whose
+figures come from the detection benchmark. Run it after any of these benchmarks; a test
+checks that the cards agree with the committed reports.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from napari_denodet.core.train import DEVIATIONS  # noqa: E402
 
 DETECTION = REPO / "docs" / "benchmarks" / "detection.json"
 FINETUNE = REPO / "docs" / "benchmarks" / "finetune.json"
+WINDOW = REPO / "docs" / "benchmarks" / "window.json"
 #: What a card's ``source`` says: the report (markdown beside the .json) and its script.
 DETECTION_SOURCE = (f"{DETECTION.with_suffix('.md').relative_to(REPO).as_posix()} "
                     "(benchmarks/bench_detection.py)")
@@ -78,6 +80,32 @@ def detection_figures(report: dict, model: str = "fluorescence") -> dict:
     }
 
 
+def window_figures(report: dict) -> dict:
+    """Per-SNR means of the windowed model's rows of the time-window benchmark."""
+    per_snr = {}
+    for snr in sorted({r["snr"] for r in report["rows"]}):
+        mine = [r for r in report["rows"] if r["snr"] == snr]
+        per_snr[f"{snr:g}"] = {
+            "f1_default_threshold": _r(mean(r["window_auto"] for r in mine)),
+            "f1_best_threshold": _r(mean(r["window_best"] for r in mine)),
+            "f1_single_frame_model": _r(mean(r["2D_auto"] for r in mine)),
+            "f1_classic": _r(mean(max(r["LoG"], r["wavelet"]) for r in mine)),
+            "cells": len(mine),
+        }
+    return {
+        "source": (f"{WINDOW.with_suffix('.md').relative_to(REPO).as_posix()} "
+                   "(benchmarks/bench_window.py)"),
+        "protocol": "simulated 512 x 512 stacks of unseen seeds (the detection "
+                    "benchmark's), first frames of each; mean over the three scenarios at "
+                    "low and mid density; 5 px gate; f1 at the defaults (threshold of "
+                    "highest expected F1) and at the best threshold on the truth; "
+                    "f1_single_frame_model: the bundled single-frame model for the "
+                    "scenario at its defaults; f1_classic: the better of LoG and "
+                    "wavelet, tuned on validation stacks",
+        "per_snr": per_snr,
+    }
+
+
 def finetune_before_figures(rows: list[dict], model_cases: list[str]) -> dict:
     """F1 and RMSE before fine-tuning, per case of the fine-tuning benchmark."""
     per_case = {}
@@ -103,6 +131,9 @@ def card_figures() -> dict[str, dict]:
         scenario_models = {r[BUNDLED]["model"] for r in report["rows"] if BUNDLED in r}
         for name in ["fluorescence", *sorted(scenario_models - {"DENODET"})]:
             figures[name] = detection_figures(report, name)
+    if WINDOW.is_file():
+        report = json.loads(WINDOW.read_text())
+        figures[report["model"]] = window_figures(report)
     if FINETUNE.is_file():
         rows = json.loads(FINETUNE.read_text())
         cases = list(dict.fromkeys(r["case"] for r in rows if "micrograph" in r["case"]))

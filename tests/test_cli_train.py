@@ -108,3 +108,25 @@ def test_train_with_wider_feature_maps_records_and_loads_them(tmp_path):
     assert main([*ARGS, "--out", str(plain)]) == 0
     assert "--widths" not in json.loads(plain.with_suffix(".json").read_text())[
         "training"]["command"]
+
+
+def test_train_with_a_window_records_and_reproduces_it(tmp_path):
+    out = tmp_path / "window.pt"
+    extra = ["--window", "3", "--init", "fluorescence", "--window-init", "sum"]
+    assert main([*ARGS, *extra, "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["settings"]["window"] == 3
+    assert card["training"]["settings"]["window_init"] == "sum"
+    assert "neighbours (3 frames" in card["training"]["data"]
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--window") + 1] == "3"
+    assert command[command.index("--window-init") + 1] == "sum"
+    assert load_model(out).window == 3
+
+
+def test_train_refuses_an_even_window(tmp_path, capsys):
+    out = tmp_path / "w.pt"
+    assert main([*ARGS, "--window", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "window must be an odd number" in err and "Traceback" not in err
+    assert not out.exists()

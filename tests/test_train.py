@@ -299,3 +299,22 @@ def test_a_windowed_run_trains_and_its_model_reads_its_window(tmp_path):
     model = load_model(tmp_path / "t3.pt")
     assert model.window == 3 and load_model("fluorescence").window == 1
     assert model.card.to_dict()["network"]["in_channels"] == 3
+
+
+def test_a_sum_start_sees_a_still_scene_as_one_frame_of_higher_snr():
+    from napari_denodet.core.models import load_model
+    from napari_denodet.core.network import build_network
+    from napari_denodet.core.train import _warm_start
+
+    network = build_network(TrainSettings(window=3).network)
+    _warm_start(network, "fluorescence", "sum")
+    start = load_model("fluorescence").network.eval()
+    network.eval()
+    frame = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        theirs = start(frame * 3 ** 0.5)
+        ours = network(frame.repeat(1, 3, 1, 1))
+    for a, b in zip(theirs, ours, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown window_init"):
+        TrainSettings(window=3, window_init="mean")

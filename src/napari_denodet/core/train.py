@@ -120,6 +120,13 @@ class TrainSettings:
         that a single-frame model can start a model with a time window (its weights go
         to the centre frame, the neighbours start at zero: the start detects exactly as
         the single-frame model does).
+    window_init : {"centre", "sum"}
+        How a single-frame ``init`` model's input weights are grown to the window:
+        ``"centre"`` puts them on the centre frame (neighbours at zero: the start
+        detects exactly as the single-frame model); ``"sum"`` gives every frame of the
+        window those weights over the square root of the window, so that the start sees
+        the window's sum, scaled to the noise of one frame: a still particle stands out
+        of the noise as in a frame of higher SNR.
     window : int
         Time-lapses only: frames the network sees, centred on the frame it detects in
         (1, the default: frame by frame; 3: the frames before and after too). It
@@ -152,6 +159,7 @@ class TrainSettings:
     domain: str = "ptc"
     init: str | None = None
     window: int = 1
+    window_init: str = "centre"
 
     def __post_init__(self) -> None:
         if self.scenario not in TRAIN_SCENARIOS:
@@ -186,6 +194,9 @@ class TrainSettings:
                              f"{self.window}")
         if self.scenario == "micrograph" and self.window != 1:
             raise ValueError("window applies to time-lapses only")
+        if self.window_init not in WINDOW_INITS:
+            raise ValueError(f"unknown window_init {self.window_init!r}; choose one of "
+                             f"{', '.join(WINDOW_INITS)}")
         if self.network.in_channels not in (1, self.window):
             raise ValueError(f"the network has {self.network.in_channels} input channels; "
                              f"a window of {self.window} frames needs {self.window}")
@@ -494,7 +505,7 @@ def train(
     rng = np.random.default_rng(settings.seed)
     network = build_network(settings.network)
     if settings.init:
-        _warm_start(network, settings.init)
+        _warm_start(network, settings.init, settings.window_init)
     optimiser = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.3, patience=2)
     history: list[dict] = []
@@ -563,7 +574,11 @@ def init_training(init: str) -> dict:
     return load_model(init).card.to_dict()["training"]
 
 
-def _warm_start(network: Denodet, init: str) -> None:
+#: How a single-frame model's input weights grow to a window (``TrainSettings.window_init``).
+WINDOW_INITS = ("centre", "sum")
+
+
+def _warm_start(network: Denodet, init: str, window_init: str = "centre") -> None:
     # Start from a trained model's weights (same network shape), e.g. to widen the domain
     # of a bundled model instead of learning the narrow world again from scratch.
     from napari_denodet.core.models import load_model
@@ -582,7 +597,10 @@ def _warm_start(network: Denodet, init: str) -> None:
         for key, value in state.items():
             if value.shape != inflated[key].shape:
                 grown = torch.zeros_like(inflated[key])
-                grown[:, ours.in_channels // 2] = value[:, 0]
+                if window_init == "sum":
+                    grown[:] = value / ours.in_channels ** 0.5
+                else:
+                    grown[:, ours.in_channels // 2] = value[:, 0]
                 state[key] = grown
     network.load_state_dict(state)
 
@@ -698,6 +716,9 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
         data += (f", {1 - PTC_SHARE:.0%} of them through a randomised image formation "
                  "(camera noise of several kinds, structured backgrounds, PSF and "
                  "intensity spread, clusters)")
+    if s.window > 1:
+        data += (f"; each frame seen among its neighbours ({s.window} frames, the middle "
+                 "one detected)")
     return {
         "name": name,
         "scenario": s.scenario,

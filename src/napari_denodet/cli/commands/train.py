@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``train``."""
     from napari_denodet.core.losses import DENOISING_LOSSES
     from napari_denodet.core.network import NORMS, VARIANTS, NetworkConfig
-    from napari_denodet.core.train import DOMAINS, TRAIN_SCENARIOS, TrainSettings
+    from napari_denodet.core.train import DOMAINS, TRAIN_SCENARIOS, WINDOW_INITS, TrainSettings
 
     default = TrainSettings()
     network = NetworkConfig()
@@ -102,6 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="FRAMES",
                         help="time-lapses: frames the network sees, centred on the one "
                              "it detects in (odd; default 1: frame by frame)")
+    parser.add_argument("--window-init", choices=WINDOW_INITS, default=default.window_init,
+                        help="with --init of a single-frame model: start the window's "
+                             "neighbours at zero ('centre') or give every frame the "
+                             "model's weights over the square root of the window ('sum'; "
+                             f"default {default.window_init})")
     parser.add_argument("--name", default=None,
                         help="model name in the card (default: file stem)")
     parser.add_argument("--checkpoint", type=_path, default=None,
@@ -163,6 +168,7 @@ def train_settings(args: argparse.Namespace):
                          denoising_loss=args.denoising_loss,
                          correlated_noise=args.correlated_noise, domain=args.domain,
                          init=args.init, window=args.window,
+                         window_init=args.window_init,
                          **_given(halo_range=args.halo_range, blur_range=args.blur_range))
 
 
@@ -193,6 +199,8 @@ def _command(args: argparse.Namespace, settings, out: Path) -> str:
         *(["--domain", settings.domain] if settings.domain != TrainSettings.domain else []),
         *(["--init", settings.init] if settings.init else []),
         *(["--window", str(settings.window)] if settings.window != 1 else []),
+        *(["--window-init", settings.window_init]
+          if settings.window_init != TrainSettings.window_init else []),
         "--out", out.name])
 
 
