@@ -45,13 +45,13 @@ import pandas as pd
 import torch
 from common import (
     CLASSIC,
+    CONDITIONS,
     DENSITIES,
     SCENARIO_MODEL,
     SNRS,
-    TEST_SEED,
-    VAL_SEED,
     best_threshold,
     cell_index,
+    condition_stacks,
     tune_classic,
 )
 from scipy.spatial import cKDTree
@@ -61,31 +61,15 @@ from napari_denodet.core.detection import recurrence
 from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import load_model
 from napari_denodet.core.predict import detect, run
-from napari_denodet.core.simulate import simulate_timelapse
 
 REPO = Path(__file__).resolve().parents[1]
 GATE = 5.0
-#: Test conditions: keyword arguments of ``simulate_timelapse`` for every cell's stacks.
-CONDITIONS = {
-    "plain": {},
-    "correlated": {"noise_correlation": (0.6, 0.45)},
-    "structured": {"texture": 1.0},
-    "wide-structured": {"texture": 1.0, "psf_scale": 2.0},
-}
 #: Bundled model name -> what to load instead (``--models``).
 MODELS: dict[str, str] = {}
 
 
 def _model(name):
     return load_model(MODELS.get(name, name))
-
-
-def _cell_stacks(scenario, snr, density, frames, index, condition="plain"):
-    common = dict(snr=snr, density=density, frames=frames, shape=(512, 512),
-                  **CONDITIONS[condition])
-    val = simulate_timelapse(scenario, seed=VAL_SEED + index, **common)
-    test = simulate_timelapse(scenario, seed=TEST_SEED + index, **common)
-    return val, test
 
 
 def matched(points: pd.DataFrame, truth: pd.DataFrame, gate: float = GATE) -> np.ndarray:
@@ -118,8 +102,8 @@ def calibration_error(p: np.ndarray, true: np.ndarray, low: float = 0.1, bins: i
 
 def score_cell(scenario, snr, density, frames, condition="plain"):
     model = _model(SCENARIO_MODEL[scenario])
-    val, test = _cell_stacks(scenario, snr, density, frames,
-                             cell_index(scenario, snr, density), condition)
+    val, test = condition_stacks(scenario, snr, density, frames,
+                                 cell_index(scenario, snr, density), condition)
     row = {"scenario": scenario, "snr": snr, "density": density,
            "particles": len(test.truth)}
     started = time.perf_counter()

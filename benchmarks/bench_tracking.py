@@ -6,7 +6,9 @@ simulation's truth knows each particle's track. Two pipelines, the same linker
 (:func:`napari_denodet.core.tracks.link`: laptrack's LAP linker, largest step
 ``--max-distance`` px, gap 2 frames):
 
-- *DENODET*: the bundled model for the scenario at its per-image threshold;
+- *DENODET*: the bundled single-frame model for the scenario at its per-image threshold;
+- *timelapse*: the bundled ``timelapse`` model (frames t-1, t, t+1) at its per-image
+  threshold, on every scenario;
 - *LoG*: a Laplacian of Gaussian whose scale and threshold are tuned on the cell's
   validation stack (its truth), as in the detection benchmark.
 
@@ -49,6 +51,8 @@ from napari_denodet.core.tracks import LinkSettings, link
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURES = ("alpha", "beta", "jaccard_tracks", "jaccard_detections")
+#: The pipelines, as the rows' key prefixes.
+WHO = ("denodet", "timelapse", "log")
 
 
 def _cell(scenario: str, snr: float, density: str, args) -> dict:
@@ -58,12 +62,15 @@ def _cell(scenario: str, snr: float, density: str, args) -> dict:
     truth = test.truth[["track_id", "frame", "y", "x"]]
     found = run(load_model(SCENARIO_MODEL[scenario]).detect(test.noisy)).points
     ours = score_tracks(truth, link(found, settings))
+    windowed = run(load_model("timelapse").detect(test.noisy)).points
+    timed = score_tracks(truth, link(windowed, settings))
     _, sigma, threshold = tune_classic(val.noisy, val.truth, "log", "sigma", LOG_SIGMAS)
     log = pd.DataFrame(detect_classic(test.noisy, "log", sigma=sigma))
     log = log[log["score"] >= threshold][["frame", "y", "x"]]
     theirs = score_tracks(truth, link(log, settings))
     row = {"scenario": scenario, "snr": snr, "density": density,
            **{f"denodet_{k}": v for k, v in ours.as_dict().items()},
+           **{f"timelapse_{k}": v for k, v in timed.as_dict().items()},
            **{f"log_{k}": v for k, v in theirs.as_dict().items()}}
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
           file=sys.stderr)
@@ -76,20 +83,22 @@ def _markdown(rows: list[dict], args) -> str:
              f"--max-distance {args.max_distance:g}` on "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads. Alpha / beta / Jaccard of tracks / "
-             "Jaccard of detections (gate 5 px), DENODET (bundled model, per-image "
-             "threshold) against a LoG tuned on validation truth, both linked by the "
+             "Jaccard of detections (gate 5 px), DENODET (bundled single-frame model, "
+             "per-image threshold) and `timelapse` (the bundled model that reads frames "
+             "t-1, t, t+1) against a LoG tuned on validation truth, all linked by the "
              "same LAP linker.", "",
-             "| cell | DENODET | LoG |", "|---|---|---|"]
+             "| cell | DENODET | timelapse | LoG |", "|---|---|---|---|"]
     for r in rows:
         cells = [" / ".join(f"{r[f'{who}_{m}']:.3f}" for m in MEASURES)
-                 for who in ("denodet", "log")]
+                 for who in WHO]
         lines.append(f"| {r['scenario']} SNR {r['snr']:g} {r['density']} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "Means per SNR:", "", "| SNR | DENODET | LoG |", "|---|---|---|"]
+    lines += ["", "Means per SNR:", "", "| SNR | DENODET | timelapse | LoG |",
+              "|---|---|---|---|"]
     for snr in SNRS:
         mine = [r for r in rows if r["snr"] == snr]
         cells = [" / ".join(f"{np.mean([r[f'{who}_{m}'] for r in mine]):.3f}"
-                            for m in MEASURES) for who in ("denodet", "log")]
+                            for m in MEASURES) for who in WHO]
         lines.append(f"| {snr:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -36,13 +36,14 @@ import pandas as pd
 import torch
 from common import (
     CLASSIC,
+    CONDITIONS,
     DENSITIES,
     LOG_SIGMAS,
     SCENARIO_MODEL,
     SNRS,
     best_threshold,
     cell_index,
-    cell_stacks,
+    condition_stacks,
     tune_classic,
 )
 from scipy.ndimage import uniform_filter1d
@@ -73,8 +74,9 @@ def running_mean(stack: np.ndarray) -> np.ndarray:
     return uniform_filter1d(stack.astype(np.float32), MEAN_FRAMES, axis=0, mode="nearest")
 
 
-def score_cell(scenario, snr, density, frames, models) -> dict:
-    val, test = cell_stacks(scenario, snr, density, frames, cell_index(scenario, snr, density))
+def score_cell(scenario, snr, density, frames, models, condition="plain") -> dict:
+    val, test = condition_stacks(scenario, snr, density, frames,
+                                 cell_index(scenario, snr, density), condition)
     row = {"scenario": scenario, "snr": snr, "density": density,
            "particles": len(test.truth)}
     for name, model in models.items():
@@ -123,9 +125,13 @@ def telomeres(folder: Path, models: dict) -> dict:
 
 
 def markdown(rows, speed, real, args, seconds) -> str:
-    lines = ["# Time-aware detection: a window of frames against one frame", "",
+    title = ("" if args.condition == "plain" else
+             f" ({args.condition}: {CONDITIONS[args.condition]})")
+    lines = [f"# Time-aware detection: a window of frames against one frame{title}", "",
              f"Made by `python benchmarks/bench_window.py --frames {args.frames} "
              f"--window-model {args.window_model_label}"
+             + ("" if args.condition == "plain" else f" --condition {args.condition}")
+             + f"{' --no-speed' if args.no_speed else ''}"
              f"{' --data DATA' if args.data else ''}` on "
              f"{platform.processor() or 'CPU'} ({time.strftime('%Y-%m-%d')}, "
              f"{seconds:.0f} s, torch threads {torch.get_num_threads()}).", "",
@@ -201,10 +207,15 @@ def main():
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--window-model", default="timelapse")
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--condition", choices=CONDITIONS, default="plain",
+                        help="the detection benchmark's test conditions (camera-like "
+                             "correlated noise, structured background...)")
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the speed rounds (for a look while the machine is busy)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "window.md")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    suffix = "" if args.condition == "plain" else f"-{args.condition}"
+    args.out = args.out or REPO / "docs" / "benchmarks" / f"window{suffix}.md"
     args.window_model_label = (Path(args.window_model).name
                                if args.window_model.endswith(".pt") else args.window_model)
     window = load_model(args.window_model)
@@ -216,7 +227,8 @@ def main():
                   "fluorescence": bundled["fluorescence"]}
         for snr in SNRS:
             for density in DENSITIES:
-                rows.append(score_cell(scenario, snr, density, args.frames, models))
+                rows.append(score_cell(scenario, snr, density, args.frames, models,
+                                       args.condition))
                 r = rows[-1]
                 print(f"{scenario} {snr:g} {density}: 2D {r['2D_auto']:.3f} window "
                       f"{r['window_auto']:.3f} LoG {r['LoG']:.3f} wavelet "

@@ -125,11 +125,33 @@ def cell_index(scenario, snr, density) -> int:
 
 def cell_stacks(scenario, snr, density, frames, index, noise_correlation=(0.0, 0.0)):
     """The validation and test stacks of a cell (512 x 512, seeds from :func:`cell_index`)."""
-    common = dict(snr=snr, density=density, frames=frames, shape=(512, 512),
-                  noise_correlation=noise_correlation)
-    val = simulate_timelapse(scenario, seed=VAL_SEED + index, **common)
-    test = simulate_timelapse(scenario, seed=TEST_SEED + index, **common)
+    return _stacks(scenario, index, snr=snr, density=density, frames=frames,
+                   noise_correlation=noise_correlation)
+
+
+def _stacks(scenario, index, **kwargs):
+    # A cell's validation and test stacks: 512 x 512, seeds from its index.
+    val = simulate_timelapse(scenario, seed=VAL_SEED + index, shape=(512, 512), **kwargs)
+    test = simulate_timelapse(scenario, seed=TEST_SEED + index, shape=(512, 512), **kwargs)
     return val, test
+
+
+#: Test conditions: keyword arguments of ``simulate_timelapse`` for every cell's stacks.
+#: ``correlated`` gives the noise the neighbour correlations of a real camera (as the
+#: telomere time-lapse measures), ``structured`` a static structured background as high
+#: as the background itself, ``wide-structured`` that with PSFs twice as wide.
+CONDITIONS = {
+    "plain": {},
+    "correlated": {"noise_correlation": (0.6, 0.45)},
+    "structured": {"texture": 1.0},
+    "wide-structured": {"texture": 1.0, "psf_scale": 2.0},
+}
+
+
+def condition_stacks(scenario, snr, density, frames, index, condition="plain"):
+    """The validation and test stacks of a cell under one of :data:`CONDITIONS`."""
+    return _stacks(scenario, index, snr=snr, density=density, frames=frames,
+                   **CONDITIONS[condition])
 
 
 def merged_pairs_bound(truth, distance=3.0):
