@@ -46,6 +46,7 @@ from qtpy.QtCore import QTimer
 from napari_denodet._reader import POINTS_STYLE
 from napari_denodet._widgets import BINNING_TIP, session
 from napari_denodet._widgets.clicks import clicks_name, layer_points
+from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, choose_model
 from napari_denodet.core.detection import POLARITIES
 from napari_denodet.core.metrics import GATE
 from napari_denodet.core.normalize import non_finite_note
@@ -84,7 +85,14 @@ def run_detection(data, job: DetectJob):
     from napari_denodet.core.models import Model, load_model
     from napari_denodet.core.resample import binned_shape
 
-    model = job.model if isinstance(job.model, Model) else load_model(job.model)
+    choice = None
+    if isinstance(job.model, Model):
+        model = job.model
+    elif job.model == AUTO:
+        choice = yield from choose_model(data, frames=job.frames, device=job.device)
+        model = choice.model
+    else:
+        model = load_model(job.model)
     shape = binned_shape(tuple(np.shape(data)), job.binning)
     if job.frames is not None:
         shape = (job.frames[1] - job.frames[0], *shape[1:])
@@ -94,6 +102,8 @@ def run_detection(data, job: DetectJob):
         result = yield from _detect_to_disk(run, shape)
     else:
         result = yield from run()
+    if choice is not None:
+        result.model_note = choice.note()
     return result, model
 
 
@@ -169,9 +179,11 @@ class DetectWidget(Container):
         self._viewer = viewer
         self._image = ComboBox(label="image", choices=self._image_layers)
         self._model = ComboBox(label="model", choices=lambda _w=None: [
-            *session.names(), *bundled_models(), FROM_FILE], tooltip="\n".join(
+            *session.names(), *bundled_models(), AUTO, FROM_FILE], tooltip="\n".join(
             [f"{name}: {purpose}" for name, purpose in bundled_model_purposes().items()]
-            + [f"{FROM_FILE} a model you trained or fine-tuned (.pt)"]))
+            + [f"{AUTO}: on a time-lapse, whichever of {', '.join(AUTO_CANDIDATES)} "
+               "expects the higher F1 on it (compared on a few frames first)",
+               f"{FROM_FILE} a model you trained or fine-tuned (.pt)"]))
         self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._first = SpinBox(label="first frame", min=0, max=10**7, value=0)
@@ -341,7 +353,7 @@ class DetectWidget(Container):
         self._watch_clicks()
         if name in self._watched_clicks:
             self.refit(name)
-        for note in (result.warning(),
+        for note in (result.model_note, result.warning(),
                      non_finite_note(result.non_finite) if result.non_finite else None):
             if note:
                 show_info(f"Detect '{name}': {note}")

@@ -259,6 +259,7 @@ def detect_file_steps(
         For an unreadable file, bad settings, or outputs that exist and may not be
         replaced (see :func:`~napari_denodet.core.manifest.plan_outputs`).
     """
+    from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, choose_model
     from napari_denodet.core.io import read_image
     from napari_denodet.core.models import load_model
     from napari_denodet.core.normalize import non_finite_note
@@ -272,7 +273,8 @@ def detect_file_steps(
     if not todo:
         return _record(path, targets, status="skipped")
     _set_torch_threads(settings.torch_threads)
-    model = load_model(settings.model)
+    auto = settings.model == AUTO
+    model = load_model(AUTO_CANDIDATES[0] if auto else settings.model)
     binning = model.binning if settings.binning is None else settings.binning
     image = read_image(path, axes=settings.axes)
     if len(image.shape) == 3 and ("star" in targets or "box" in targets):
@@ -285,6 +287,13 @@ def detect_file_steps(
         raise InputError(path, str(exc)) from None
     if "denoised" in targets and "denoised" not in todo:
         _check_kept_denoised(targets["denoised"], shape)
+    choice = None
+    if auto:
+        with about_file(path):
+            choice = yield from choose_model(image, device=settings.device,
+                                             precision=settings.precision,
+                                             batch_size=settings.batch_size)
+        model = choice.model
     out_dir.mkdir(parents=True, exist_ok=True)
     writing = {k: targets[k] for k in todo}
     manifest.claim_outputs(out_dir, path, writing.values(), asdict(settings))
@@ -296,6 +305,8 @@ def detect_file_steps(
                                         precision=settings.precision,
                                         batch_size=settings.batch_size)
         wrote = _commit(path, denoised, settings)
+    if choice is not None:
+        found.model_note = choice.note()
     points = found.candidates if settings.all_candidates else found.points
     wrote += _write_points(path, writing, points, settings)
     kept = [p.name for p in targets.values() if p not in wrote]

@@ -84,6 +84,9 @@ class Detections:
         The same share for the most probable quarter of the kept detections: when
         those recur much more often than all of them, the rest is mostly noise; when
         they do not recur either, the particles simply move faster than the gate.
+    model_note : str or None
+        Which model detected, when it was chosen for the image (model ``auto``, see
+        :mod:`napari_denodet.core.choice`); shown by :meth:`summary`.
     """
 
     candidates: pd.DataFrame
@@ -97,6 +100,7 @@ class Detections:
     recurrence: float | None
     threshold_rule: str
     recurrence_confident: float | None = None
+    model_note: str | None = None
 
     @property
     def points(self) -> pd.DataFrame:
@@ -113,6 +117,8 @@ class Detections:
                 f"{c.expected_recall:.0%} ({rule[self.threshold_rule]})")
         if self.recurrence is not None:
             text += f"; {self.recurrence:.0%} found again in the next frame"
+        if self.model_note:
+            text += f"; {self.model_note}"
         return text
 
     def warning(self) -> str | None:

@@ -34,6 +34,7 @@ DESCRIPTION = ("Denoise and detect particles in each INPUT; write DIR/<stem>_poi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``detect``."""
     from napari_denodet.core.batch import DENOISED_FORMATS, DetectSettings
+    from napari_denodet.core.choice import AUTO_CANDIDATES
     from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.device import DEVICES, PRECISIONS
     from napari_denodet.core.tracks import LinkSettings
@@ -42,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
                              "images), glob patterns, or .txt list files (one path a line)")
     parser.add_argument("--model", default=DetectSettings.model,
-                        help=f"bundled model name or a .pt file (default: "
+                        help=f"bundled model name or a .pt file, or 'auto': on each "
+                             f"time-lapse the one of {', '.join(AUTO_CANDIDATES)} that "
+                             "expects the higher F1 there (default: "
                              f"{DetectSettings.model})")
     parser.add_argument("--out", type=_path, required=True, metavar="DIR")
     parser.add_argument("--threshold", type=_share, default=None,
@@ -129,10 +132,12 @@ def _terminate_as_interrupt():
 
 def _run(args: argparse.Namespace) -> int:
     from napari_denodet.core.batch import DetectSettings, expand_inputs, without_outputs
+    from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES
     from napari_denodet.core.device import choose_device
     from napari_denodet.core.models import load_model
 
-    model = load_model(str(args.model))  # fail before any work on a bad model
+    # Fail before any work on a bad model ("auto" chooses per file, among bundled ones).
+    model = load_model(AUTO_CANDIDATES[0] if args.model == AUTO else str(args.model))
     binning = _binning(args, model)
     settings = DetectSettings(model=str(args.model), threshold=args.threshold,
                               all_candidates=args.all_candidates, device=args.device,

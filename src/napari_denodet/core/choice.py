@@ -1,0 +1,114 @@
+"""The model ``auto`` stands for: chosen per image by the F1 each candidate expects.
+
+On a time-lapse, the ``timelapse`` model (which reads the frames around each one) finds
+dim particles that stay put far better than a single-frame model, and loses on fast
+comets and, a little, at high SNR (docs/benchmarks/window.md). Which wins on an image is
+not known in advance, but each model's scores are probabilities (a target-decoy
+calibration on the image itself), so each model estimates its own F1 there without any
+truth: ``auto`` runs every candidate on a few evenly spaced frames and keeps the one that
+expects the highest F1. Single images and stacks too short for a window get the first
+candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_denodet.core.models import Model
+    from napari_denodet.core.predict import DetectProgress
+
+#: The model name that asks for a choice per image.
+AUTO = "auto"
+#: The bundled models ``auto`` chooses between; the first for single images.
+AUTO_CANDIDATES = ("fluorescence", "timelapse")
+#: Frames of a stack the candidates are compared on at most (evenly spaced).
+SAMPLE_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model chosen for an image, and the F1 each candidate expected there."""
+
+    model: Model
+    name: str
+    expected_f1: dict[str, float] = field(default_factory=dict)
+
+    def note(self) -> str:
+        """One line for a user: which model, and why."""
+        if not self.expected_f1:
+            return f"model {self.name} (a single image or a short stack: no choice)"
+        others = ", ".join(f"{name} {f1:.2f}" for name, f1 in self.expected_f1.items()
+                           if name != self.name)
+        return (f"model {self.name} chosen for this image (expected F1 "
+                f"{self.expected_f1[self.name]:.2f}; {others})")
+
+
+def _sample(image: Any, picked: list[int], window: int) -> np.ndarray:
+    # The picked frames as a model reads them: a (k, y, x) stack, or each frame's
+    # window given whole, (k, window, y, x), neighbours from the full stack.
+    from napari_denodet.core.io import load_block
+    from napari_denodet.core.train import time_window
+
+    last = int(np.shape(image)[0]) - 1
+    if window == 1:
+        return np.stack([load_block(image[i]) for i in picked])
+    windows = []
+    for i in picked:
+        indices = [min(max(j, 0), last) for j in time_window(i, window)]
+        windows.append(np.stack([load_block(image[j]) for j in indices]))
+    return np.stack(windows)
+
+
+def choose_model(
+    image: Any,
+    candidates: Sequence[str] = AUTO_CANDIDATES,
+    frames: Sequence[int] | None = None,
+    **detect: Any,
+) -> Generator[DetectProgress, None, ModelChoice]:
+    """Choose, for ``image``, the candidate model that expects the highest F1.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(y, x)`` image or ``(t, y, x)`` stack.
+    candidates : sequence of str
+        Bundled model names or ``.pt`` paths; ties go to the earlier one.
+    frames : (int, int), optional
+        ``(start, stop)`` range of a stack's frames the detection will cover: the
+        comparison is made there.
+    **detect
+        Passed to each candidate's :meth:`~napari_denodet.core.models.Model.detect`
+        (device, precision...).
+
+    Yields
+    ------
+    DetectProgress
+        The candidates' forward passes.
+
+    Returns
+    -------
+    ModelChoice
+        The chosen model and every candidate's expected F1 (empty when there was
+        nothing to choose: a single image or fewer than 3 frames).
+    """
+    from napari_denodet.core.calibration import decoy_frames
+    from napari_denodet.core.models import load_model
+
+    models = {name: load_model(name) for name in candidates}
+    first = next(iter(models))
+    shape = np.shape(image)
+    start, stop = (0, shape[0]) if frames is None or len(shape) != 3 else frames
+    if len(shape) != 3 or stop - start < 3:
+        return ModelChoice(models[first], first)
+    picked = [start + i for i in decoy_frames(stop - start, SAMPLE_FRAMES)]
+    expected = {}
+    for name, model in models.items():
+        found = yield from model.detect(_sample(image, picked, model.window), **detect)
+        expected[name] = float(found.choice.expected_f1)
+    best = max(expected, key=lambda name: (expected[name], -list(models).index(name)))
+    return ModelChoice(models[best], best, expected)
