@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from common import (
     best_threshold,
     cell_index,
     condition_stacks,
+    frames_per_second,
     tune_classic,
 )
 from scipy.ndimage import uniform_filter1d
@@ -106,15 +106,7 @@ def measure_speed(models: dict, repeats: int = 5, frames: int = 16) -> dict:
                                shape=(512, 512), seed=11).noisy
     runners = {name: (lambda m=m: run(detect(stack, m.network, **m.localisation)))
                for name, m in models.items()}
-    for runner in runners.values():
-        runner()
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, runner in runners.items():
-            t0 = time.perf_counter()
-            runner()
-            times[name].append(time.perf_counter() - t0)
-    return {name: frames / statistics.median(t) for name, t in times.items()}
+    return frames_per_second(runners, frames, repeats)
 
 
 def telomeres(folder: Path, models: dict) -> dict:

@@ -206,6 +206,15 @@ def measure_speed(models, repeats=5, frames=8, precisions=None):
                for name, model in models.items()}
     runners["LoG"] = lambda: detect_classic(stack, "log")
     runners["wavelet"] = lambda: detect_classic(stack, "wavelet")
+    return frames_per_second(runners, frames, repeats)
+
+
+def frames_per_second(runners: dict, frames: int, repeats: int = 5) -> dict[str, float]:
+    """Frames per second of each runner (a call that processes ``frames`` frames).
+
+    Each is warmed up once, then they take turns ``repeats`` times (round robin), so
+    that a slow spell of the machine hits them all alike; the median run counts.
+    """
     times = {name: [] for name in runners}
     for runner in runners.values():
         runner()
