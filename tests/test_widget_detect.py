@@ -324,3 +324,22 @@ def test_fluorescence_points_keep_the_default_size(make_napari_viewer, qtbot, si
     points = viewer.layers["cells particles"]
     np.testing.assert_allclose(points.size, 6)
     assert "box_size" not in points.metadata
+
+
+def test_auto_chooses_a_model_per_stack_and_the_user_is_told_which(make_napari_viewer, qtbot,
+                                                                   monkeypatch):
+    from napari_denodet.core.choice import AUTO
+
+    told = []
+    monkeypatch.setattr(detect_module, "show_info", told.append)
+    dim = simulate_timelapse("vesicle", snr=1.2, density="mid", frames=12, shape=(128, 128),
+                             seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(dim.noisy, name="dim")
+    widget = _widget(viewer)
+    assert AUTO in widget._model.choices
+    widget._model.value = AUTO
+    _run(qtbot, widget)
+    assert len(viewer.layers["dim particles"].data) > 0
+    (note,) = [t for t in told if "chosen for this image" in t]
+    assert note.startswith("Detect 'dim': model timelapse chosen")
