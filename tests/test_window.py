@@ -116,20 +116,21 @@ def test_the_decoy_pass_flips_the_neighbours_too(tmp_path, monkeypatch):
 
     model, _ = _inflated_model(tmp_path, neighbours=0.5)
     sim = simulate("vesicle", snr=2, frames=12, shape=(64, 64), seed=6)
-    read = []
-    original = detection._DecoyFrames.__getitem__
+    flipped = []
+    original = detection.decoy_frame
 
-    def spy(self, key):
-        frames = original(self, key)
-        read.append(list(self.indices[key]))
-        return frames
+    def spy(frame):
+        # Which frame of the stack this is (each frame differs from every other).
+        flipped.append(next(i for i, f in enumerate(sim.noisy) if np.array_equal(f, frame)))
+        return original(frame)
 
-    monkeypatch.setattr(detection._DecoyFrames, "__getitem__", spy)
+    monkeypatch.setattr(detection, "decoy_frame", spy)
     found = run(model.detect(sim.noisy))
     assert found.threshold > 0
-    # Each decoy frame was read with the frames on either side of it, all flipped.
+    # Each decoy frame was flipped with the frames on either side of it (the first and
+    # last with themselves in place of the missing one), in one batched pass.
     picked = detection.decoy_frames(12)
-    assert read == [list(range(max(i - 1, 0), min(i + 2, 12))) for i in picked]
+    assert flipped == [min(max(j, 0), 11) for i in picked for j in (i - 1, i, i + 1)]
 
 
 def test_windows_given_whole_detect_as_in_their_stack(windowed, stack):

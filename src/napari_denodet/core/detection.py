@@ -171,13 +171,20 @@ def recurrence(points: pd.DataFrame, gate: float = RECURRENCE_GATE) -> float | N
 
 class _DecoyFrames:
     # The chosen frames of a (binned) image with their contrast flipped, read lazily:
-    # slices like a (k, y, x) stack for the engine, or (k, w, y, x) for windows given
-    # whole (every frame of a window flipped).
+    # slices like a (k, y, x) stack for the engine; for a network that reads a window
+    # of frames, like (k, window, y, x) windows given whole (each frame among its
+    # flipped neighbours), as do windows given whole in the image itself.
 
-    def __init__(self, image, indices: Sequence[int], stack: bool) -> None:
+    def __init__(self, image, indices: Sequence[int], stack: bool, window: int = 1) -> None:
         self.image, self.indices, self.stack = image, list(indices), stack
         shape = np.shape(image)
-        self.shape = (len(self.indices), *(shape[1:] if len(shape) == 4 else shape[-2:]))
+        self.window = window if stack and len(shape) == 3 else 1
+        if len(shape) == 4:
+            self.shape = (len(self.indices), *shape[1:])
+        elif self.window > 1:
+            self.shape = (len(self.indices), self.window, *shape[-2:])
+        else:
+            self.shape = (len(self.indices), *shape[-2:])
         self.ndim = len(self.shape)
 
     def __len__(self) -> int:
@@ -186,6 +193,7 @@ class _DecoyFrames:
     def __getitem__(self, key) -> np.ndarray:
         from napari_denodet.core.io import load_block
         from napari_denodet.core.normalize import finite_frame, looks_integral
+        from napari_denodet.core.train import time_window
 
         def flipped(frame):
             integral = looks_integral(frame)
@@ -196,6 +204,11 @@ class _DecoyFrames:
 
         frames = []
         for index in self.indices[key]:
+            if self.window > 1:
+                last = len(self.image) - 1
+                around = [min(max(j, 0), last) for j in time_window(index, self.window)]
+                frames.append(np.stack([flipped(load_block(self.image[j])) for j in around]))
+                continue
             frame = load_block(self.image[index] if self.stack or self.ndim == 4
                                else self.image)
             frames.append(np.stack([flipped(f) for f in frame]) if frame.ndim == 3
@@ -285,23 +298,12 @@ def _decoy_pass(model: Model, binned, result, chosen: str, auto_polarity: bool,
         return decoy, 1.0
     picked = decoy_frames(len(result.scales))
     stack = np.ndim(binned) == 3
-    weight = len(result.scales) / len(picked)
-    if network_window(model.network) == 1 or not stack:
-        view = _DecoyFrames(binned, [result.first_frame + i for i in picked], stack)
-        decoy = yield from detect(view, model.network, invert=False, **settings)
-        return decoy, weight
     # A network that reads neighbouring frames sees each decoy frame among its flipped
-    # neighbours, as a frame among its own: one pass per decoy frame, over a view that
-    # flips whichever frames are read.
-    view = _DecoyFrames(binned, range(len(binned)), stack)
-    tables = []
-    for i in picked:
-        index = result.first_frame + i
-        decoy = yield from detect(view, model.network, invert=False,
-                                  frames=(index, index + 1), **settings)
-        tables.append(decoy.points)
-    decoy.points = pd.concat(tables, ignore_index=True)
-    return decoy, weight
+    # neighbours, as it sees a frame among its own.
+    view = _DecoyFrames(binned, [result.first_frame + i for i in picked], stack,
+                        network_window(model.network))
+    decoy = yield from detect(view, model.network, invert=False, **settings)
+    return decoy, len(result.scales) / len(picked)
 
 
 def _other_polarity_wins(mine, theirs, share: float = 0.05) -> bool:
