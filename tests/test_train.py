@@ -233,6 +233,11 @@ def test_a_window_is_centred_and_repeats_the_centre_where_neighbours_are_missing
     assert time_window(2, 5, "first") == [2, 2, 2, 3, 4]
     assert time_window(2, 5, "last") == [0, 1, 2, 2, 2]
     assert time_window(1, 3, "single") == [1, 1, 1]
+    # Inference follows the same rule: a missing neighbour is the centre frame.
+    from napari_denodet.core.predict import window_indices
+
+    assert window_indices(1, 5, 0, 9) == [1, 0, 1, 2, 3]
+    assert window_indices(0, 3, 0, 0) == [0, 0, 0]
 
 
 def test_a_windowed_sample_holds_its_frames_and_the_centre_frames_truth():

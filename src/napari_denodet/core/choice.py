@@ -52,14 +52,14 @@ def _sample(image: Any, picked: list[int], window: int) -> np.ndarray:
     # The picked frames as a model reads them: a (k, y, x) stack, or each frame's
     # window given whole, (k, window, y, x), neighbours from the full stack.
     from napari_denodet.core.io import load_block
-    from napari_denodet.core.train import time_window
+    from napari_denodet.core.predict import window_indices
 
     last = int(np.shape(image)[0]) - 1
     if window == 1:
         return np.stack([load_block(image[i]) for i in picked])
     windows = []
     for i in picked:
-        indices = [min(max(j, 0), last) for j in time_window(i, window)]
+        indices = window_indices(i, window, 0, last)
         windows.append(np.stack([load_block(image[j]) for j in indices]))
     return np.stack(windows)
 

@@ -193,7 +193,7 @@ class _DecoyFrames:
     def __getitem__(self, key) -> np.ndarray:
         from napari_denodet.core.io import load_block
         from napari_denodet.core.normalize import finite_frame, looks_integral
-        from napari_denodet.core.train import time_window
+        from napari_denodet.core.predict import window_indices
 
         def flipped(frame):
             integral = looks_integral(frame)
@@ -205,8 +205,7 @@ class _DecoyFrames:
         frames = []
         for index in self.indices[key]:
             if self.window > 1:
-                last = len(self.image) - 1
-                around = [min(max(j, 0), last) for j in time_window(index, self.window)]
+                around = window_indices(index, self.window, 0, len(self.image) - 1)
                 frames.append(np.stack([flipped(load_block(self.image[j])) for j in around]))
                 continue
             frame = load_block(self.image[index] if self.stack or self.ndim == 4

@@ -477,8 +477,8 @@ def detect(
 
     def read(first: int, last: int) -> list[tuple[np.ndarray, FrameScale]]:
         # Frames first..last-1, normalised, each as the network reads it: one frame, or
-        # its window of neighbours (repeating the stack's first and last frames, or a
-        # single image, where neighbours are missing).
+        # its window of neighbours (the frame itself where one is missing:
+        # window_indices).
         nonlocal non_finite
         if given_windows:
             return [_normalised_window(window, invert, first + i, half)
@@ -497,8 +497,7 @@ def detect(
             return frames
         windows = []
         for index in range(first, last):
-            around = [min(max(index + k, 0), total_frames - 1) - low
-                      for k in range(-half, half + 1)]
+            around = [j - low for j in window_indices(index, 2 * half + 1, 0, total_frames - 1)]
             windows.append((np.stack([frames[j][0] for j in around]), frames[index - low][1]))
         return windows
 
@@ -553,6 +552,31 @@ def _normalised_window(window: np.ndarray, invert: bool, index: int,
     # a fine-tuning run): each frame normalised on its own; the centre's scale returned.
     frames = [normalise_frame(frame, invert, index) for frame in window]
     return np.stack([frame for frame, _, _ in frames]), frames[half][1]
+
+
+def window_indices(centre: int, window: int, first: int, last: int) -> list[int]:
+    """Frames a network with a ``window`` reads to detect in frame ``centre``.
+
+    The one rule for neighbours, at inference and in training: a neighbour outside the
+    frames ``first..last`` (the stack ends there, or there is a single image) is
+    replaced by the centre frame itself.
+
+    Parameters
+    ----------
+    centre : int
+        The frame detected in, the middle of the window.
+    window : int
+        Odd number of frames.
+    first, last : int
+        The frames that exist (both included).
+
+    Returns
+    -------
+    list of int
+        ``window`` frame indices, oldest first.
+    """
+    half = window // 2
+    return [j if first <= j <= last else centre for j in range(centre - half, centre + half + 1)]
 
 
 def network_window(network: nn.Module) -> int:

@@ -31,6 +31,7 @@ from napari_denodet.core.metrics import f1_by_threshold, score_detections
 from napari_denodet.core.network import Denodet, NetworkConfig, build_network, train_mode
 from napari_denodet.core.normalize import frame_scale
 from napari_denodet.core.points import points_table
+from napari_denodet.core.predict import window_indices
 from napari_denodet.core.progress import Stage
 from napari_denodet.core.simulate import (
     SCENARIOS,
@@ -330,7 +331,7 @@ def _draw_edge(rng: np.random.Generator) -> str:
 
 
 def time_window(centre: int, window: int, edge: str = "inside") -> list[int]:
-    """Frame indices a network with a ``window`` sees when it detects in frame ``centre``.
+    """Frames of a simulated ``window``-frame movie a training patch shows the network.
 
     Parameters
     ----------
@@ -339,8 +340,9 @@ def time_window(centre: int, window: int, edge: str = "inside") -> list[int]:
     window : int
         Odd number of frames.
     edge : {"inside", "first", "last", "single"}
-        Which neighbours repeat the centre frame instead: those before it (the stack
-        starts there), after it (the stack ends there), or all (a single image).
+        Which neighbours are missing, as at inference (:func:`window_indices`): those
+        before the centre (a stack's first frame), after it (its last frame), or all
+        (a single image); the centre frame takes their place.
 
     Returns
     -------
@@ -348,12 +350,9 @@ def time_window(centre: int, window: int, edge: str = "inside") -> list[int]:
         ``window`` frame indices, oldest first.
     """
     half = window // 2
-    indices = []
-    for offset in range(-half, half + 1):
-        repeat = (edge == "single" or (edge == "first" and offset < 0)
-                  or (edge == "last" and offset > 0))
-        indices.append(centre if repeat else centre + offset)
-    return indices
+    first = centre if edge in ("first", "single") else centre - half
+    last = centre if edge in ("last", "single") else centre + half
+    return window_indices(centre, window, first, last)
 
 
 #: The realistic micrograph domain: particle radii (px) and, per patch, how often and

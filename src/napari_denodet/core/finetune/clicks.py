@@ -24,6 +24,7 @@ from napari_denodet.core.finetune.settings import (
 )
 from napari_denodet.core.normalize import finite_frame, normalise_frame
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
+from napari_denodet.core.predict import window_indices
 
 
 @dataclass
@@ -180,8 +181,7 @@ def _frames(image: Any, positives: pd.DataFrame, negatives: pd.DataFrame, invert
         non_finite += bad
         if window > 1:
             # The engine's window: neighbours, the frame itself where they are missing.
-            around = [min(max(index + k, 0), last) for k in range(-(window // 2),
-                                                                   window // 2 + 1)]
+            around = window_indices(index, window, 0, last)
             read = [engine if j == index or not stack else finite_frame(
                 np.asarray(image[j], dtype=np.float32), j)[0] for j in around]
             engine = np.stack(read)
