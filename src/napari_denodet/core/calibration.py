@@ -19,8 +19,12 @@ these probabilities imply: expected true positives above ``t`` over the mean of 
 count kept and the expected number of particles. No truth is needed.
 
 Where noise is not symmetric (low photon counts, hot pixels) decoys miss some false
-detections, and in very crowded images the gaps between particles look like decoy
-particles. The decoy calibration is measured in ``docs/benchmarks/default-threshold.md``.
+detections. Where particles are many, decoys over-count them: the network scores a noise
+bump among particles lower than the same bump in a decoy frame, which has none (1.5 times
+as many decoys as false candidates at SNR 1 with hundreds of particles per frame; the
+faint particles then get too low a probability and the threshold comes out high; see
+docs/models-history.md, "Decoys in busy images"). The decoy calibration is measured in
+``docs/benchmarks/default-threshold.md``.
 """
 
 from __future__ import annotations
