@@ -196,7 +196,7 @@ def test_batch_on_a_local_cluster_records_every_file_and_survives_a_broken_one(i
     assert (table[table.status == "ok"].seconds > 0).all()
     document = json.loads((out / "manifest.json").read_text())
     assert document["counts"] == {"ok": 3, "failed": 1, "skipped": 0}
-    assert document["settings"]["model"] == "fluorescence"
+    assert document["settings"]["model"] == "auto"  # the default
     assert len(document["files"]) == 4
 
 

@@ -88,6 +88,7 @@ def _long_run(make_napari_viewer):
     viewer.add_image(long, name="long")
     widget = _widget(viewer)
     widget._device.value = "cpu"
+    widget._model.value = "fluorescence"  # the engine's passes from the first progress
     return viewer, widget
 
 
@@ -216,7 +217,10 @@ def test_nan_pixels_in_a_layer_are_background_and_the_user_is_told(make_napari_v
     viewer.add_image(data, name="cells")
     _run(qtbot, _widget(viewer))
     assert np.isfinite(viewer.layers["cells denoised"].data).all()
-    assert told == ["Detect 'cells': 1 pixel NaN or infinite, treated as background"]
+    # The default model, auto, says which model it chose for the stack.
+    assert told[-1] == "Detect 'cells': 1 pixel NaN or infinite, treated as background"
+    assert len(told) == 2 and told[0].startswith("Detect 'cells': model ")
+    assert "chosen for this image" in told[0]
 
 
 def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_core(
@@ -338,8 +342,22 @@ def test_auto_chooses_a_model_per_stack_and_the_user_is_told_which(make_napari_v
     viewer.add_image(dim.noisy, name="dim")
     widget = _widget(viewer)
     assert AUTO in widget._model.choices
-    widget._model.value = AUTO
-    _run(qtbot, widget)
+    assert widget._model.value == AUTO  # the default
+    labels = []
+    worker = widget.start(start_thread=False)
+    worker.yielded.connect(lambda _: labels.append(widget._bar.label))
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
     assert len(viewer.layers["dim particles"].data) > 0
     (note,) = [t for t in told if "chosen for this image" in t]
     assert note.startswith("Detect 'dim': model timelapse chosen")
+    # The bar says what runs: the candidates on a few frames, then the passes.
+    first_pass = next(i for i, label in enumerate(labels) if label.startswith("pass "))
+    assert first_pass > 0 and set(labels[:first_pass]) == {"choosing a model"}
+    assert all(label.startswith("pass ") for label in labels[first_pass:])
+    # A single image has nothing to choose: fluorescence, and no note about it.
+    told.clear()
+    viewer.add_image(dim.noisy[0], name="one")
+    widget._image.value = viewer.layers["one"]
+    _run(qtbot, widget)
+    assert not [t for t in told if "model" in t]

@@ -51,6 +51,7 @@ from napari_denodet.core.detection import POLARITIES
 from napari_denodet.core.metrics import GATE
 from napari_denodet.core.normalize import non_finite_note
 from napari_denodet.core.points import SCORE, coordinates
+from napari_denodet.core.progress import Stage
 
 if TYPE_CHECKING:
     import napari
@@ -102,7 +103,8 @@ def run_detection(data, job: DetectJob):
         result = yield from _detect_to_disk(run, shape)
     else:
         result = yield from run()
-    if choice is not None:
+    if choice is not None and choice.expected_f1:
+        # Said when a choice was made (a single image always gets the first candidate).
         result.model_note = choice.note()
     return result, model
 
@@ -183,7 +185,7 @@ class DetectWidget(Container):
             [f"{name}: {purpose}" for name, purpose in bundled_model_purposes().items()]
             + [f"{AUTO}: on a time-lapse, whichever of {', '.join(AUTO_CANDIDATES)} "
                "expects the higher F1 on it (compared on a few frames first)",
-               f"{FROM_FILE} a model you trained or fine-tuned (.pt)"]))
+               f"{FROM_FILE} a model you trained or fine-tuned (.pt)"]), value=AUTO)
         self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._first = SpinBox(label="first frame", min=0, max=10**7, value=0)
@@ -305,9 +307,15 @@ class DetectWidget(Container):
 
     def _progressed(self, progress) -> None:
         # A run has a detection pass, then (unless the model is fine-tuned) a decoy pass;
-        # each counts its forward passes from 1.
+        # each counts its forward passes from 1. With the model "auto", the candidate
+        # models' passes on a few frames come first.
         step, total = getattr(progress, "step", None), getattr(progress, "total", None)
         if step is None or not total:
+            return
+        if getattr(progress, "stage", None) == Stage.CHOOSE:
+            self._last_step = None
+            self._bar.label = "choosing a model"
+            self._bar.max, self._bar.value = total, min(step, total)
             return
         if self._last_step is None or step <= self._last_step or total != self._bar.max:
             self._passes += 1

@@ -54,7 +54,10 @@ class DetectSettings:
     Attributes
     ----------
     model : str
-        Bundled model name or path of a ``.pt`` file.
+        Bundled model name or path of a ``.pt`` file, or ``"auto"`` (the default): on
+        each time-lapse, the bundled model that expects the higher F1 there
+        (:func:`~napari_denodet.core.choice.choose_model`); on a single image,
+        ``fluorescence``.
     threshold : float, optional
         Probability threshold; None chooses it per file (the expected-F1 optimum).
     all_candidates : bool
@@ -92,7 +95,7 @@ class DetectSettings:
         None: no tracks.
     """
 
-    model: str = "fluorescence"
+    model: str = "auto"
     threshold: float | None = None
     all_candidates: bool = False
     device: str = "auto"

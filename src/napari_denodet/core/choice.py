@@ -64,6 +64,21 @@ def _sample(image: Any, picked: list[int], window: int) -> np.ndarray:
     return np.stack(windows)
 
 
+def _choosing(steps: Generator) -> Generator:
+    # A candidate's detection, its progress marked as the choice's.
+    from dataclasses import replace
+
+    from napari_denodet.core.progress import Stage
+
+    result = None
+    while True:
+        try:
+            progress = steps.send(result)
+        except StopIteration as done:
+            return done.value
+        result = yield replace(progress, stage=Stage.CHOOSE)
+
+
 def choose_model(
     image: Any,
     candidates: Sequence[str] = AUTO_CANDIDATES,
@@ -88,7 +103,7 @@ def choose_model(
     Yields
     ------
     DetectProgress
-        The candidates' forward passes.
+        The candidates' forward passes, with the stage ``Stage.CHOOSE``.
 
     Returns
     -------
@@ -108,7 +123,8 @@ def choose_model(
     picked = [start + i for i in decoy_frames(stop - start, SAMPLE_FRAMES)]
     expected = {}
     for name, model in models.items():
-        found = yield from model.detect(_sample(image, picked, model.window), **detect)
+        found = yield from _choosing(model.detect(_sample(image, picked, model.window),
+                                                  **detect))
         expected[name] = float(found.choice.expected_f1)
     best = max(expected, key=lambda name: (expected[name], -list(models).index(name)))
     return ModelChoice(models[best], best, expected)

@@ -207,7 +207,8 @@ class DetectProgress:
     Attributes
     ----------
     stage : Stage
-        Always ``Stage.DETECT``.
+        ``Stage.DETECT`` (``Stage.CHOOSE`` when re-yielded by
+        :func:`~napari_denodet.core.choice.choose_model`).
     step, total : int
         Forward passes (batches of frames, or of tiles of a large frame) done and in all.
     frames_done, frames_total : int

@@ -18,6 +18,8 @@ class Stage(str, Enum):
 
     #: A forward pass of detection.
     DETECT = "detect"
+    #: A forward pass of the candidate models that ``--model auto`` compares first.
+    CHOOSE = "choose"
     #: A file of a batch finished (or skipped, or failed).
     BATCH = "batch"
     #: A training step (training on simulations, or fine-tuning).

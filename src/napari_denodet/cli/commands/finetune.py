@@ -27,7 +27,7 @@ DESCRIPTION = ("Fine-tune a model on IMAGE from clicked particle centres (weakly
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``finetune``."""
-    from napari_denodet.core.batch import DetectSettings
+    from napari_denodet.core.choice import AUTO_CANDIDATES
     from napari_denodet.core.finetune import CALIBRATIONS, MODES, FinetuneSettings
 
     parser.add_argument("image", type=_path, metavar="IMAGE", help="TIFF, MRC, PNG or JPEG file")
@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clicked particle centres (.csv/.star/.box, full-resolution px)")
     parser.add_argument("--negatives", type=_path, default=None, metavar="NEG",
                         help="known false detections (same formats)")
-    parser.add_argument("--model", default=DetectSettings.model,
-                        help="bundled model name or a .pt file to start from")
+    parser.add_argument("--model", default=AUTO_CANDIDATES[0],
+                        help="bundled model name or a .pt file to start from (default: "
+                             f"{AUTO_CANDIDATES[0]})")
     parser.add_argument("--out", type=_path, required=True, metavar="MODEL.pt")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help=f"most training steps (default {FinetuneSettings.steps})")
