@@ -128,9 +128,11 @@ def test_the_decoy_pass_flips_the_neighbours_too(tmp_path, monkeypatch):
     found = run(model.detect(sim.noisy))
     assert found.threshold > 0
     # Each decoy frame was flipped with the frames on either side of it (the first and
-    # last with themselves in place of the missing one), in one batched pass.
+    # last with themselves in place of the missing one), in one batched pass; a frame
+    # two windows share is flipped once.
     picked = detection.decoy_frames(12)
-    assert flipped == [min(max(j, 0), 11) for i in picked for j in (i - 1, i, i + 1)]
+    needed = [min(max(j, 0), 11) for i in picked for j in (i - 1, i, i + 1)]
+    assert flipped == list(dict.fromkeys(needed)) and len(flipped) < len(needed)
 
 
 def test_windows_given_whole_detect_as_in_their_stack(windowed, stack):

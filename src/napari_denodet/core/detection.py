@@ -186,6 +186,9 @@ class _DecoyFrames:
         else:
             self.shape = (len(self.indices), *shape[-2:])
         self.ndim = len(self.shape)
+        # A window model's neighbouring decoy frames share frames: each is flipped once
+        # per read, and those of the previous read are kept for the next one.
+        self._flipped: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -202,16 +205,21 @@ class _DecoyFrames:
             # frame is (a dithered median and MAD), not by a scale of its own kind.
             return np.rint(decoy) if integral else decoy
 
-        frames = []
+        frames, kept = [], {}
         for index in self.indices[key]:
             if self.window > 1:
                 around = window_indices(index, self.window, 0, len(self.image) - 1)
-                frames.append(np.stack([flipped(load_block(self.image[j])) for j in around]))
+                for j in around:
+                    if j not in kept:
+                        kept[j] = (self._flipped[j] if j in self._flipped
+                                   else flipped(load_block(self.image[j])))
+                frames.append(np.stack([kept[j] for j in around]))
                 continue
             frame = load_block(self.image[index] if self.stack or self.ndim == 4
                                else self.image)
             frames.append(np.stack([flipped(f) for f in frame]) if frame.ndim == 3
                           else flipped(frame))
+        self._flipped = kept
         return np.stack(frames)
 
 
