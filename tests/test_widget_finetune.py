@@ -238,3 +238,37 @@ def test_the_particles_polarity_reaches_the_run(make_napari_viewer):
     assert widget._job().polarity is None
     widget._polarity.value = "bright"
     assert widget._job().polarity == "bright"
+
+
+def test_start_from_follows_the_model_that_detected_until_the_user_chooses(
+        make_napari_viewer, qtbot, monkeypatch):
+    from napari_denodet._widgets import DETECTED_WITH
+    from napari_denodet._widgets import detect as detect_module
+
+    told = []
+    monkeypatch.setattr(finetune_module, "show_info", told.append)
+    monkeypatch.setattr(detect_module, "show_info", lambda _: None)
+    dim = simulate_timelapse("vesicle", snr=1.2, density="mid", frames=12, shape=(128, 128),
+                             seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(dim.noisy, name="dim")
+    _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
+    worker = detect.start(start_thread=False)  # the default model, auto
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        worker.start()
+    assert viewer.layers["dim particles"].metadata[DETECTED_WITH] == "timelapse"
+    widget = _widget(viewer)
+    assert widget._model.value == "fluorescence"  # nothing followed before Start
+    assert widget._image.value.name == "dim"  # the raw image, not its denoised layer
+    layer = widget.new_annotation_layer()
+    for row in dim.truth[dim.truth.frame == 5].iloc[:6].itertuples():
+        layer.add([row.frame, row.y, row.x])
+    _run(qtbot, widget, steps=1)
+    # Fine-tuning started from the model whose detections the user saw, and said so.
+    assert widget._model.value == "timelapse"
+    assert widget.result.model.card["parent"]["name"] == "timelapse"
+    assert "starting from timelapse, the model that detected on 'dim'" in widget._note.value
+    assert any("starting from timelapse" in t for t in told)
+    # A model the user chose stays chosen.
+    widget._model.value = "fluorescence"
+    assert widget._follow_detect() is None and widget._model.value == "fluorescence"

@@ -44,7 +44,13 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from napari_denodet._reader import POINTS_STYLE
-from napari_denodet._widgets import BINNING_TIP, session
+from napari_denodet._widgets import (
+    BINNING_TIP,
+    DENOISED_FROM,
+    DETECTED_WITH,
+    image_layers,
+    session,
+)
 from napari_denodet._widgets.clicks import clicks_name, layer_points
 from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, choose_model
 from napari_denodet.core.detection import POLARITIES
@@ -249,9 +255,7 @@ class DetectWidget(Container):
             self._binning.value = binning
 
     def _image_layers(self, _widget=None) -> list:
-        from napari.layers import Image
-
-        return [layer for layer in self._viewer.layers if isinstance(layer, Image)]
+        return image_layers(self._viewer)
 
     def _job(self, layer) -> DetectJob:
         model = str(self._model_file.value) if self._model.value == FROM_FILE \
@@ -345,6 +349,7 @@ class DetectWidget(Container):
         new = denoised_name not in self._viewer.layers
         denoised = self._put(denoised_name, result.denoised, "image",
                              {"scale": scale, "translate": translate, "colormap": "gray"})
+        denoised.metadata[DENOISED_FROM] = name
         if new and layer in self._viewer.layers:
             # Below the raw image, visible: the raw image stays in view as before; hide
             # it (its eye) to see the denoised one. A layer the user moved stays put.
@@ -358,6 +363,10 @@ class DetectWidget(Container):
         if not self._keep_mine.value:
             self._set_threshold(result.threshold)
         self._apply_threshold(name=name)
+        if f"{name} particles" in self._viewer.layers:
+            # Which model detected: Fine-tune starts from it unless told otherwise.
+            self._viewer.layers[f"{name} particles"].metadata[DETECTED_WITH] = (
+                session.name_of(model) or model.source)
         self._watch_clicks()
         if name in self._watched_clicks:
             self.refit(name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from napari_denodet._widgets import BINNING_TIP, session
+from napari_denodet._widgets import BINNING_TIP, DETECTED_WITH, image_layers, session
 from napari_denodet._widgets.clicks import layer_points, new_clicks_layer, set_kind
 from napari_denodet.core.feedback import LABELS, PARTICLE, split_clicks
 
@@ -234,6 +235,12 @@ class FinetuneWidget(Container):
         self._stop_event = threading.Event()
         self._model.changed.connect(
             lambda value: setattr(self._model_file, "visible", value == FROM_FILE))
+        # "start from" follows the model that detected on the image until the user
+        # chooses one (`_follow_detect`).
+        self._model_chosen = self._following = False
+        self._model.changed.connect(self._model_changed)
+        self._model_file.changed.connect(self._model_changed)
+        self._image.changed.connect(self._follow_detect)
         self._new_clicks.clicked.connect(self.new_annotation_layer)
         self._kind.changed.connect(self._set_kind)
         self._start.clicked.connect(self.start)
@@ -250,9 +257,7 @@ class FinetuneWidget(Container):
     # ----------------------------------------------------------------- layers
 
     def _image_layers(self, _widget=None) -> list:
-        from napari.layers import Image
-
-        return [layer for layer in self._viewer.layers if isinstance(layer, Image)]
+        return image_layers(self._viewer)
 
     def _points_layers(self, _widget=None) -> list:
         from napari.layers import Points
@@ -321,6 +326,35 @@ class FinetuneWidget(Container):
         self._set_kind()
         return layer
 
+    def _model_changed(self, _=None) -> None:
+        if not self._following:
+            self._model_chosen = True
+
+    def _follow_detect(self, _=None) -> str | None:
+        # Start from the model whose detections the user sees on this image (the one
+        # "auto" chose, a session model...), as long as the user has not chosen one.
+        image = self._image.value
+        if self._model_chosen or image is None:
+            return None
+        name = f"{image.name} particles"
+        used = (self._viewer.layers[name].metadata.get(DETECTED_WITH)
+                if name in self._viewer.layers else None)
+        if not used or used == self._model.value:
+            return None
+        self._following = True
+        try:
+            self._model.reset_choices()
+            if used in self._model.choices:
+                self._model.value = used
+            elif str(used).endswith(".pt") and Path(used).is_file():
+                self._model.value = FROM_FILE
+                self._model_file.value = used
+            else:
+                return None
+        finally:
+            self._following = False
+        return used
+
     # ----------------------------------------------------------------- run
 
     def _job(self) -> FinetuneJob:
@@ -359,6 +393,7 @@ class FinetuneWidget(Container):
                        f"'{clicks.name}' (it has {len(positives)})")
             return None
         self._stop_event = threading.Event()
+        followed = self._follow_detect()
         job = self._job()
         # With a time budget the steps are a ceiling: napari's bar then shows activity.
         total = 0 if job.time_budget else job.steps
@@ -374,6 +409,9 @@ class FinetuneWidget(Container):
         self.plot.clear()
         self._status.value = "starting..."
         self._note.value, self._note.visible = "", False
+        if followed:
+            self._tell(f"Fine-tune: starting from {followed}, the model that detected on "
+                       f"'{image.name}' (choose another under 'start from')")
         self._start.enabled, self._stop.enabled = False, True
         self._image_name = image.name
         self.worker = worker

@@ -22,6 +22,11 @@ def get(name) -> object | None:
     return _MODELS.get(name) if isinstance(name, str) else None
 
 
+def name_of(model) -> str | None:
+    """Return the name ``model`` (the object itself) is kept under, or None."""
+    return next((name for name, kept in _MODELS.items() if kept is model), None)
+
+
 def names() -> list[str]:
     """Names of this session's models, newest first."""
     return list(reversed(_MODELS))
