@@ -188,3 +188,22 @@ def test_fine_tuning_finishes_in_a_minute_unless_told_otherwise():
     command = FinetuneSettings(time_budget=None).command("a.tif", "b.csv", "fluorescence",
                                                          "c.pt")
     assert "--time-budget 0" in command
+
+
+def test_by_default_it_starts_from_the_model_detect_chose(tmp_path, capsys):
+    # A dim time-lapse: detect's default, auto, chooses the timelapse model there, and
+    # finetune's default starts from the same one (and records it to repeat the run).
+    dim = simulate_timelapse("vesicle", snr=1.2, density="mid", frames=12, shape=(128, 128),
+                             seed=3)
+    write_tiff(tmp_path / "dim.tif", dim.noisy.astype(np.float32))
+    write_points(tmp_path / "clicks.csv", dim.truth[dim.truth.frame == 5].iloc[:6][
+        ["frame", "y", "x"]])
+    assert main(["detect", str(tmp_path / "dim.tif"), "--out", str(tmp_path / "found")]) == 0
+    assert "model timelapse chosen" in capsys.readouterr().out
+    out = tmp_path / "mine.pt"
+    assert main(["finetune", str(tmp_path / "dim.tif"), "--points",
+                 str(tmp_path / "clicks.csv"), "--steps", "1", "--out", str(out)]) == 0
+    assert "model timelapse chosen" in capsys.readouterr().err
+    card = load_model(out).card
+    assert card["parent"]["name"] == "timelapse"
+    assert "--model timelapse" in card["training"]["command"]

@@ -27,7 +27,7 @@ DESCRIPTION = ("Fine-tune a model on IMAGE from clicked particle centres (weakly
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``finetune``."""
-    from napari_denodet.core.choice import AUTO_CANDIDATES
+    from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES
     from napari_denodet.core.finetune import CALIBRATIONS, MODES, FinetuneSettings
 
     parser.add_argument("image", type=_path, metavar="IMAGE", help="TIFF, MRC, PNG or JPEG file")
@@ -35,9 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clicked particle centres (.csv/.star/.box, full-resolution px)")
     parser.add_argument("--negatives", type=_path, default=None, metavar="NEG",
                         help="known false detections (same formats)")
-    parser.add_argument("--model", default=AUTO_CANDIDATES[0],
-                        help="bundled model name or a .pt file to start from (default: "
-                             f"{AUTO_CANDIDATES[0]})")
+    parser.add_argument("--model", default=AUTO,
+                        help="bundled model name or a .pt file to start from, or 'auto' "
+                             "(default): on a time-lapse the one of "
+                             f"{', '.join(AUTO_CANDIDATES)} that detect's 'auto' chooses "
+                             f"there, on a single image {AUTO_CANDIDATES[0]}")
     parser.add_argument("--out", type=_path, required=True, metavar="MODEL.pt")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help=f"most training steps (default {FinetuneSettings.steps})")
@@ -88,15 +90,25 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune the model on the clicks, save it with its card and report."""
     from dataclasses import replace
 
+    from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, choose_model
     from napari_denodet.core.finetune import FinetuneFiles, FinetuneSettings
     from napari_denodet.core.io import read_image
     from napari_denodet.core.models import load_model, save_model
+    from napari_denodet.core.predict import run as run_steps
     from napari_denodet.core.progress import Stage
 
     out = _model_out(args.out, args.overwrite)
-    model = load_model(args.model)
+    auto = args.model == AUTO
+    model = load_model(AUTO_CANDIDATES[0] if auto else args.model)
     args.bin = _binning(args, model)
     image = read_image(args.image, axes=args.axes)
+    if auto:
+        # The model detect's default chooses on this image: the one whose detections
+        # the clicks correct.
+        with about_file(args.image):
+            choice = run_steps(choose_model(image))
+        model, args.model = choice.model, choice.name
+        print(f"{args.image}: {choice.note()}", file=sys.stderr)
     if image.ndim == 3 and args.bin > 1:
         raise InputError(args.image, "--bin is for single micrographs, not stacks")
     clicks = _read_clicks(args, stack=image.ndim == 3)
