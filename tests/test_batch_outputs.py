@@ -95,6 +95,26 @@ def test_sigterm_stops_the_run_and_leaves_no_temporary_file(long_stack, tmp_path
     assert not (out / "long_points.csv").exists()
 
 
+def test_a_file_asked_to_stop_gives_up_at_its_next_pass_and_leaves_nothing(data, tmp_path):
+    # What a dask task does when its batch is interrupted (a running task cannot be
+    # cancelled from outside): it asks `stop` after every forward pass.
+    out = tmp_path / "out"
+    asked = []
+
+    def stop():
+        asked.append(True)
+        return len(asked) >= 2
+
+    record = detect_file(data / "cells0.tif", out, DetectSettings(model="fluorescence"), stop)
+    assert record["status"] == "failed" and record["error"] == "interrupted"
+    assert len(asked) == 2
+    assert not out.exists() or not [p for p in out.iterdir() if "cells0" in p.name]
+    # Never asked to stop, the same file is detected and written.
+    record = detect_file(data / "cells0.tif", out, DetectSettings(model="fluorescence"),
+                         lambda: False)
+    assert record["status"] == "ok" and (out / "cells0_points.csv").is_file()
+
+
 def test_a_rerun_removes_stale_temporary_files_of_its_own_outputs_only(data, tmp_path):
     fcntl = pytest.importorskip("fcntl")
     out = tmp_path / "out"

@@ -436,7 +436,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def detect_file(
-    path: str | os.PathLike, out_dir: str | os.PathLike, settings: DetectSettings
+    path: str | os.PathLike, out_dir: str | os.PathLike, settings: DetectSettings,
+    stop=None,
 ) -> dict:
     """Detect particles in one file and write the results; never raise for the file.
 
@@ -452,6 +453,10 @@ def detect_file(
         Output folder (created if missing).
     settings : DetectSettings
         The settings.
+    stop : callable, optional
+        Asked after every forward pass; when it returns True the file is given up
+        (its temporary files removed, nothing written) and recorded as failed
+        (``"interrupted"``).
 
     Returns
     -------
@@ -459,11 +464,18 @@ def detect_file(
         The record (:data:`MANIFEST_FIELDS`): status ``"ok"``, ``"skipped"`` or
         ``"failed"`` with the reason in ``error``, and ``seconds``.
     """
-    from napari_denodet.core.predict import run
-
     started = time.perf_counter()
+    steps = detect_file_steps(path, out_dir, settings)
     try:
-        return run(detect_file_steps(path, out_dir, settings))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            if stop is not None and stop():
+                steps.close()  # removes the temporary files of its outputs
+                return _record(Path(path), {}, status="failed", error="interrupted",
+                               seconds=round(time.perf_counter() - started, 3))
     except Exception as exc:  # any failure of this file is recorded, not raised
         return _record(Path(path), {}, status="failed", error=one_line(exc),
                        seconds=round(time.perf_counter() - started, 3))
@@ -477,16 +489,34 @@ def _cpu_count() -> int:
 
 
 def _detect_on_worker(path: Path, out_dir: Path, settings: DetectSettings,
-                      workers_per_host: dict[str, int]) -> dict:
+                      workers_per_host: dict[str, int], stop_event: str | None = None
+                      ) -> dict:
     # The dask task: give the network this worker's share of its machine's cores (dask
-    # starts workers with one OpenMP thread), then detect_file.
-    from distributed import get_worker
+    # starts workers with one OpenMP thread), then detect_file. A running task cannot be
+    # cancelled from outside: it gives up at its next forward pass once the batch sets
+    # the event named `stop_event` (asked at most every STOP_POLL seconds).
+    from distributed import Event, get_worker
 
     worker = get_worker()
     if settings.torch_threads is None:
         share = workers_per_host.get(worker.host, 1) * max(1, worker.state.nthreads)
         settings = replace(settings, torch_threads=max(1, _cpu_count() // share))
-    return {**detect_file(path, out_dir, settings), "worker": worker.address}
+    stop = None
+    if stop_event is not None:
+        event, asked = Event(stop_event, client=worker.client), [0.0]
+
+        def stop() -> bool:
+            now = time.monotonic()
+            if now - asked[0] < STOP_POLL:
+                return False
+            asked[0] = now
+            return event.is_set()
+
+    return {**detect_file(path, out_dir, settings, stop), "worker": worker.address}
+
+
+#: Seconds between a dask task's looks at the batch's stop event.
+STOP_POLL = 0.25
 
 
 # ------------------------------------------------------------------------------ batch
@@ -635,9 +665,10 @@ def _run_on_dask(todo: list[Path], paths: list[Path], out_dir: Path,
                  settings: DetectSettings, scheduler: str | None, n_workers: int | None,
                  records: dict[Path, dict], about: dict) -> Iterator[BatchProgress]:
     # One task per file; each record goes into the manifest as its file finishes.
-    from distributed import as_completed
+    from distributed import Event, as_completed
 
     with dask_client(scheduler, n_workers, len(todo)) as (client, where):
+        stop = Event(f"napari-denodet-stop-{uuid.uuid4().hex}", client=client)
         about.update(where)
         task_settings = replace(settings, torch_threads=settings.torch_threads
                                 or where.get("torch_threads"))
@@ -645,7 +676,8 @@ def _run_on_dask(todo: list[Path], paths: list[Path], out_dir: Path,
                         client.scheduler_info(n_workers=-1)["workers"].values())
         # Keys name the file by its place in the batch: a file name need not be UTF-8.
         futures = {client.submit(_detect_on_worker, path, out_dir, task_settings,
-                                 dict(hosts), key=f"detect-{i}-{uuid.uuid4().hex}"): path
+                                 dict(hosts), stop.name,
+                                 key=f"detect-{i}-{uuid.uuid4().hex}"): path
                    for i, path in enumerate(todo)}
         try:
             for future in as_completed(futures, loop=client.loop):
@@ -655,7 +687,10 @@ def _run_on_dask(todo: list[Path], paths: list[Path], out_dir: Path,
                                         paths)
                 yield BatchProgress(Stage.BATCH, len(records), len(paths), records[path])
         finally:
-            client.cancel([f for f in futures if not f.done()])
+            unfinished = [f for f in futures if not f.done()]
+            if unfinished:  # interrupted: running files stop at their next pass
+                stop.set()
+                client.cancel(unfinished)
 
 
 def _task_record(future, path: Path) -> dict:
