@@ -63,3 +63,13 @@ def test_the_cli_and_the_widgets_worker_say_which_model_detected(dim, tmp_path):
     job = DetectJob(model=AUTO, device="cpu", frames=None, binning=1)
     found, model = run(run_detection(dim.noisy, job))
     assert model.window == 3 and "timelapse chosen" in found.summary()
+
+
+def test_a_frame_without_a_finite_pixel_is_named_by_its_place_in_the_stack():
+    from napari_denodet.core.errors import InputError
+
+    stack = simulate("vesicle", snr=3, density="low", frames=12, shape=(64, 64),
+                     seed=4).noisy.astype(np.float32)
+    stack[5] = np.nan  # the 4th of the 8 frames compared
+    with pytest.raises(InputError, match="frame 5 holds no finite pixel"):
+        run(choose_model(stack))

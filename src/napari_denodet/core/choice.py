@@ -50,17 +50,25 @@ class ModelChoice:
 
 def _sample(image: Any, picked: list[int], window: int) -> np.ndarray:
     # The picked frames as a model reads them: a (k, y, x) stack, or each frame's
-    # window given whole, (k, window, y, x), neighbours from the full stack.
+    # window given whole, (k, window, y, x), neighbours from the full stack. A frame
+    # without a finite pixel is refused here, named by its place in the stack (the
+    # engine would name its place in the sample).
     from napari_denodet.core.io import load_block
+    from napari_denodet.core.normalize import finite_frame
     from napari_denodet.core.predict import window_indices
+
+    def frame(j):
+        block = load_block(image[j])
+        finite_frame(block, j)
+        return block
 
     last = int(np.shape(image)[0]) - 1
     if window == 1:
-        return np.stack([load_block(image[i]) for i in picked])
+        return np.stack([frame(i) for i in picked])
     windows = []
     for i in picked:
         indices = window_indices(i, window, 0, last)
-        windows.append(np.stack([load_block(image[j]) for j in indices]))
+        windows.append(np.stack([frame(j) for j in indices]))
     return np.stack(windows)
 
 
