@@ -79,12 +79,15 @@ def _choosing(steps: Generator) -> Generator:
     from napari_denodet.core.progress import Stage
 
     result = None
-    while True:
-        try:
-            progress = steps.send(result)
-        except StopIteration as done:
-            return done.value
-        result = yield replace(progress, stage=Stage.CHOOSE)
+    try:
+        while True:
+            try:
+                progress = steps.send(result)
+            except StopIteration as done:
+                return done.value
+            result = yield replace(progress, stage=Stage.CHOOSE)
+    finally:
+        steps.close()  # a cancelled choice stops the candidate's detection too
 
 
 def choose_model(
