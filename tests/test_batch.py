@@ -457,3 +457,26 @@ def test_the_local_cluster_starts_while_port_8787_is_taken():
             pass  # something else holds it already: the same situation
         with batch.dask_client(n_workers=1) as (client, _):
             assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_a_single_mrc_image_under_auto_is_told_about_the_micrograph_model(tmp_path):
+    import mrcfile
+
+    from napari_denodet.core.simulate import simulate_micrograph
+
+    path = tmp_path / "grid.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(simulate_micrograph(shape=(128, 128), snr=0.2, seed=1).noisy
+                     .astype(np.float32))
+    record = detect_file(path, tmp_path / "out", DetectSettings())  # the default, auto
+    assert record["status"] == "ok"
+    assert "a cryo-EM micrograph? detect with --model micrograph --diameter PX" in (
+        record["note"])
+    # Asked for a model, or given a TIFF, no such hint.
+    tiff = tmp_path / "cells.tif"
+    write_tiff(tiff, simulate_micrograph(shape=(128, 128), snr=0.2, seed=1).noisy
+               .astype(np.float32))
+    for settings, image in ((DetectSettings(model="fluorescence", overwrite=True), path),
+                            (DetectSettings(), tiff)):
+        note = detect_file(image, tmp_path / "out2", settings)["note"]
+        assert "cryo-EM" not in note
