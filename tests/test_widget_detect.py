@@ -361,3 +361,27 @@ def test_auto_chooses_a_model_per_stack_and_the_user_is_told_which(make_napari_v
     widget._image.value = viewer.layers["one"]
     _run(qtbot, widget)
     assert not [t for t in told if "model" in t]
+
+
+def test_a_micrograph_opened_from_mrc_under_auto_gets_a_hint(make_napari_viewer, qtbot,
+                                                              tmp_path, monkeypatch):
+    import mrcfile
+
+    from napari_denodet.core.simulate import simulate_micrograph
+
+    told = []
+    monkeypatch.setattr(detect_module, "show_info", told.append)
+    with mrcfile.new(tmp_path / "grid.mrc") as mrc:
+        mrc.set_data(simulate_micrograph(shape=(128, 128), snr=0.2, seed=1).noisy
+                     .astype(np.float32))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "grid.mrc"), plugin="napari-denodet")
+    widget = _widget(viewer)
+    _run(qtbot, widget)  # the default model, auto
+    (hint,) = [t for t in told if "cryo-EM micrograph" in t]
+    assert hint.startswith("Detect 'grid': detected with the fluorescence model")
+    # With the micrograph model chosen, no hint.
+    told.clear()
+    widget._model.value = "micrograph"
+    _run(qtbot, widget)
+    assert not [t for t in told if "cryo-EM micrograph" in t]

@@ -371,7 +371,8 @@ class DetectWidget(Container):
         if name in self._watched_clicks:
             self.refit(name)
         for note in (result.model_note, result.warning(),
-                     non_finite_note(result.non_finite) if result.non_finite else None):
+                     non_finite_note(result.non_finite) if result.non_finite else None,
+                     _micrograph_hint(layer, result, self._model.value)):
             if note:
                 show_info(f"Detect '{name}': {note}")
 
@@ -495,6 +496,19 @@ class DetectWidget(Container):
                 points.border_color = "score"
                 points.border_colormap = "plasma"
             self._found.value = _found_text(table, threshold)
+
+
+def _micrograph_hint(layer, result, model_entry) -> str | None:
+    # A single image opened from an MRC file and detected under "auto" (that is, with
+    # the fluorescence model): most likely a cryo-EM micrograph.
+    from napari_denodet.core.io import MRC_SUFFIXES
+
+    source = getattr(getattr(layer, "source", None), "path", None)
+    if (model_entry != AUTO or result.denoised.ndim != 2 or source is None
+            or Path(source).suffix.lower() not in MRC_SUFFIXES):
+        return None
+    return ("detected with the fluorescence model; for a cryo-EM micrograph choose the "
+            "micrograph model and a binning (particle diameter in pixels / 17)")
 
 
 #: Above this many kept detections the label skips the recurrence (the slider stays quick).
