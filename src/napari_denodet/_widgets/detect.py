@@ -501,11 +501,10 @@ class DetectWidget(Container):
 def _micrograph_hint(layer, result, model_entry) -> str | None:
     # A single image opened from an MRC file and detected under "auto" (that is, with
     # the fluorescence model): most likely a cryo-EM micrograph.
-    from napari_denodet.core.io import MRC_SUFFIXES
+    from napari_denodet.core.choice import looks_like_micrograph
 
     source = getattr(getattr(layer, "source", None), "path", None)
-    if (model_entry != AUTO or result.denoised.ndim != 2 or source is None
-            or Path(source).suffix.lower() not in MRC_SUFFIXES):
+    if model_entry != AUTO or not looks_like_micrograph(source, result.denoised.ndim):
         return None
     return ("detected with the fluorescence model; for a cryo-EM micrograph choose the "
             "micrograph model and a binning (particle diameter in pixels / 17)")

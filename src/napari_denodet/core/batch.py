@@ -262,8 +262,13 @@ def detect_file_steps(
         For an unreadable file, bad settings, or outputs that exist and may not be
         replaced (see :func:`~napari_denodet.core.manifest.plan_outputs`).
     """
-    from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, choose_model
-    from napari_denodet.core.io import MRC_SUFFIXES, read_image
+    from napari_denodet.core.choice import (
+        AUTO,
+        AUTO_CANDIDATES,
+        choose_model,
+        looks_like_micrograph,
+    )
+    from napari_denodet.core.io import read_image
     from napari_denodet.core.models import load_model
     from napari_denodet.core.normalize import non_finite_note
     from napari_denodet.core.resample import binned_shape
@@ -310,7 +315,7 @@ def detect_file_steps(
         wrote = _commit(path, denoised, settings)
     if choice is not None:
         found.model_note = choice.note()
-        if image.ndim == 2 and path.suffix.lower() in MRC_SUFFIXES:
+        if looks_like_micrograph(path, image.ndim):
             found.model_note += (" - a cryo-EM micrograph? detect with --model micrograph "
                                  "--diameter PX (the particle diameter in pixels)")
     points = found.candidates if settings.all_candidates else found.points

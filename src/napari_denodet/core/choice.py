@@ -48,6 +48,26 @@ class ModelChoice:
                 f"{self.expected_f1[self.name]:.2f}; {others})")
 
 
+def looks_like_micrograph(path, ndim: int) -> bool:
+    """Return whether ``auto`` got a single image from an MRC file.
+
+    Most likely a cryo-EM micrograph, for which its ``fluorescence`` model is the wrong
+    one: the CLI summary and the Detect widget say so.
+
+    Parameters
+    ----------
+    path : str or os.PathLike or None
+        The file the image was read from (None: not known).
+    ndim : int
+        The image's dimensions (2: a single image).
+    """
+    from pathlib import Path
+
+    from napari_denodet.core.io import MRC_SUFFIXES
+
+    return ndim == 2 and path is not None and Path(path).suffix.lower() in MRC_SUFFIXES
+
+
 def _sample(image: Any, picked: list[int], window: int) -> np.ndarray:
     # The picked frames as a model reads them: a (k, y, x) stack, or each frame's
     # window given whole, (k, window, y, x), neighbours from the full stack. A frame
