@@ -11,7 +11,9 @@ from napari_denodet.core.simulate import simulate_timelapse
 from napari_denodet.core.trackfiles import read_isbi_xml, write_isbi_xml
 from napari_denodet.core.tracks import (
     TRACK_ID,
+    FALLBACK_MAX_DISTANCE,
     LinkSettings,
+    estimate_max_distance,
     link,
     track_features,
     tracks_longer,
@@ -53,6 +55,48 @@ def test_a_missed_frame_is_bridged_only_within_the_gap():
     # A jump larger than the largest displacement starts a new track.
     far = points.assign(x=[20.0, 20.0, 20.0, 40.0, 40.0])
     assert link(far, LinkSettings(max_distance=3, gap_frames=1))[TRACK_ID].nunique() == 2
+
+
+def _walkers(step, frames=10, n=25, seed=0, jitter=0.3):
+    # n particles on a grid 100 px apart, each moving ``step`` px a frame in its own
+    # direction (plus a little jitter), seen in every frame.
+    rng = np.random.default_rng(seed)
+    start = np.stack(np.meshgrid(np.arange(5), np.arange(5)), -1).reshape(-1, 2)[:n] * 100.0
+    heading = rng.uniform(0, 2 * np.pi, n)
+    rows = []
+    for f in range(frames):
+        at = start + f * step * np.c_[np.sin(heading), np.cos(heading)]
+        at = at + rng.normal(0, jitter, at.shape)
+        rows += [(f, y, x, i) for i, (y, x) in enumerate(at)]
+    return pd.DataFrame(rows, columns=["frame", "y", "x", "true"])
+
+
+@pytest.mark.parametrize("step", [1.0, 8.0])
+def test_the_largest_step_is_read_from_the_points(step):
+    walkers = _walkers(step)
+    estimate = estimate_max_distance(walkers)
+    # Above the step, and well below the particles' spacing (100 px): a sparse field lets
+    # the estimate reach further, as chance neighbours are rare there.
+    assert step < estimate < 2.5 * step + 3
+    # Linked with the estimate (the default), each particle is one whole track.
+    linked = link(walkers[["frame", "y", "x"]])
+    mixed, pieces = _purity(linked, walkers["true"])
+    assert mixed == 1.0 and pieces == 1.0
+    if step > FALLBACK_MAX_DISTANCE:  # a fixed 5 px step cuts every track
+        cut = link(walkers[["frame", "y", "x"]], LinkSettings(max_distance=5.0))
+        assert cut[TRACK_ID].nunique() > 0.9 * len(walkers)
+
+
+def test_points_that_do_not_recur_give_the_fallback_step():
+    rng = np.random.default_rng(1)
+    noise = pd.DataFrame({"frame": np.repeat(np.arange(10), 50),
+                          "y": rng.uniform(0, 400, 500), "x": rng.uniform(0, 400, 500)})
+    assert estimate_max_distance(noise) == FALLBACK_MAX_DISTANCE
+    assert estimate_max_distance(_walkers(1.0, frames=2, n=5)) == FALLBACK_MAX_DISTANCE
+    assert estimate_max_distance(noise.drop(columns="frame")) == FALLBACK_MAX_DISTANCE
+    given = LinkSettings(max_distance=3.0)
+    assert given.for_points(noise) is given
+    assert LinkSettings().for_points(noise).max_distance == FALLBACK_MAX_DISTANCE
 
 
 def test_features_and_the_length_filter():
@@ -107,7 +151,21 @@ def test_the_track_command_writes_csv_and_xml(moving, tmp_path, capsys):
     from napari_denodet.core.trackfiles import read_trackmate_xml
 
     assert len(read_trackmate_xml(tmp_path / "out" / "cells_trackmate.xml")) == len(tracks)
-    assert "tracks from" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "tracks from" in said and "(estimated from the points)" in said
+    # The step the points gave is the one TrackMate is told was used.
+    step = estimate_max_distance(points)
+    assert f"largest step {step:g} px" in said
+    text = (tmp_path / "out" / "cells_trackmate.xml").read_text()
+    assert f'LINKING_MAX_DISTANCE="{step!r}"' in text
+    # A step given is used as given.
+    assert main(["track", str(source), "--out", str(tmp_path / "given"),
+                 "--max-distance", "2.5"]) == 0
+    said = capsys.readouterr().out
+    assert "largest step 2.5 px;" in said
+    assert main(["track", str(source), "--out", str(tmp_path / "bad"),
+                 "--max-distance", "far"]) != 0
+    assert "far" in capsys.readouterr().err
     # A single image's points: a one-line error naming the file.
     write_points(tmp_path / "single.csv", points.drop(columns="frame"))
     assert main(["track", str(tmp_path / "single.csv"), "--out", str(tmp_path)]) != 0
@@ -199,6 +257,13 @@ def test_detect_track_writes_the_tracks_of_a_time_lapse(tmp_path, capsys):
     tracks = read_points(tmp_path / "out" / "cells_tracks.csv")
     assert len(tracks) == len(points) and TRACK_ID in tracks
     assert tracks[TRACK_ID].nunique() < len(tracks)  # detections were linked
+    step = estimate_max_distance(points)
+    assert (f"tracks linked with a largest step of {step:g} px (estimated from the "
+            "detections)") in capsys.readouterr().out
+    from napari_denodet.core.batch import DetectSettings
+
+    with pytest.raises(InputError, match="largest step in px or 'auto'"):
+        DetectSettings(track="far")
     # A single image has no tracks: one line naming the file.
     write_tiff(tmp_path / "one.tif", np.clip(sim.noisy[0], 0, 65535).astype(np.uint16))
     assert main(["detect", str(tmp_path / "one.tif"), "--out", str(tmp_path / "out"),

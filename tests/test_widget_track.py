@@ -1,6 +1,7 @@
 """The Track widget in a real viewer (Xvfb): particles in, a Tracks layer out."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_denodet.core.simulate import simulate_timelapse
@@ -49,3 +50,25 @@ def test_shortest_track_hides_short_tracks_and_their_particles(make_napari_viewe
     assert layer.shown.tolist() == [True] * 6 + [False]
     assert len(viewer.layers["cells tracks"].data) == 6
     assert "1 of 2 tracks, 6 of 7 particles" in widget._summary.value
+
+
+def test_the_largest_step_is_estimated_unless_the_user_sets_it(make_napari_viewer, qtbot):
+    from napari_denodet.core.tracks import estimate_max_distance
+
+    # Five particles 40 px apart, each moving 8 px a frame: farther than the fallback 5 px.
+    points = np.array([[f, 20.0 + 8 * f, 30.0 + 40 * i] for i in range(5) for f in range(8)])
+    viewer, widget, layer = _tracked(make_napari_viewer, qtbot, points)
+    step = estimate_max_distance(pd.DataFrame(points, columns=["frame", "y", "x"]))
+    assert step > 8 and not widget._distance.enabled
+    assert widget._distance.value == pytest.approx(step, abs=0.01)
+    assert layer.features["track_id"].nunique() == 5
+    assert f"(largest step {step:g} px)" in widget._summary.value
+    # Unticked, the step typed in is used: 5 px cuts the tracks into single points.
+    widget._estimate.value = False
+    assert widget._distance.enabled
+    widget._distance.value = 5.0
+    worker = widget.start(start_thread=False)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        worker.start()
+    assert layer.features["track_id"].nunique() == len(points)
+    assert "(largest step 5 px)" in widget._summary.value

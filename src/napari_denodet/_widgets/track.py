@@ -2,7 +2,8 @@
 
 The user picks a particles layer of a stack (the Detect widget's ``<name> particles``,
 or any Points layer with ``frame, y, x`` points), sets the largest step between frames
-and the gap a particle may be missed for, and presses **Track**. Linking
+(by default estimated from the points: **estimate step**) and the gap a particle may be
+missed for, and presses **Track**. Linking
 (:func:`napari_denodet.core.tracks.link`, laptrack's LAP linker) runs in a thread worker;
 the result is a ``<name> tracks`` Tracks layer (per point: ``track_id`` and its track's
 ``length``, ``mean_speed`` and means of the particles' features) and a ``track_id``
@@ -16,12 +17,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
 from napari_denodet.core.points import FRAME, X, Y
-from napari_denodet.core.tracks import TRACK_ID, LinkSettings, link, track_features
+from napari_denodet.core.tracks import (
+    FALLBACK_MAX_DISTANCE,
+    TRACK_ID,
+    LinkSettings,
+    link,
+    track_features,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -35,10 +50,14 @@ def tracks_name(points_name: str) -> str:
 
 
 def link_and_summarise(table: pd.DataFrame, settings: LinkSettings
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Link the points and summarise the tracks: the work the worker does."""
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Link the points and summarise the tracks: the work the worker does.
+
+    Returns the linked points, the tracks' summary and the largest step used (px).
+    """
+    settings = settings.for_points(table)
     linked = link(table, settings)
-    return linked, track_features(linked)
+    return linked, track_features(linked), float(settings.max_distance)
 
 
 class TrackWidget(Container):
@@ -49,11 +68,17 @@ class TrackWidget(Container):
         self._points = ComboBox(label="particles", choices=self._stack_points,
                                 tooltip="A Points layer of a time-lapse (frame, y, x), "
                                         "e.g. Detect's '<image> particles'")
+        self._estimate = CheckBox(
+            text="estimate step", value=True,
+            tooltip="Estimate the largest step from the particles: how much more often a "
+                    "particle has a neighbour within a distance in the next frame than by "
+                    "chance. Untick to set it yourself.")
         self._distance = FloatSpinBox(
             label="largest step (px)", min=0.1, max=10_000, step=0.5,
-            value=LinkSettings.max_distance,
+            value=FALLBACK_MAX_DISTANCE, enabled=False,
             tooltip="Largest displacement of a particle between linked detections, in the "
-                    "layer's pixels (between two frames, or across a gap)")
+                    "layer's pixels (between two frames, or across a gap); shows the "
+                    "estimate after Track while 'estimate step' is ticked")
         self._gap = SpinBox(label="gap (frames)", min=0, max=1000,
                             value=LinkSettings.gap_frames,
                             tooltip="Most frames a particle may be missed and still be "
@@ -63,12 +88,15 @@ class TrackWidget(Container):
                                          "particles: short tracks are often noise")
         self._run = PushButton(text="Track")
         self._summary = Label(label="tracks", value="")
-        super().__init__(widgets=[self._points, self._distance, self._gap, self._run,
-                                  self._shortest, self._summary])
+        super().__init__(widgets=[self._points, self._estimate, self._distance, self._gap,
+                                  self._run, self._shortest, self._summary])
         self.worker = None
         # Per particles layer: the linked points and their tracks' summary.
         self._linked: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        self._steps: dict[str, float] = {}  # the largest step each layer was linked with
         self._run.clicked.connect(self.start)
+        self._estimate.changed.connect(
+            lambda estimate: setattr(self._distance, "enabled", not estimate))
         self._shortest.changed.connect(self._apply_shortest)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._points.reset_choices)
@@ -92,8 +120,8 @@ class TrackWidget(Container):
         for column in ("score", "intensity"):
             if column in layer.features:
                 table[column] = layer.features[column].to_numpy()
-        settings = LinkSettings(max_distance=float(self._distance.value),
-                                gap_frames=int(self._gap.value))
+        step = None if self._estimate.value else float(self._distance.value)
+        settings = LinkSettings(max_distance=step, gap_frames=int(self._gap.value))
         worker = create_worker(link_and_summarise, table, settings, _start_thread=False,
                                _progress={"desc": f"Track: {layer.name}"})
         worker.returned.connect(lambda out, lay=layer: self._show(lay, *out))
@@ -105,11 +133,14 @@ class TrackWidget(Container):
             worker.start()
         return worker
 
-    def _show(self, layer, linked: pd.DataFrame, summary: pd.DataFrame) -> None:
+    def _show(self, layer, linked: pd.DataFrame, summary: pd.DataFrame, step: float) -> None:
         # On the GUI thread: the track ids onto the particles, the Tracks layer.
         if layer not in self._viewer.layers or len(layer.data) != len(linked):
             show_error(f"Track: '{layer.name}' changed while linking; press Track again")
             return
+        if self._estimate.value:
+            self._distance.value = round(step, 2)  # the estimate, shown
+        self._steps[layer.name] = step
         features = layer.features.copy()
         features[TRACK_ID] = linked[TRACK_ID].to_numpy()
         layer.features = features
@@ -128,7 +159,8 @@ class TrackWidget(Container):
                 layer.shown = keep
             self._put_tracks(layer, linked[keep], summary)
             self._summary.value = (f"{int(long_enough.size)} of {len(summary)} tracks, "
-                                   f"{int(keep.sum())} of {len(linked)} particles")
+                                   f"{int(keep.sum())} of {len(linked)} particles "
+                                   f"(largest step {self._steps[layer_name]:g} px)")
 
     def _put_tracks(self, layer, linked: pd.DataFrame, summary: pd.DataFrame) -> None:
         ordered = linked.sort_values([TRACK_ID, FRAME])

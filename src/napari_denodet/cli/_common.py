@@ -58,6 +58,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _step(text: str) -> float | str:
+    # A largest displacement: px > 0, or 'auto' (estimated from the points).
+    return "auto" if text == "auto" else _positive_float(text)
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:

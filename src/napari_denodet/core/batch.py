@@ -89,10 +89,11 @@ class DetectSettings:
     polarity : str, optional
         ``"dark"``, ``"bright"`` or ``"auto"`` particles; None: the model's (auto for
         micrograph models).
-    track : float, optional
-        Also link a time-lapse's detections into tracks with this largest step (px)
-        and write ``<stem>_tracks.csv`` (:func:`napari_denodet.core.tracks.link`);
-        None: no tracks.
+    track : float or str, optional
+        Also link a time-lapse's detections into tracks with this largest step (px),
+        or ``"auto"`` for a step estimated from the detections, and write
+        ``<stem>_tracks.csv`` (:func:`napari_denodet.core.tracks.link`); None: no
+        tracks.
     """
 
     model: str = "auto"
@@ -109,9 +110,12 @@ class DetectSettings:
     overwrite: bool = False
     torch_threads: int | None = None
     polarity: str | None = None
-    track: float | None = None
+    track: float | str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.track, str) and self.track != "auto":
+            raise InputError(None, f"track must be a largest step in px or 'auto', not "
+                                   f"{self.track!r}")
         if self.denoised not in DENOISED_FORMATS:
             raise InputError(None, f"denoised output must be one of "
                                    f"{', '.join(DENOISED_FORMATS)}, not {self.denoised!r}")
@@ -319,9 +323,13 @@ def detect_file_steps(
             found.model_note += (" - a cryo-EM micrograph? detect with --model micrograph "
                                  "--diameter PX (the particle diameter in pixels)")
     points = found.candidates if settings.all_candidates else found.points
-    wrote += _write_points(path, writing, points, settings)
+    linking = _link_settings(points, settings) if "tracks" in writing else None
+    wrote += _write_points(path, writing, points, settings, linking)
     kept = [p.name for p in targets.values() if p not in wrote]
     notes = [found.summary(), found.warning(),
+             f"tracks linked with a largest step of {linking.max_distance:g} px"
+             + (" (estimated from the detections)" if settings.track == "auto" else "")
+             if linking else None,
              non_finite_note(found.non_finite) if found.non_finite else None,
              f"kept {', '.join(kept)} from an earlier run" if kept and wrote else None,
              "written meanwhile by another run" if not wrote else None]
@@ -388,19 +396,26 @@ def _commit(path: Path, writer, settings: DetectSettings) -> list[Path]:
         raise
 
 
+def _link_settings(points, settings: DetectSettings):
+    # How the detections are linked: the given step, or one estimated from them.
+    from napari_denodet.core.tracks import LinkSettings
+
+    step = None if settings.track == "auto" else float(settings.track)
+    return LinkSettings(max_distance=step).for_points(points)
+
+
 def _write_points(path: Path, writing: dict[str, Path], points,
-                  settings: DetectSettings) -> list[Path]:
-    # The points files to write (the tracks: the points linked), the CSV last; return
-    # what was written.
+                  settings: DetectSettings, linking=None) -> list[Path]:
+    # The points files to write (the tracks: the points linked with ``linking``), the
+    # CSV last; return what was written.
     from napari_denodet.core.io import write_points
-    from napari_denodet.core.tracks import LinkSettings, link
+    from napari_denodet.core.tracks import link
 
     wrote = []
     for key in ("star", "box", "tracks", "points"):
         if key not in writing:
             continue
-        table = (link(points, LinkSettings(max_distance=settings.track)) if key == "tracks"
-                 else points)
+        table = link(points, linking) if key == "tracks" else points
         try:
             write_points(writing[key], table, overwrite=settings.overwrite,
                          box_size=settings.box_size if key == "box" else None)

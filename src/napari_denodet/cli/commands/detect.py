@@ -18,6 +18,7 @@ from napari_denodet.cli._common import (
     _positive_float,
     _positive_int,
     _share,
+    _step,
 )
 
 NAME = "detect"
@@ -37,8 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from napari_denodet.core.choice import AUTO_CANDIDATES
     from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.device import DEVICES, PRECISIONS
-    from napari_denodet.core.tracks import LinkSettings
-
     parser.add_argument("inputs", nargs="+", type=_path, metavar="INPUT",
                         help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
                              "images), glob patterns, or .txt list files (one path a line)")
@@ -54,11 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the threshold that maximises the expected F1)")
     parser.add_argument("--all-candidates", action="store_true",
                         help="keep every candidate with its score instead of thresholding")
-    parser.add_argument("--track", type=_positive_float, nargs="?", default=None,
-                        const=LinkSettings.max_distance, metavar="PX",
+    parser.add_argument("--track", type=_step, nargs="?", default=None, const="auto",
+                        metavar="PX",
                         help="also link each time-lapse's detections into tracks and write "
-                             "DIR/<stem>_tracks.csv (largest step PX, default "
-                             f"{LinkSettings.max_distance:g}; see the track command)")
+                             "DIR/<stem>_tracks.csv (largest step PX; default: estimated "
+                             "from the detections; see the track command)")
     parser.add_argument("--polarity", choices=POLARITIES, default=None,
                         help="particles darker or brighter than the background (default: "
                              "the model's; micrograph models choose per image, 'auto')")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from napari_denodet.cli._common import _path, _positive_float, _positive_int, _share
+from napari_denodet.cli._common import _path, _positive_int, _share, _step
 
 NAME = "track"
 HELP = "link the detections of a time-lapse into tracks"
 DESCRIPTION = ("Link the points of POINTS (a points CSV of a time-lapse, as detect writes "
                "it) into tracks with the LAP linker TrackMate uses (laptrack): frame to "
-               "frame up to --max-distance px, across up to --gap missed frames. Writes "
+               "frame up to --max-distance px (estimated from the points unless "
+               "given), across up to --gap missed frames. Writes "
                "DIR/<stem>_tracks.csv (the points with a track_id column) and, with "
                "--isbi, DIR/<stem>_tracks.xml in the ISBI 2012 particle tracking "
                "challenge's format.")
@@ -23,10 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("points", type=_path, metavar="POINTS",
                         help="points CSV with frame, y, x (e.g. detect's <stem>_points.csv)")
     parser.add_argument("--out", type=_path, required=True, metavar="DIR")
-    parser.add_argument("--max-distance", type=_positive_float,
-                        default=LinkSettings.max_distance, metavar="PX",
-                        help="largest displacement between linked detections (default "
-                             f"{LinkSettings.max_distance:g} px)")
+    parser.add_argument("--max-distance", type=_step, default="auto", metavar="PX",
+                        help="largest displacement between linked detections, in px "
+                             "(default: auto, estimated from the points: how much more "
+                             "often a detection has a neighbour within a distance in the "
+                             "next frame than by chance)")
     parser.add_argument("--gap", type=int, default=LinkSettings.gap_frames, metavar="FRAMES",
                         help="most frames a particle may be missed and still be linked "
                              f"across (default {LinkSettings.gap_frames}; 0: none)")
@@ -61,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
         if SCORE not in points.columns:
             raise InputError(args.points, "has no 'score' column to apply --threshold to")
         points = points[points[SCORE] >= args.threshold]
+    step = None if args.max_distance == "auto" else args.max_distance
     with about_file(args.points):
-        tracks = link(points, LinkSettings(max_distance=args.max_distance,
-                                           gap_frames=args.gap))
+        settings = LinkSettings(max_distance=step, gap_frames=args.gap).for_points(points)
+        tracks = link(points, settings)
     tracks = tracks_longer(tracks, args.min_length)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.points.stem.removesuffix("_points")
@@ -74,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if args.trackmate:
         written.append(write_trackmate_xml(
             args.out / f"{stem}_trackmate.xml", tracks, _shape(args, points),
-            image=str(args.image or ""), max_distance=args.max_distance,
+            image=str(args.image or ""), max_distance=settings.max_distance,
             gap_frames=args.gap, overwrite=args.overwrite))
     features = track_features(tracks)
     length = f", median length {features['length'].median():.0f} frames" if len(
         features) else ""
-    print(f"{args.points}: {len(features)} tracks from {len(tracks)} points{length}; wrote "
+    how = " (estimated from the points)" if step is None else ""
+    print(f"{args.points}: {len(features)} tracks from {len(tracks)} points{length}, "
+          f"largest step {settings.max_distance:g} px{how}; wrote "
           + ", ".join(str(path) for path in written))
     return 0
 
