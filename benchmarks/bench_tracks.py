@@ -3,10 +3,11 @@
 For each detection benchmark cell (vesicle / receptor / microtubule x SNR 1, 2, 4, 7 x
 low / mid density; a 20-frame 512 x 512 test stack each), the bundled model detects at
 its per-image threshold, the detections are linked (:func:`napari_denodet.core.tracks.link`,
-largest step 5 px, gap 2 frames) and the tracks shorter than N frames are dropped, for
-N = 1 (all), 2, 3 and 5. Precision, recall and F1 against the simulation's truth (3 px
-gate) for each N. With ``--data``, the real telomere time-lapse too: detections per
-frame and the share found again in the next frame for each N.
+largest step estimated from the detections, gap 2 frames) and the tracks shorter than N
+frames are dropped, for N = 1 (all), 2, 3 and 5. Precision, recall and F1 against the
+simulation's truth (3 px gate) for each N. With ``--data``, the real telomere
+time-lapse too: detections per frame and the share found again in the next frame for
+each N.
 
 Writes ``docs/benchmarks/tracks.md`` and ``.json``.
 
@@ -81,7 +82,8 @@ def _markdown(rows: list[dict], telomeres: dict | None, args) -> str:
              f"Produced by `python benchmarks/bench_tracks.py --frames {args.frames}` on "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads: the bundled models at their per-image "
-             "threshold, linked (largest step 5 px, gap 2 frames), tracks shorter than N "
+             "threshold, linked (largest step estimated from the detections, gap 2 "
+             "frames), tracks shorter than N "
              "frames dropped. Precision / recall / F1 against the truth (3 px gate).", "",
              "| cell | " + " | ".join(f"N = {n}" for n in LENGTHS) + " |",
              "|---|" + "---|" * len(LENGTHS)]
