@@ -81,7 +81,7 @@ def main() -> None:
              f"{platform.processor() or platform.machine()} (laptrack's LAP linker, gap 2 "
              f"frames). The truth of simulated stacks of {FRAMES} frames thinned to about 100 "
              "particles a frame; seconds, medians of round-robin turns. Target: under 10 s.",
-             "", "| points | per frame | estimated step (px) | estimate (s) | link, step "
+             "", "| stack | points per frame | estimated step (px) | estimate (s) | link, step "
              "estimated (s) | link, step 5 px (s) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['per_frame']:.0f} | {r['step']:g} | "
