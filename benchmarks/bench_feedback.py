@@ -72,9 +72,11 @@ REPO = Path(__file__).resolve().parents[1]
 CLICKS, FALSE_CLICKS = 10, 5
 
 
-def _timed_refit(candidates, positives, negatives, start, shape) -> tuple[object, float]:
+def _timed_refit(candidates, positives, negatives, start, shape,
+                 fitted: bool = False) -> tuple[object, float]:
     started = time.perf_counter()
-    refit = refit_threshold(candidates, positives, negatives, start=start, shape=shape)
+    refit = refit_threshold(candidates, positives, negatives, start=start, shape=shape,
+                            fitted=fitted)
     return refit, time.perf_counter() - started
 
 
@@ -103,7 +105,7 @@ def _adapt(case: Case, model, positives, negatives, centre, radius) -> dict:
     seconds = time.perf_counter() - started
     found = run(result.model.detect(case.image))
     refit, _ = _timed_refit(found.candidates, positives, negatives, found.threshold,
-                            case.image.shape[-2:])
+                            case.image.shape[-2:], found.threshold_rule == "fine-tuned")
     return {"f1": score_outside(case, found.candidates, found.threshold, centre, radius).f1,
             "f1_clicks": score_outside(case, _scored(found.candidates, refit), refit.threshold,
                                        centre, radius).f1,
@@ -192,7 +194,7 @@ def _telomeres(folder: Path) -> dict | None:
         seconds = time.perf_counter() - started
         adapted = run(result.model.detect(stack))
         again, _ = _timed_refit(adapted.candidates, positives, negative, adapted.threshold,
-                                stack.shape[1:])
+                                stack.shape[1:], adapted.threshold_rule == "fine-tuned")
         final = adapted.candidates[again.scores >= again.threshold]
         out[f"adapt_{key}"] = {"threshold": again.threshold, "per_frame": _per_frame(final),
                                "recurrence": recurrence(final), "seconds": seconds,

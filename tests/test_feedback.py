@@ -129,3 +129,31 @@ def test_clicks_that_agree_with_the_threshold_in_force_keep_it():
     changed = np.flatnonzero(refit.scores != table[SCORE].to_numpy())
     assert refit.from_area == 0 and len(changed) == refit.particles + refit.false
     assert set(refit.scores[changed]) == {0.0, 1.0}
+
+
+def test_a_threshold_fitted_to_clicks_gives_way_only_to_clear_evidence():
+    table = _candidates()
+    truth = table[table["true"] & (table[FRAME] == 0)]
+    noise = table[~table["true"] & (table[FRAME] == 0)]
+    particles = truth.nlargest(6, "peak")[[FRAME, Y, X]]
+    false = noise.nlargest(5, "peak")
+
+    def refit(start, fitted):
+        return refit_threshold(table, particles, false[[FRAME, Y, X]], start=start,
+                               shape=SHAPE, fitted=fitted)
+
+    # A threshold that keeps every clicked particle and the top two clicked false
+    # detections: a refit that drops them is better on the clicks by two.
+    start = float(np.sort(false[SCORE])[-2]) - 1e-6
+    plain = refit(start, fitted=False)
+    assert plain.threshold != start and not plain.kept_fitted
+    # Fitted to clicks already, a gain of two is what chance gives: the threshold stays
+    # (the clicked false ones still go: a click is the user's word).
+    held = refit(start, fitted=True)
+    assert held.threshold == start and held.kept_fitted
+    assert held.kept == int((table[SCORE] >= start).sum()) - 2 != plain.kept
+    assert "fine-tuned threshold is kept" in held.summary()
+    # A threshold that keeps all five clicked false detections: dropping them is five
+    # put right and none wrong, clear enough even for a fitted threshold.
+    low = refit(0.0, fitted=True)
+    assert low.threshold > 0.0 and not low.kept_fitted and low.kept < len(table) - 5

@@ -100,3 +100,23 @@ def test_clicks_act_on_a_single_image_too(make_napari_viewer, qtbot, sim):
     set_kind(clicks, NOT_PARTICLE)
     clicks.add(data[int(np.argmax(features["score"]))])
     qtbot.waitUntil(lambda: len(_kept(viewer)[0]) == len(data) - 1, timeout=5000)
+
+
+def test_the_refit_knows_when_the_threshold_was_fitted_to_clicks(make_napari_viewer, qtbot,
+                                                                sim, monkeypatch):
+    import napari_denodet.core.feedback as feedback
+
+    viewer, widget = _detected(make_napari_viewer, qtbot, sim)
+    seen = []
+    real = feedback.refit_threshold
+    monkeypatch.setattr(feedback, "refit_threshold",
+                        lambda *a, **k: seen.append(k["fitted"]) or real(*a, **k))
+    clicks = new_clicks_layer(viewer, viewer.layers["cells"])
+    clicks.add(_kept(viewer)[0][0])
+    qtbot.waitUntil(lambda: len(seen) == 1, timeout=5000)
+    assert seen == [False]  # a bundled model's threshold was chosen per image
+    # A fine-tuned model's detection (threshold rule "fine-tuned") passes it on.
+    candidates, start, gate, _ = widget._detected["cells"]
+    widget._detected["cells"] = (candidates, start, gate, True)
+    widget.refit("cells")
+    assert seen == [False, True]

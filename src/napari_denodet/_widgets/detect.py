@@ -228,7 +228,9 @@ class DetectWidget(Container):
                                   self._clicked])
         self._candidates: dict[str, pd.DataFrame] = {}
         # Per image: the candidates as detected, the threshold chosen, the click gate.
-        self._detected: dict[str, tuple[pd.DataFrame, float, float]] = {}
+        # Per image: its candidates, the threshold chosen, the click gate, and whether
+        # that threshold was fitted to clicks (a fine-tuned model's).
+        self._detected: dict[str, tuple[pd.DataFrame, float, float, bool]] = {}
         self._exact: float | None = None  # the threshold set, beyond the slider's precision
         self._watched_clicks: dict[str, object] = {}
         self._pending: set[str] = set()
@@ -359,7 +361,8 @@ class DetectWidget(Container):
         self._diameters[name] = particle_diameter(model, result.binning)
         diameter = self._diameters[name]
         gate = diameter / 2 if diameter else GATE * max(1, result.binning)
-        self._detected[name] = (result.candidates, result.threshold, gate)
+        self._detected[name] = (result.candidates, result.threshold, gate,
+                                result.threshold_rule == "fine-tuned")
         if not self._keep_mine.value:
             self._set_threshold(result.threshold)
         self._apply_threshold(name=name)
@@ -445,14 +448,14 @@ class DetectWidget(Container):
         image = next((layer for layer in self._viewer.layers if layer.name == name), None)
         if clicks is None or image is None or name not in self._detected:
             return None
-        detected, start, gate = self._detected[name]
+        detected, start, gate, fitted = self._detected[name]
         try:
             particles, false = split_clicks(layer_points(clicks, image))
         except ValueError as exc:
             show_error(f"Detect '{name}': {exc}")
             return None
         result = refit_threshold(detected, particles, false, start=start, gate=gate,
-                                 shape=tuple(image.data.shape[-2:]))
+                                 shape=tuple(image.data.shape[-2:]), fitted=fitted)
         self._candidates[name] = detected.assign(**{SCORE: result.scores})
         self._keep_mine.value = False
         self._set_threshold(result.threshold)
