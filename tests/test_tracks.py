@@ -10,8 +10,8 @@ from napari_denodet.core.io import read_points, write_points
 from napari_denodet.core.simulate import simulate_timelapse
 from napari_denodet.core.trackfiles import read_isbi_xml, write_isbi_xml
 from napari_denodet.core.tracks import (
-    TRACK_ID,
     FALLBACK_MAX_DISTANCE,
+    TRACK_ID,
     LinkSettings,
     estimate_max_distance,
     link,

@@ -227,7 +227,6 @@ class DetectWidget(Container):
                                   self._threshold, self._keep_mine, self._found,
                                   self._clicked])
         self._candidates: dict[str, pd.DataFrame] = {}
-        # Per image: the candidates as detected, the threshold chosen, the click gate.
         # Per image: its candidates, the threshold chosen, the click gate, and whether
         # that threshold was fitted to clicks (a fine-tuned model's).
         self._detected: dict[str, tuple[pd.DataFrame, float, float, bool]] = {}

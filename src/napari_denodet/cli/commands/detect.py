@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from napari_denodet.core.choice import AUTO_CANDIDATES
     from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.device import DEVICES, PRECISIONS
+
     parser.add_argument("inputs", nargs="+", type=_path, metavar="INPUT",
                         help="TIFF, MRC, PNG, JPEG files or .zarr folders; folders (their "
                              "images), glob patterns, or .txt list files (one path a line)")
