@@ -7,38 +7,15 @@ expert picks nearest the micrograph's centre (what a user would click in one reg
 """
 
 import os
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import napari
 import numpy as np
 import pandas as pd
-from qtpy.QtCore import QThreadPool
-from qtpy.QtWidgets import QApplication
+from screens import pump, wait
 
 DATA = Path(os.environ["DENODET_DATA"])  # the folder holding the real images
-
-app = QApplication.instance() or QApplication([])
-
-
-def pump(n=20):
-    """Let Qt process events for about ``n`` x 50 ms (layers render, workers report)."""
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.05)
-
-
-def wait(worker, seconds=300):
-    """Start ``worker`` and keep the GUI responsive until it finishes (or ``seconds``)."""
-    done = []
-    worker.finished.connect(lambda: done.append(1))
-    worker.start()
-    start = time.time()
-    while not done and time.time() - start < seconds:
-        pump(1)
-    QThreadPool.globalInstance().waitForDone(10000)
-    pump()
 
 
 viewer = napari.Viewer(show=True)

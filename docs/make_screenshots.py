@@ -4,25 +4,13 @@ Needs the folder holding the real images, named by the environment variable
 ``DENODET_DATA`` (``timelapse_telomeres_2d.tif``).
 """
 import os
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import napari
-from qtpy.QtCore import QThreadPool
-from qtpy.QtWidgets import QApplication
+from screens import pump, wait
 
 DATA = Path(os.environ["DENODET_DATA"])  # the folder holding the real images
-
-app = QApplication.instance() or QApplication([])
-
-
-def pump(n=20):
-    """Let Qt process events for about ``n`` x 50 ms (layers render, workers report)."""
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.05)
-
 
 viewer = napari.Viewer(show=True)
 viewer.window.resize(1400, 850)
@@ -32,15 +20,7 @@ widget._last.value = 20
 viewer.dims.set_point(0, 10)
 pump()
 iio.imwrite("docs/img/guide_1_open.png", viewer.screenshot(canvas_only=False))
-worker = widget.start(start_thread=False)
-done = []
-worker.finished.connect(lambda: done.append(1))
-worker.start()
-t = time.time()
-while not done and time.time() - t < 120:
-    pump(1)
-QThreadPool.globalInstance().waitForDone(10000)
-pump()
+wait(widget.start(start_thread=False), seconds=120)
 viewer.dims.set_point(0, 10)
 viewer.layers["timelapse_telomeres_2d denoised"].visible = False
 pump()

@@ -7,47 +7,23 @@ Needs the folder holding the real images, named by the environment variable
 the defaults, links with the estimated step, and hides one-frame tracks.
 """
 import os
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import napari
-from qtpy.QtCore import QThreadPool
-from qtpy.QtWidgets import QApplication
+from screens import pump, wait
 
 DATA = Path(os.environ["DENODET_DATA"])  # the folder holding the real images
-
-app = QApplication.instance() or QApplication([])
-
-
-def pump(n=20):
-    """Let Qt process events for about ``n`` x 50 ms (layers render, workers report)."""
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.05)
-
-
-def finish(worker, seconds=180):
-    """Start a worker and pump events until it has finished."""
-    done = []
-    worker.finished.connect(lambda: done.append(1))
-    worker.start()
-    started = time.time()
-    while not done and time.time() - started < seconds:
-        pump(1)
-    QThreadPool.globalInstance().waitForDone(10000)
-    pump()
-
 
 viewer = napari.Viewer(show=True)
 viewer.window.resize(1400, 850)
 viewer.open(str(DATA / "timelapse_telomeres_2d.tif"), plugin="napari-denodet")
 _, detect = viewer.window.add_plugin_dock_widget("napari-denodet", "Detect particles")
 detect._last.value = 40
-finish(detect.start(start_thread=False))
+wait(detect.start(start_thread=False))
 viewer.layers["timelapse_telomeres_2d denoised"].visible = False
 _, track = viewer.window.add_plugin_dock_widget("napari-denodet", "Track particles")
-finish(track.start(start_thread=False))
+wait(track.start(start_thread=False))
 track._shortest.value = 2
 tracks = viewer.layers["timelapse_telomeres_2d tracks"]
 tracks.tail_length, tracks.tail_width = 40, 4  # the whole 40 frames, visible
