@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 from napari_denodet.core.calibration import (
+    EVIDENCE_LEVEL,
     TIE_BREAK,
     choose_threshold,
     decoy_frame,
     decoy_frames,
     expected_scores,
     fit_calibration,
+    surplus_pvalues,
 )
 
 
@@ -105,3 +107,49 @@ def test_a_decoy_of_whole_numbers_keeps_the_noise_spread(photons):
     assert decoy.var() == pytest.approx(frame.var(), rel=0.03)
     skew = lambda v: np.mean((v - v.mean()) ** 3) / v.std() ** 3  # noqa: E731
     assert skew(decoy) == pytest.approx(skew(frame), abs=0.05)
+
+
+def _chosen(targets, decoys, weight=1.0):
+    probability = fit_calibration(targets, decoys, weight)(targets)
+    return choose_threshold(probability, pvalues=surplus_pvalues(targets, decoys, weight))
+
+
+def test_noise_alone_keeps_nothing_where_the_expected_f1_alone_keeps_a_chance_surplus():
+    # Targets and decoys of one and the same noise: somewhere the targets outnumber the
+    # decoys by chance, and the expected F1 alone keeps them as particles.
+    rng = np.random.default_rng(3)
+    kept_by_f1, kept_by_test = [], []
+    for _ in range(20):
+        targets, decoys = rng.beta(2, 6, 3000), rng.beta(2, 6, 3000)
+        probability = fit_calibration(targets, decoys)(targets)
+        kept_by_f1.append(choose_threshold(probability).kept)
+        choice = _chosen(targets, decoys)
+        kept_by_test.append(choice.kept)
+        assert choice.supported or choice.kept == 0
+    assert sum(k > 0 for k in kept_by_f1) >= 15
+    assert sum(k > 0 for k in kept_by_test) <= 2  # the test's level, and its scan
+
+
+def test_a_few_particles_far_above_every_decoy_are_kept():
+    # Three candidates in one image cannot outnumber the decoys beyond chance by their
+    # ranks alone (1 in 8); far above the decoys' tail they do.
+    rng = np.random.default_rng(4)
+    decoys, noise = rng.beta(2, 6, 3000), rng.beta(2, 6, 3000)
+    particles = np.array([0.97, 0.98, 0.99])
+    targets = np.concatenate([noise, particles])
+    pvalues = surplus_pvalues(targets, decoys)
+    assert np.all(pvalues[-3:] <= EVIDENCE_LEVEL)
+    choice = _chosen(targets, decoys)
+    assert choice.supported and choice.kept >= 3
+    # Just above the highest decoy, three are what noise gives.
+    near = np.concatenate([noise, decoys.max() + np.array([0.001, 0.002, 0.003])])
+    assert np.all(surplus_pvalues(near, decoys)[-3:] > EVIDENCE_LEVEL)
+
+
+def test_the_count_test_uses_the_frames_each_decoy_stands_for():
+    # 40 targets and 10 decoys above a score: chance when each decoy frame stands for
+    # four frames, a clear surplus when it stands for one.
+    targets = np.concatenate([np.full(40, 0.5), np.full(1000, 0.1)])
+    decoys = np.concatenate([np.full(10, 0.5), np.full(250, 0.1)])
+    assert surplus_pvalues(targets, decoys, 4.0)[0] > 0.3
+    assert surplus_pvalues(targets, decoys, 1.0)[0] < 1e-4

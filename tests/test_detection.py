@@ -34,6 +34,20 @@ def test_scores_are_probabilities_of_the_engines_peaks(sparse):
         score_detections(fixed, sparse.truth).f1 - 0.02
 
 
+def test_a_stack_of_noise_alone_gets_no_particles_and_says_why():
+    # Without the surplus test the expected F1 keeps noise here (hundreds with the
+    # comet model).
+    rng = np.random.default_rng(7)
+    noise = rng.normal(100.0, 10.0, (4, 192, 192)).astype(np.float32)
+    for name in ("fluorescence", "microtubule"):
+        found = run(load_model(name).detect(noise))
+        assert len(found.points) == 0 and not found.choice.supported
+        assert "no particle stands out from the noise" in found.summary()
+        assert len(found.candidates) > 1000  # the slider still has candidates to show
+    given = run(load_model("fluorescence").detect(noise, threshold=0.5))
+    assert given.choice.supported  # a given threshold is the user's: nothing is tested
+
+
 def test_a_given_threshold_is_applied_to_the_probabilities(sparse):
     found = run(load_model("fluorescence").detect(sparse.noisy, threshold=0.3))
     assert found.threshold == 0.3 and found.threshold_rule == "given"

@@ -373,6 +373,7 @@ class DetectWidget(Container):
         if name in self._watched_clicks:
             self.refit(name)
         for note in (result.model_note, result.warning(),
+                     None if result.choice.supported else result.summary(),
                      non_finite_note(result.non_finite) if result.non_finite else None,
                      _micrograph_hint(layer, result, self._model.value)):
             if note:

@@ -29,7 +29,7 @@ docs/models-history.md, "Decoys in busy images"). The decoy calibration is measu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,6 +42,11 @@ DECOY_FRAMES = 8
 #: dropped without its equally probable neighbours). It moves no probability by more
 #: than this.
 TIE_BREAK = 1e-4
+#: One-sided significance level of the targets' surplus over the decoys that a kept set
+#: needs (:func:`surplus_pvalues`).
+EVIDENCE_LEVEL = 0.01
+#: Decoys whose highest scores give the exponential tail of the noise's scores.
+TAIL_DECOYS = 50
 
 
 def decoy_frames(n_frames: int, most: int = DECOY_FRAMES) -> list[int]:
@@ -155,6 +160,10 @@ class ThresholdChoice:
         As implied by the probabilities (no truth involved).
     expected_particles : float
         Sum of the probabilities of every candidate.
+    supported : bool
+        False when the threshold was chosen with a test of the candidates' surplus over
+        the decoys and no threshold passed it: nothing stands out from the noise, and
+        nothing is kept.
     """
 
     threshold: float
@@ -163,6 +172,7 @@ class ThresholdChoice:
     expected_recall: float
     expected_f1: float
     expected_particles: float
+    supported: bool = True
 
 
 def expected_scores(probabilities, threshold: float) -> ThresholdChoice:
@@ -189,7 +199,65 @@ def expected_scores(probabilities, threshold: float) -> ThresholdChoice:
     return ThresholdChoice(float(threshold), n, precision, recall, f1, total)
 
 
-def choose_threshold(probabilities, floor: float = 0.05) -> ThresholdChoice:
+def surplus_pvalues(peak, decoys, weight: float = 1.0) -> np.ndarray:
+    """Return, for each candidate, how likely its score's surplus over the decoys is by chance.
+
+    Two tests, the smaller p-value kept:
+
+    - *counts*: for a cut at a candidate's raw score, ``n`` targets and ``d`` decoys
+      reach it. Were the image's candidates noise alone, targets and decoys would be
+      alike, and each of the ``n + d`` would be a target with probability
+      ``weight / (1 + weight)`` (the targets come from ``weight`` times as many frames):
+      the p-value of ``n`` or more targets among them (one-sided binomial). It sees
+      ranks only, so a handful of bright particles far above every decoy are no more
+      than a handful of coin flips;
+    - *tail*, beyond the highest decoy: the decoys' highest scores (logits) above
+      their :data:`TAIL_DECOYS`-th highest follow an exponential tail, which gives the
+      number of noise candidates expected above a score no decoy reached; the p-value
+      of ``n`` or more targets where ``weight`` times that many are expected (Poisson).
+
+    Parameters
+    ----------
+    peak : array_like
+        Raw peak scores of the targets.
+    decoys : array_like
+        Raw peak scores of the decoys.
+    weight : float
+        Target frames per decoy frame.
+
+    Returns
+    -------
+    numpy.ndarray
+        One p-value per target, in their order.
+    """
+    from scipy.stats import binom, poisson
+
+    peak = np.asarray(peak, dtype=np.float64).reshape(-1)
+    decoys = np.sort(np.asarray(decoys, dtype=np.float64).reshape(-1))
+    targets = np.sort(peak)
+    n = len(targets) - np.searchsorted(targets, peak, "left")
+    d = len(decoys) - np.searchsorted(decoys, peak, "left")
+    counts = binom.sf(n - 1, n + d, weight / (1.0 + weight))
+    k = min(TAIL_DECOYS, len(decoys) // 4)
+    if k < 5:
+        return counts
+    logit = _logit(decoys)
+    base = logit[-k - 1]
+    scale = max(float(np.mean(logit[-k:] - base)), 1e-6)
+    # Beyond the highest decoy only: below it the decoys are counted, not modelled.
+    excess = _logit(peak) - base
+    expected = k * np.exp(-np.clip(excess, 0.0, None) / scale)
+    tail = np.where(peak > decoys[-1], poisson.sf(n - 1, weight * expected), 1.0)
+    return np.minimum(counts, tail)
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+    return np.log(p) - np.log1p(-p)
+
+
+def choose_threshold(probabilities, floor: float = 0.05, pvalues=None,
+                     level: float = EVIDENCE_LEVEL) -> ThresholdChoice:
     """Return the probability threshold that maximises the expected F1.
 
     Parameters
@@ -198,13 +266,23 @@ def choose_threshold(probabilities, floor: float = 0.05) -> ThresholdChoice:
         Probability of a true particle of every candidate.
     floor : float
         Lowest threshold considered (a candidate less likely than this is never kept).
+    pvalues : array_like, optional
+        For each candidate, the p-value of the targets' surplus over the decoys at its
+        score (:func:`surplus_pvalues`). When given, a threshold is considered only where
+        that surplus is significant at ``level``: on an image of noise alone the chance
+        surplus of a few candidates would otherwise be kept as particles. Where no
+        threshold qualifies, nothing is kept and the choice is marked not supported.
+    level : float
+        Significance level of the surplus.
 
     Returns
     -------
     ThresholdChoice
         Ties go to the higher threshold (fewer detections for the same expected F1).
     """
-    p = np.sort(np.asarray(probabilities, dtype=np.float64))[::-1]
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    order = np.argsort(probabilities, kind="stable")[::-1]
+    p = probabilities[order]
     total = float(p.sum())
     if len(p) == 0 or total <= 0:
         return expected_scores(p, 1.0)
@@ -212,10 +290,14 @@ def choose_threshold(probabilities, floor: float = 0.05) -> ThresholdChoice:
     k = np.arange(1, len(p) + 1)
     f1 = 2 * np.cumsum(p) / (k + total)
     # Only cut between distinct probabilities (ties are kept or dropped together).
-    last_of_value = np.append(p[1:] != p[:-1], True) & (p >= floor)
-    if not last_of_value.any():
+    allowed = np.append(p[1:] != p[:-1], True) & (p >= floor)
+    if not allowed.any():
         return expected_scores(p, 1.0)
-    best = int(np.flatnonzero(last_of_value)[np.argmax(f1[last_of_value])])
+    if pvalues is not None:
+        allowed &= np.asarray(pvalues, dtype=np.float64)[order] <= level
+        if not allowed.any():
+            return replace(expected_scores(p, 1.0), supported=False)
+    best = int(np.flatnonzero(allowed)[np.argmax(f1[allowed])])
     return expected_scores(p, float(p[best]))
 
 

@@ -33,6 +33,7 @@ from napari_denodet.core.calibration import (
     decoy_frames,
     expected_scores,
     fit_calibration,
+    surplus_pvalues,
 )
 from napari_denodet.core.points import FRAME, SCORE, X, Y
 
@@ -113,8 +114,13 @@ class Detections:
         c = self.choice
         rule = {"expected F1": "threshold chosen for this image",
                 "given": "threshold given", "fine-tuned": "the fine-tuned threshold"}
-        text = (f"expected precision {c.expected_precision:.0%}, recall "
-                f"{c.expected_recall:.0%} ({rule[self.threshold_rule]})")
+        if not c.supported:
+            text = ("no particle stands out from the noise: the candidates score no "
+                    "higher than in the contrast-flipped frames, so none is kept (give a "
+                    "threshold to see the likeliest)")
+        else:
+            text = (f"expected precision {c.expected_precision:.0%}, recall "
+                    f"{c.expected_recall:.0%} ({rule[self.threshold_rule]})")
         if self.recurrence is not None:
             text += f"; {self.recurrence:.0%} found again in the next frame"
         if self.model_note:
@@ -277,8 +283,14 @@ def detect_with_model(
         threshold, rule = float(calibration(model.threshold)), "fine-tuned"
     candidates = _with_probability(targets, calibration)
     probability = candidates[SCORE].to_numpy()
-    choice = (choose_threshold(probability) if threshold is None
-              else expected_scores(probability, threshold))
+    if threshold is None:
+        # Kept only where the targets outnumber the decoys beyond chance: noise alone
+        # gets no particles.
+        evidence = (surplus_pvalues(targets[SCORE], decoys[SCORE], weight) if len(decoys)
+                    else None)
+        choice = choose_threshold(probability, pvalues=evidence)
+    else:
+        choice = expected_scores(probability, threshold)
     candidates = unbin_points(candidates, binning)
     kept = candidates[candidates[SCORE] >= choice.threshold]
     surest = kept[kept[SCORE] >= kept[SCORE].quantile(0.75)] if len(kept) else kept
