@@ -95,7 +95,7 @@ def spot_rows(draws: int, rng) -> list[dict]:
                     image += peak * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3 ** 2))
                 truth = pd.DataFrame({"y": centres[:, 0], "x": centres[:, 1]})
                 found = run(model.detect(rng.poisson(image).astype(np.float32)))
-                for key, points in zip(("before", "after"), _both(found)):
+                for key, points in zip(("before", "after"), _both(found), strict=True):
                     f1[key].append(score_detections(points, truth, gate=3.0).f1)
                     kept[key].append(len(points))
             rows.append({"spots": n, "peak": peak, "draws": draws,

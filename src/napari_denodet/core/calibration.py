@@ -18,6 +18,12 @@ that is ``(2 r - 1) / r``, clipped at 0. The default threshold then maximises th
 these probabilities imply: expected true positives above ``t`` over the mean of the
 count kept and the expected number of particles. No truth is needed.
 
+On noise alone the targets still outnumber the decoys somewhere, by chance, and the
+expected F1 would keep that surplus as particles. So a threshold is considered only
+where the surplus of targets above it is significant (:func:`surplus_pvalues`, one-sided
+at :data:`EVIDENCE_LEVEL`); where none is, nothing is kept
+(``docs/benchmarks/empty.md``).
+
 Where noise is not symmetric (low photon counts, hot pixels) decoys miss some false
 detections. Where particles are many, decoys over-count them: the network scores a noise
 bump among particles lower than the same bump in a decoy frame, which has none (1.5 times
