@@ -129,6 +129,20 @@ def test_nan_and_inf_pixels_are_treated_as_background_and_said(tmp_path, capsys)
     assert np.isfinite(points[["y", "x", "score"]].to_numpy()).all()
 
 
+def test_a_stack_of_noise_alone_gives_an_empty_table_and_says_why(tmp_path, capsys):
+    noise = np.random.default_rng(7).normal(100.0, 10.0, (4, 192, 192)).astype(np.float32)
+    write_tiff(tmp_path / "empty.tif", noise)
+    assert main(["detect", str(tmp_path / "empty.tif"), "--model", "fluorescence",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "no particle stands out from the noise" in capsys.readouterr().out
+    points = read_points(tmp_path / "out" / "empty_points.csv")
+    assert len(points) == 0 and list(points.columns[:4]) == ["frame", "y", "x", "score"]
+    # The candidates are there for a user who asks for them.
+    assert main(["detect", str(tmp_path / "empty.tif"), "--model", "fluorescence",
+                 "--all-candidates", "--out", str(tmp_path / "all")]) == 0
+    assert len(read_points(tmp_path / "all" / "empty_points.csv")) > 1000
+
+
 def test_an_image_without_a_finite_pixel_is_one_line_naming_it(tmp_path, capsys):
     write_tiff(tmp_path / "void.tif", np.full((32, 32), np.nan, np.float32))
     assert main(["detect", str(tmp_path / "void.tif"), "--out", str(tmp_path / "out")]) == 1

@@ -223,6 +223,24 @@ def test_nan_pixels_in_a_layer_are_background_and_the_user_is_told(make_napari_v
     assert "chosen for this image" in told[0]
 
 
+def test_noise_alone_gets_no_particles_and_a_notification_saying_why(make_napari_viewer,
+                                                                    qtbot, monkeypatch):
+    told = []
+    monkeypatch.setattr(detect_module, "show_info", told.append)
+    viewer = make_napari_viewer()
+    noise = np.random.default_rng(7).normal(100.0, 10.0, (4, 192, 192)).astype(np.float32)
+    viewer.add_image(noise, name="empty")
+    widget = _widget(viewer)
+    widget._model.value = "fluorescence"
+    _run(qtbot, widget)
+    assert len(viewer.layers["empty particles"].data) == 0
+    assert any(note.startswith("Detect 'empty': no particle stands out from the noise")
+               for note in told)
+    # The candidates are kept for the slider: lowered, it shows the likeliest.
+    widget._threshold.value = widget._threshold.min
+    assert len(viewer.layers["empty particles"].data) > 0
+
+
 def test_the_label_says_how_many_detections_recur_and_the_polarity_reaches_the_core(
         make_napari_viewer, qtbot, sim, monkeypatch):
     from napari_denodet.core.detection import recurrence
