@@ -48,7 +48,7 @@ from common import (
 )
 from scipy.ndimage import uniform_filter1d
 
-from napari_denodet.core.choice import AUTO_CANDIDATES, choose_model
+from napari_denodet.core.choice import AUTO_ALTERNATIVES, AUTO_CANDIDATES, choose_model
 from napari_denodet.core.classic import detect_classic
 from napari_denodet.core.metrics import score_detections
 from napari_denodet.core.models import load_model
@@ -143,7 +143,9 @@ def markdown(rows, speed, real, args, seconds) -> str:
              "LoG and wavelet are tuned on the validation stack; `LoG 3-mean` is a LoG "
              "tuned the same way on the running mean of three frames.", "",
              f"`--model auto`: whichever of {', '.join(AUTO_CANDIDATES)} expects the "
-             "higher F1 on 8 evenly spaced frames (no truth), then detection with it.", "",
+             "higher F1 on 8 evenly spaced frames (no truth), and where "
+             f"{AUTO_CANDIDATES[0]} wins, {', '.join(AUTO_ALTERNATIVES)} if it expects "
+             "more there; then detection with the one chosen.", "",
              "| scenario | SNR | density | 2D auto | 2D best | window auto | window best | "
              "fluorescence auto | `--model auto` (chose) | LoG | wavelet | LoG 3-mean |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

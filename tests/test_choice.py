@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from helpers import drain
-from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, SAMPLE_FRAMES, choose_model
+from napari_denodet.core.choice import (
+    AUTO,
+    AUTO_ALTERNATIVES,
+    AUTO_CANDIDATES,
+    SAMPLE_FRAMES,
+    choose_model,
+)
 from napari_denodet.core.models import Model
 from napari_denodet.core.predict import run
 from napari_denodet.core.simulate import simulate
@@ -37,6 +43,21 @@ def test_the_candidates_are_compared_on_a_few_frames_each_in_its_window(dim, mon
     stack = np.concatenate([dim.noisy, dim.noisy])  # 24 frames
     run(choose_model(stack, frames=(2, 20)))
     assert seen == [(1, (SAMPLE_FRAMES, 128, 128)), (3, (SAMPLE_FRAMES, 3, 128, 128))]
+
+
+def test_where_the_single_frame_model_wins_the_comet_model_is_asked_too():
+    # Comets at SNR 2: time does not help (they move), and their shape is the comet
+    # model's.
+    comets = simulate("microtubule", snr=2.0, frames=6, shape=(192, 192), seed=4,
+                      density="low")
+    choice = run(choose_model(comets.noisy))
+    assert set(choice.expected_f1) == {*AUTO_CANDIDATES, *AUTO_ALTERNATIVES}
+    assert choice.expected_f1["fluorescence"] > choice.expected_f1["timelapse"]
+    assert choice.name == "microtubule"
+    assert choice.expected_f1["microtubule"] > choice.expected_f1["fluorescence"]
+    assert "microtubule chosen" in choice.note() and "timelapse 0." in choice.note()
+    # Without alternatives the two candidates alone decide.
+    assert run(choose_model(comets.noisy, alternatives=())).name == "fluorescence"
 
 
 @pytest.mark.parametrize("frames", [None, (4, 6)])

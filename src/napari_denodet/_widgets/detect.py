@@ -52,7 +52,7 @@ from napari_denodet._widgets import (
     session,
 )
 from napari_denodet._widgets.clicks import clicks_name, layer_points
-from napari_denodet.core.choice import AUTO, AUTO_CANDIDATES, choose_model
+from napari_denodet.core.choice import AUTO, AUTO_ALTERNATIVES, AUTO_CANDIDATES, choose_model
 from napari_denodet.core.detection import POLARITIES
 from napari_denodet.core.metrics import GATE
 from napari_denodet.core.normalize import non_finite_note
@@ -190,7 +190,9 @@ class DetectWidget(Container):
             *session.names(), *bundled_models(), AUTO, FROM_FILE], tooltip="\n".join(
             [f"{name}: {purpose}" for name, purpose in bundled_model_purposes().items()]
             + [f"{AUTO}: on a time-lapse, whichever of {', '.join(AUTO_CANDIDATES)} "
-               "expects the higher F1 on it (compared on a few frames first)",
+               "expects the higher F1 on it (compared on a few frames first); where "
+               f"{AUTO_CANDIDATES[0]} wins, {', '.join(AUTO_ALTERNATIVES)} is compared "
+               "with it",
                f"{FROM_FILE} a model you trained or fine-tuned (.pt)"]), value=AUTO)
         self._model_file = FileEdit(label="model file", filter="*.pt", visible=False)
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])

@@ -35,7 +35,7 @@ DESCRIPTION = ("Denoise and detect particles in each INPUT; write DIR/<stem>_poi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``detect``."""
     from napari_denodet.core.batch import DENOISED_FORMATS, DetectSettings
-    from napari_denodet.core.choice import AUTO_CANDIDATES
+    from napari_denodet.core.choice import AUTO_ALTERNATIVES, AUTO_CANDIDATES
     from napari_denodet.core.detection import POLARITIES
     from napari_denodet.core.device import DEVICES, PRECISIONS
 
@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DetectSettings.model,
                         help=f"bundled model name or a .pt file, or 'auto': on each "
                              f"time-lapse the one of {', '.join(AUTO_CANDIDATES)} that "
-                             "expects the higher F1 there (default: "
-                             f"{DetectSettings.model})")
+                             f"expects the higher F1 there, and where {AUTO_CANDIDATES[0]} "
+                             f"wins, {', '.join(AUTO_ALTERNATIVES)} if it expects more "
+                             f"(default: {DetectSettings.model})")
     parser.add_argument("--out", type=_path, required=True, metavar="DIR")
     parser.add_argument("--threshold", type=_share, default=None,
                         help="keep particles whose score (the probability of a true "

@@ -37,9 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="known false detections (same formats)")
     parser.add_argument("--model", default=AUTO,
                         help="bundled model name or a .pt file to start from, or 'auto' "
-                             "(default): on a time-lapse the one of "
-                             f"{', '.join(AUTO_CANDIDATES)} that detect's 'auto' chooses "
-                             f"there, on a single image {AUTO_CANDIDATES[0]}")
+                             "(default): on a time-lapse the model detect's 'auto' "
+                             f"chooses there, on a single image {AUTO_CANDIDATES[0]}")
     parser.add_argument("--out", type=_path, required=True, metavar="MODEL.pt")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help=f"most training steps (default {FinetuneSettings.steps})")
