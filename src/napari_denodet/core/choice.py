@@ -13,8 +13,8 @@ Where the single-frame model wins (time does not help there), the question left 
 spots' shape: the comet model (``microtubule``) is then compared with it on the same
 frames. Asked only then, not as a third candidate from the start: the more candidates, the
 likelier one of them over-estimates its F1 by chance and wins wrongly (with all three at
-once, a correlated-noise cell lost 0.23 to the comet model where the window model was
-right; docs/models-history.md).
+once, a correlated-noise cell of comets at SNR 1 lost 0.23 to the comet model where the
+window model was right; docs/models-history.md).
 """
 
 from __future__ import annotations
