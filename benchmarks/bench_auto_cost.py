@@ -88,7 +88,8 @@ def main() -> None:
              f"torch threads {torch.get_num_threads()}).", "",
              "`fluorescence`: `Model.detect` with that model alone (the default before "
              "`auto`). `auto`: the choice (both candidate models on "
-             f"{SAMPLE_FRAMES} evenly spaced frames, each with its decoy pass), then "
+             f"{SAMPLE_FRAMES} evenly spaced frames, each with its decoy pass, and the "
+             "comet model too where `fluorescence` wins), then "
              "`Model.detect` with the chosen one. Median seconds of "
              f"{args.repeats} turns each, taken round robin.", "",
              "| stack | `fluorescence` (s) | `auto` (s) | ratio | chosen |",
