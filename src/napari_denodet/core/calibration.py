@@ -247,18 +247,19 @@ def surplus_pvalues(peak, decoys, weight: float = 1.0) -> np.ndarray:
     k = min(TAIL_DECOYS, len(decoys) // 4)
     if k < 5:
         return counts
-    logit = _logit(decoys)
-    base = logit[-k - 1]
-    scale = max(float(np.mean(logit[-k:] - base)), 1e-6)
+    tail = logit(decoys)
+    base = tail[-k - 1]
+    scale = max(float(np.mean(tail[-k:] - base)), 1e-6)
     # Beyond the highest decoy only: below it the decoys are counted, not modelled.
-    excess = _logit(peak) - base
+    excess = logit(peak) - base
     expected = k * np.exp(-np.clip(excess, 0.0, None) / scale)
-    tail = np.where(peak > decoys[-1], poisson.sf(n - 1, weight * expected), 1.0)
-    return np.minimum(counts, tail)
+    beyond = np.where(peak > decoys[-1], poisson.sf(n - 1, weight * expected), 1.0)
+    return np.minimum(counts, beyond)
 
 
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+def logit(p, eps: float = 1e-9) -> np.ndarray:
+    """Return ``log(p / (1 - p))`` of scores clipped to ``[eps, 1 - eps]``."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     return np.log(p) - np.log1p(-p)
 
 

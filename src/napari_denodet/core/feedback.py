@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from napari_denodet.core.calibration import logit
 from napari_denodet.core.detection import PEAK
 from napari_denodet.core.metrics import GATE
 from napari_denodet.core.points import FRAME, SCORE, X, Y
@@ -229,8 +230,7 @@ def _spread(index: np.ndarray, z: np.ndarray, most: int) -> np.ndarray:
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p) - np.log1p(-p)
+    return logit(p, eps=1e-6)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -52,15 +52,13 @@ class LinkSettings:
     gap_frames: int = 2
 
     def __post_init__(self) -> None:
-        if self.max_distance is None:
-            pass
-        elif not np.isfinite(self.max_distance) or self.max_distance <= 0:
+        if self.max_distance is not None and not (np.isfinite(self.max_distance)
+                                                  and self.max_distance > 0):
             raise InputError(None, f"the largest displacement must be > 0 px, got "
                                    f"{self.max_distance!r}")
         if int(self.gap_frames) != self.gap_frames or self.gap_frames < 0:
             raise InputError(None, f"the gap must be a whole number of frames >= 0, got "
                                    f"{self.gap_frames!r}")
-
 
     def for_points(self, points: pd.DataFrame) -> LinkSettings:
         """Return these settings with the largest displacement estimated if it is None."""
