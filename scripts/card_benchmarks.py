@@ -12,8 +12,9 @@ per SNR, averaged over the scenarios and densities; for the micrograph model,
 fine-tuning on each micrograph case; for the model that reads a window of frames,
 ``docs/benchmarks/window.json`` (``benchmarks/bench_window.py``). The fluorescence
 cards' ``deviations`` are set to :data:`napari_denodet.core.train.DEVIATIONS`, whose
-figures come from the detection benchmark. Run it after any of these benchmarks; a test
-checks that the cards agree with the committed reports.
+figures come from the recipe comparison (``docs/benchmarks/detection-recipe.md``). Run
+it after any of these benchmarks; a test checks that the cards agree with the committed
+reports.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def main() -> None:
         if name in figures:
             card["benchmark"] = figures[name]
         if name in figures and card.get("scenario") != "micrograph":
-            # The fluorescence deviations quote the detection benchmark's figures.
+            # The fluorescence cards share the recipe and its measured departures.
             card["deviations"] = DEVIATIONS
         if name in advice:
             card["finetune"] = advice[name]

@@ -82,6 +82,17 @@ def test_train_with_correlated_noise_records_and_reproduces_it(tmp_path):
         "training"]["command"]
 
 
+def test_train_records_the_share_of_plain_patches(tmp_path):
+    out = tmp_path / "mixed.pt"
+    assert main([*ARGS, "--domain", "realistic", "--ptc-share", "0.5", "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["settings"]["ptc_share"] == 0.5
+    assert card["training"]["ptc_share"] == 0.5
+    assert "50% of them through" in card["training"]["data"]
+    command = shlex.split(card["training"]["command"])
+    assert command[command.index("--ptc-share") + 1] == "0.5"
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--scenario", "micrograph", "--blur-range", "2", "1"], "blur_range"),
     (["--scenario", "micrograph", "--correlated-noise", "0.5"], "time-lapses only"),

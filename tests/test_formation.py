@@ -150,6 +150,18 @@ def test_training_patches_are_made_again_from_their_seed():
         TrainSettings(domain="mars")
 
 
+def test_share_of_plain_patches_is_a_setting():
+    def plain_share(share):
+        settings = TrainSettings(domain="realistic", ptc_share=share)
+        return np.mean([patch_formation(settings, seed) is None for seed in range(400)])
+
+    assert plain_share(0.0) == 0.0 and plain_share(1.0) == 1.0
+    assert abs(plain_share(0.5) - 0.5) < 0.08
+    assert abs(plain_share(PTC_SHARE) - PTC_SHARE) < 0.08
+    with pytest.raises(ValueError, match="ptc_share"):
+        TrainSettings(domain="realistic", ptc_share=1.5)
+
+
 def test_micrograph_contrast_transfer_and_artefacts():
     from napari_denodet.core.simulate import simulate_micrograph
     from napari_denodet.core.simulate.micrograph import contrast_transfer

@@ -50,7 +50,8 @@ _VALIDATION_SEED = 1_000_000_000  # seeds the validation stream, apart from trai
 #: Training domains of fluorescence models: the PTC-like world alone, or the realistic
 #: image formation (:mod:`napari_denodet.core.simulate.formation`) around it.
 DOMAINS = ("ptc", "realistic")
-#: Share of the realistic domain's patches drawn from the plain PTC-like world.
+#: Share of the realistic domain's patches drawn from the plain PTC-like world, by
+#: default (``TrainSettings.ptc_share``).
 PTC_SHARE = 0.25
 
 
@@ -112,9 +113,12 @@ class TrainSettings:
         width, intensities and clusters from
         :data:`~napari_denodet.core.simulate.formation.RANGES`, and each micrograph
         patch's radius, fringe, low-pass, contrast transfer and detector artefacts from
-        :data:`MICROGRAPH_DOMAIN` (all but :data:`PTC_SHARE` of the patches; each
-        patch's draw comes from its own seed, so any patch can be made again); ``"ptc"``,
-        the default, the PTC-like world alone (and the halo and blur ranges).
+        :data:`MICROGRAPH_DOMAIN` (all but ``ptc_share`` of the patches; each patch's
+        draw comes from its own seed, so any patch can be made again); ``"ptc"``, the
+        default, the PTC-like world alone (and the halo and blur ranges).
+    ptc_share : float
+        The realistic domain only: share of the patches drawn from the plain PTC-like
+        world (default :data:`PTC_SHARE`).
     init : str, optional
         A model (bundled name or ``.pt`` path) whose weights the network starts from,
         instead of a random initialisation; its shape must match ``network``, except
@@ -158,6 +162,7 @@ class TrainSettings:
     blur_range: tuple[float, float] = (0.0, 0.0)
     correlated_noise: float = 0.0
     domain: str = "ptc"
+    ptc_share: float = PTC_SHARE
     init: str | None = None
     window: int = 1
     window_init: str = "centre"
@@ -187,6 +192,8 @@ class TrainSettings:
         if self.domain not in DOMAINS:
             raise ValueError(f"unknown domain {self.domain!r}; choose one of "
                              f"{', '.join(DOMAINS)}")
+        if not 0.0 <= self.ptc_share <= 1.0:
+            raise ValueError(f"ptc_share must be between 0 and 1, got {self.ptc_share}")
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")
@@ -373,12 +380,12 @@ def patch_micrograph(settings: TrainSettings, seed: int) -> dict:
     draws, from a generator of its own seeded by ``seed``, a wider radius range and, each
     in part of the patches, a phase-contrast fringe, a low-pass (filtered exports), a
     contrast transfer function and detector artefacts (:data:`MICROGRAPH_DOMAIN`);
-    :data:`PTC_SHARE` of its patches stay in the plain micrograph world.
+    ``settings.ptc_share`` of its patches stay in the plain micrograph world.
     """
     if settings.domain != "realistic":
         return {"halo": tuple(settings.halo_range), "blur": tuple(settings.blur_range)}
     rng = np.random.default_rng([seed, 2])
-    if rng.random() < PTC_SHARE:
+    if rng.random() < settings.ptc_share:
         return {}
     d = MICROGRAPH_DOMAIN
     options = {"radius": d["radius"]}
@@ -393,13 +400,13 @@ def patch_formation(settings: TrainSettings, seed: int):
     """Return the image formation of the training patch simulated from ``seed``.
 
     None for the PTC-like world (the ``"ptc"`` domain, micrographs, and
-    :data:`PTC_SHARE` of the realistic domain's patches). The draw comes from a
+    ``settings.ptc_share`` of the realistic domain's patches). The draw comes from a
     generator of its own seeded by ``seed``, so a patch is made again from its seed.
     """
     if settings.domain != "realistic":
         return None
     rng = np.random.default_rng([seed, 1])
-    return None if rng.random() < PTC_SHARE else draw_formation(rng)
+    return None if rng.random() < settings.ptc_share else draw_formation(rng)
 
 
 def augment(sample: Sample, rng: np.random.Generator) -> Sample:
@@ -649,7 +656,8 @@ INFERENCE_TEMPERATURE = 0.6
 DEVIATIONS = [
     "Batch normalisation instead of instance normalisation: at inference batch norm is a "
     "fixed affine map, so tiled and whole-frame results agree exactly, and it folds into "
-    "the convolutions. Measured with the same recipe (docs/benchmarks/detection.md): "
+    "the convolutions. Measured with the same recipe, on the PTC-like world alone "
+    "(docs/benchmarks/detection-recipe.md): "
     "instance norm's tiles differ from the whole frame by up to 1.03 noise units, it runs "
     "at 4.2 against 9.0 frames/s of 512 x 512 (float32, same run), and its mean F1 is 0.402"
     " / 0.816 against 0.486 / 0.880 at SNR 1 / 2 (0.972 / 0.964 against 0.973 / 0.961 at "
@@ -665,7 +673,8 @@ DEVIATIONS = [
     "background empty and makes the peak a score.",
     "Adam at 1e-3 (not 1e-4) and a plateau scheduler (x0.3 after 2 stale validations) so "
     "that training converges within CPU minutes; fresh simulated patches every step. "
-    "Measured at 1e-4 with the same 3000 steps (docs/benchmarks/detection.md): mean F1 "
+    "Measured at 1e-4 with the same 3000 steps on the PTC-like world alone "
+    "(docs/benchmarks/detection-recipe.md): mean F1 "
     "0.459 / 0.848 against 0.486 / 0.880 at SNR 1 / 2.",
     "A final settling phase (the last settle_fraction of the steps) trains at a tenth of "
     "the learning rate with the batch-norm statistics frozen, so the network adapts to the "
@@ -708,11 +717,11 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
             if s.scenario == "fluorescence" else
             f"simulated 2D fluorescence particles ({s.scenario})")
     if realistic and micrograph:
-        data += (f", {1 - PTC_SHARE:.0%} of them with radii 4-20 px and, drawn per patch, "
+        data += (f", {1 - s.ptc_share:.0%} of them with radii 4-20 px and, drawn per patch, "
                  "phase-contrast fringes, low-pass filtering, a contrast transfer function "
                  "and detector artefacts")
     elif realistic:
-        data += (f", {1 - PTC_SHARE:.0%} of them through a randomised image formation "
+        data += (f", {1 - s.ptc_share:.0%} of them through a randomised image formation "
                  "(camera noise of several kinds, structured backgrounds, PSF and "
                  "intensity spread, clusters)")
     if s.window > 1:
@@ -728,7 +737,7 @@ def model_card(result: TrainedModel, name: str, command: str) -> dict:
             "wall_time_s": round(result.wall_time, 1),
             "validation": {k: last.get(k) for k in ("val_f1", "val_rmse", "val_loss")},
             **({"formation_ranges": _jsonable(MICROGRAPH_DOMAIN if micrograph else RANGES),
-                "ptc_share": PTC_SHARE} if realistic else {}),
+                "ptc_share": s.ptc_share} if realistic else {}),
             **({"init_training": init_training(s.init)} if s.init else {}),
         },
         "normalisation": "per frame: subtract the median, divide by 1.4826 x MAD",

@@ -95,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "clusters; micrographs: radii 4-20 px, fringes, low-pass, "
                              "contrast transfer, detector artefacts); 'ptc' the plain "
                              f"simulated world alone (default {default.domain})")
+    parser.add_argument("--ptc-share", type=_share, default=default.ptc_share,
+                        metavar="SHARE",
+                        help="with --domain realistic: share of the patches drawn from the "
+                             f"plain simulated world (default {default.ptc_share:g})")
     parser.add_argument("--init", default=None, metavar="MODEL",
                         help="start from this model's weights (bundled name or .pt path) "
                              "instead of a random initialisation")
@@ -167,6 +171,7 @@ def train_settings(args: argparse.Namespace):
                                                **_given(widths=args.widths)),
                          denoising_loss=args.denoising_loss,
                          correlated_noise=args.correlated_noise, domain=args.domain,
+                         ptc_share=args.ptc_share,
                          init=args.init, window=args.window,
                          window_init=args.window_init,
                          **_given(halo_range=args.halo_range, blur_range=args.blur_range))
@@ -197,6 +202,9 @@ def _command(args: argparse.Namespace, settings, out: Path) -> str:
         *(["--correlated-noise", f"{settings.correlated_noise:g}"]
           if settings.correlated_noise > 0 else []),
         *(["--domain", settings.domain] if settings.domain != TrainSettings.domain else []),
+        *(["--ptc-share", f"{settings.ptc_share:g}"]
+          if settings.domain == "realistic" and settings.ptc_share != TrainSettings.ptc_share
+          else []),
         *(["--init", settings.init] if settings.init else []),
         *(["--window", str(settings.window)] if settings.window != 1 else []),
         *(["--window-init", settings.window_init]
