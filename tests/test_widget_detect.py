@@ -172,6 +172,7 @@ def test_a_lazily_opened_stack_is_denoised_to_disk_and_shown_memory_mapped(
     lazy = {".tif": np.memmap, ".zarr": da.Array}[suffix]
     assert isinstance(viewer.layers["cells"].data, lazy)
     widget = _widget(viewer)
+    widget._model.value = "fluorescence"  # the model the in-memory run below uses
     _run(qtbot, widget)
     denoised = viewer.layers["cells denoised"].data
     assert isinstance(denoised, np.memmap)
