@@ -194,6 +194,8 @@ class TrainSettings:
                              f"{', '.join(DOMAINS)}")
         if not 0.0 <= self.ptc_share <= 1.0:
             raise ValueError(f"ptc_share must be between 0 and 1, got {self.ptc_share}")
+        if self.domain != "realistic" and self.ptc_share != PTC_SHARE:
+            raise ValueError("ptc_share applies to the realistic domain only")
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")

@@ -203,8 +203,7 @@ def _command(args: argparse.Namespace, settings, out: Path) -> str:
           if settings.correlated_noise > 0 else []),
         *(["--domain", settings.domain] if settings.domain != TrainSettings.domain else []),
         *(["--ptc-share", f"{settings.ptc_share:g}"]
-          if settings.domain == "realistic" and settings.ptc_share != TrainSettings.ptc_share
-          else []),
+          if settings.ptc_share != TrainSettings.ptc_share else []),
         *(["--init", settings.init] if settings.init else []),
         *(["--window", str(settings.window)] if settings.window != 1 else []),
         *(["--window-init", settings.window_init]
