@@ -17,9 +17,9 @@ Per case and draw, with the bundled model detecting at its per-image threshold:
 
 - *adapted*: fine-tuning with its defaults (a 60 s budget for the whole run, 30 % of the
   clicks held out for the acceptance check, the starting model kept when the adapted one
-  is not better there), then detection with the result; *adapted + clicks*: that
-  detection's threshold refitted to the same clicks, as the Detect widget does when the
-  user detects again with the clicks layer in place. Run for the first
+  is not better there by more than the check's uncertainty), then detection with the
+  result; *adapted + clicks*: that detection's threshold refitted to the same clicks, as
+  the Detect widget does when the user detects again with the clicks layer in place. Run for the first
   ``--adapt-draws`` regions of each case.
 
 The refit time is one refit (the user's wait after a click; the detection is done once,
@@ -214,8 +214,9 @@ def _adaptation_table(rows: list[dict]) -> list[str]:
     regions = len({(r["case"], r["draw"]) for r in adapted})
     lines = ["", f"Adaptation (fine-tuning at its defaults) on {regions} regions (the first "
                  "ones of each case): F1 outside the clicked region; *kept* says whether "
-                 "the adapted weights passed the acceptance check (else the starting model "
-                 "is kept); the time is the whole fine-tuning call.", "",
+                 "the adapted weights passed the acceptance check (a held-out F1 gain larger "
+                 "than the check's uncertainty, ±; else the starting model is kept); the "
+                 "time is the whole fine-tuning call.", "",
              "| case | clicks | F1 before | instant | adapted | adapted + clicks | kept "
              "| held-out F1 before → after | time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -223,7 +224,8 @@ def _adaptation_table(rows: list[dict]) -> list[str]:
         for key, clicks, instant in (("adapt", "10", "f1_clicks"),
                                      ("adapt_false", "10 + 5", "f1_clicks_false")):
             held = r[f"{key}_heldout"]
-            check = (f"{held['f1_before']:.2f} → {held['f1_after']:.2f}" if held else "")
+            check = (f"{held['f1_before']:.2f} → {held['f1_after']:.2f} "
+                     f"(± {held['margin']:.2f})" if held else "")
             lines.append(
                 f"| {r['case']} | {clicks} | {r['f1_before']:.3f} | {r[instant]:.3f} "
                 f"| {r[f'{key}_f1']:.3f} | {r[f'{key}_f1_clicks']:.3f} "

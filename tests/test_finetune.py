@@ -69,11 +69,10 @@ def test_fine_tuning_from_clicks_beats_the_starting_model(shifted):
     stages = [p.stage for p in progress if p.stage != "check"]
     assert result.steps_done == 100 and stages == ["train"] * 100 + ["calibrate", "accept"]
     # The adapted model is kept exactly when it does better on the 3 clicks it did not
-    # train on (a close call here: 0.869 against 0.867 in one run, 0.857 in another
-    # whose arithmetic ran on another number of threads); else the starting weights.
+    # train on by more than the check's uncertainty; else the starting weights.
     held = result.heldout
-    assert held["clicks"] == 3
-    assert result.accepted == (held["f1_after"] > held["f1_before"])
+    assert held["clicks"] == 3 and held["margin"] > 0
+    assert result.accepted == (held["f1_after"] - held["f1_before"] > held["margin"])
     assert result.message.startswith("adapted model kept" if result.accepted
                                      else "previous model kept")
     kept = adapted if result.accepted else parent
@@ -530,6 +529,28 @@ def test_the_settings_write_the_command_that_repeats_the_run(tmp_path):
     # The threshold mode does not calibrate after training: no --calibration.
     assert "--calibration" not in FinetuneSettings(mode="threshold").command(
         "a.tif", "b.csv", "fluorescence", "c.pt")
+
+
+def test_a_gain_the_held_out_clicks_cannot_resolve_does_not_count():
+    from napari_denodet.core.finetune.run import _gain_margin, _Held
+
+    every = np.ones(3, dtype=bool)
+    # Three held-out clicks found before and after, the precision estimated from 40
+    # detections: 0.94 -> 0.96 is within the check's uncertainty (a case the benchmark
+    # met: the adapted model was worse on the truth).
+    before = _Held(every, 0.94, 0.94 * 0.06 / 40)
+    after = _Held(every, 0.96, 0.96 * 0.04 / 40)
+    assert after.f1 > before.f1
+    assert after.f1 - before.f1 < _gain_margin(before, after)
+    # Two more of the three clicks found, at the same precision, is a gain it resolves.
+    one = np.array([True, False, False])
+    before = _Held(one, 0.9, 0.9 * 0.1 / 40)
+    after = _Held(every, 0.9, 0.9 * 0.1 / 40)
+    assert after.f1 - before.f1 > _gain_margin(before, after)
+    # More held-out clicks resolve a smaller gain.
+    few = _gain_margin(_Held(every, 0.8, 0.0), _Held(every, 0.9, 0.0))
+    many = _gain_margin(_Held(np.ones(30, bool), 0.8, 0.0), _Held(np.ones(30, bool), 0.9, 0.0))
+    assert many < few / 3
 
 
 def test_an_adaptation_worse_on_the_held_out_clicks_is_not_kept(shifted):

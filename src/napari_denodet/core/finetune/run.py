@@ -401,20 +401,23 @@ def _accept(training: _Run, adapted: FinetunedModel
     complete = job.settings.complete_region or all(
         area_looks_complete(before.candidates[before.candidates[FRAME] == i], points, shape)
         for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)))
-    f1_before = _heldout_f1(before, heldout, clicks, shapes, complete)
-    f1_after = _heldout_f1(after, heldout, clicks, shapes, complete)
-    accepted = f1_after > f1_before
-    facts = {"f1_before": f1_before, "f1_after": f1_after, "clicks": len(heldout),
-             "complete_area": bool(complete)}
+    first = _heldout_measure(before, heldout, clicks, shapes, complete)
+    then = _heldout_measure(after, heldout, clicks, shapes, complete)
+    f1_before, f1_after = first.f1, then.f1
+    margin = _gain_margin(first, then)
+    accepted = f1_after - f1_before > margin
+    facts = {"f1_before": f1_before, "f1_after": f1_after, "margin": margin,
+             "clicks": len(heldout), "complete_area": bool(complete)}
     measure = f"F1 on the {len(heldout)} clicks held out"
     if accepted:
         message = (f"adapted model kept: {measure} {f1_before:.2f} before, "
                    f"{f1_after:.2f} after ({adapted.steps_done} steps)")
         result = adapted
     else:
-        message = (f"previous model kept: the adapted one was not better on the clicks it "
-                   f"did not train on ({measure} {f1_before:.2f} before, {f1_after:.2f} "
-                   "after)")
+        message = (f"previous model kept: the adapted one was not measurably better on the "
+                   f"clicks it did not train on ({measure} {f1_before:.2f} before, "
+                   f"{f1_after:.2f} after; a gain must exceed {margin:.2f}, the check's "
+                   "uncertainty)")
         result = replace(adapted, model=_kept_parent(job, adapted))
     elapsed = time.perf_counter() - job.started
     yield FinetuneProgress(Stage.ACCEPT, adapted.steps_done, job.settings.steps, elapsed,
@@ -437,17 +440,38 @@ def _kept_parent(job: _Job, adapted: FinetunedModel) -> Model:
     return Model(network=network, card=card, source=f"kept from {job.model.source}")
 
 
-def _heldout_f1(found, heldout: pd.DataFrame, clicks: list[np.ndarray],
-                shapes: list[tuple[int, int]], complete: bool) -> float:
-    # The F1 of the held-out clicks' recall and a precision no step trained on: that of
-    # the detections in a completely clicked area (those matching a click), else the
-    # target-decoy estimate on the frames (contrast-flipped frames were never seen).
+@dataclass(frozen=True)
+class _Held:
+    # One model on the acceptance check: which held-out clicks it found, its precision
+    # (and that estimate's variance) and their F1.
+    found: np.ndarray  # bool per held-out click
+    precision: float
+    precision_variance: float
+
+    @property
+    def recall(self) -> float:
+        return float(np.mean(self.found))
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def _heldout_measure(found, heldout: pd.DataFrame, clicks: list[np.ndarray],
+                     shapes: list[tuple[int, int]], complete: bool) -> _Held:
+    # The held-out clicks' recall and a precision no step trained on: that of the
+    # detections in a completely clicked area (those matching a click: a binomial count),
+    # else the detections' calibrated probabilities (whose sum of p(1 - p) is the variance
+    # of the number of true ones among them).
+    from napari_denodet.core.finetune.calibration import _frame_coords
     from napari_denodet.core.finetune.clicks import _in_area, clicked_area
+    from napari_denodet.core.metrics import match_points
     from napari_denodet.core.points import points_table
 
     kept = found.points
-    recall = _matched(kept, heldout, CALIBRATION_GATE) / len(heldout)
-    precision = found.choice.expected_precision
+    hit = np.zeros(len(heldout), dtype=bool)
+    hit[match_points(_frame_coords(kept), _frame_coords(heldout), CALIBRATION_GATE)[1]] = True
     if complete:
         inside = matched = 0
         for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)):
@@ -459,7 +483,37 @@ def _heldout_f1(found, heldout: pd.DataFrame, clicks: list[np.ndarray],
                                                    frame=np.full(len(points), i)),
                                 CALIBRATION_GATE)
         precision = matched / inside if inside else 1.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        variance = precision * (1 - precision) / inside if inside else 0.0
+        return _Held(hit, precision, variance)
+    p = kept[SCORE].to_numpy(np.float64) if len(kept) else np.zeros(0)
+    precision = found.choice.expected_precision
+    variance = float(np.sum(p * (1 - p))) / len(p) ** 2 if len(p) else 0.0
+    return _Held(hit, precision, variance)
+
+
+def _gain_margin(before: _Held, after: _Held) -> float:
+    # One standard error of the held-out F1's change (the one-standard-error rule: the
+    # simpler model, here the one the user had, stands unless the other beats it by more
+    # than the check can resolve). The recall's change is paired over the same clicks:
+    # its variance is that of the discordant clicks (McNemar's), with half a click when
+    # none is (no discordant click among three is no proof that the recall did not
+    # change). The precisions are taken as independent. Both carried to the F1 to first
+    # order.
+    n = len(before.found)
+    discordant = int(np.sum(before.found != after.found))
+    recall_variance = max(discordant, 0.5) / n ** 2
+    (dp0, dr0), (dp1, dr1) = _f1_slopes(before), _f1_slopes(after)
+    variance = (((dr0 + dr1) / 2) ** 2 * recall_variance
+                + dp0 ** 2 * before.precision_variance + dp1 ** 2 * after.precision_variance)
+    return float(np.sqrt(variance))
+
+
+def _f1_slopes(held: _Held) -> tuple[float, float]:
+    # d F1 / d precision and d F1 / d recall.
+    p, r = held.precision, held.recall
+    if p + r == 0:
+        return 1.0, 1.0
+    return 2 * r * r / (p + r) ** 2, 2 * p * p / (p + r) ** 2
 
 
 def _recalibrate(job: _Job) -> Generator[FinetuneProgress, None, FinetunedModel]:
