@@ -160,6 +160,8 @@ def test_share_of_plain_patches_is_a_setting():
     assert abs(plain_share(PTC_SHARE) - PTC_SHARE) < 0.08
     with pytest.raises(ValueError, match="ptc_share"):
         TrainSettings(domain="realistic", ptc_share=1.5)
+    with pytest.raises(ValueError, match="ptc domain only"):
+        TrainSettings(domain="realistic", correlated_noise=1.0)
     with pytest.raises(ValueError, match="realistic domain only"):
         TrainSettings(ptc_share=0.5)
 

@@ -107,7 +107,8 @@ class TrainSettings:
         Time-lapses only: the largest width (px) of the spatial correlation given to the
         noise of half the patches, drawn per patch and axis from ``[0, correlated_noise]``
         (:func:`~napari_denodet.core.simulate.correlate_noise`); the other half keep
-        white Poisson noise. 0, the default, keeps every patch white.
+        white Poisson noise. 0, the default, keeps every patch white. The ``"ptc"``
+        domain only: the realistic one's camera draws correlated noise of its own.
     domain : {"ptc", "realistic"}
         ``"realistic"`` draws each time-lapse patch's camera, background structure, PSF
         width, intensities and clusters from
@@ -196,6 +197,9 @@ class TrainSettings:
             raise ValueError(f"ptc_share must be between 0 and 1, got {self.ptc_share}")
         if self.domain != "realistic" and self.ptc_share != PTC_SHARE:
             raise ValueError("ptc_share applies to the realistic domain only")
+        if self.domain == "realistic" and self.correlated_noise > 0:
+            raise ValueError("correlated_noise applies to the ptc domain only (the realistic "
+                             "domain's camera draws correlated noise of its own)")
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")

@@ -382,7 +382,8 @@ def _accept(training: _Run, adapted: FinetunedModel
             ) -> Generator[FinetuneProgress, None, FinetunedModel]:
     # The acceptance check: the starting model as the user saw it (its probabilities and
     # per-image threshold) and the adapted one (its fitted threshold), on the clicks no
-    # step trained on. The adapted model is kept only when it does better there.
+    # step trained on. The adapted model is kept only when it does better there by more
+    # than the comparison can resolve (_gain_margin).
     job = training.job
     heldout = training.heldout
     if heldout.empty:

@@ -317,6 +317,7 @@ class FinetunedModel:
         ``model`` holds the starting model's weights and detects as it does.
     heldout : dict or None
         The acceptance check: ``f1_before`` and ``f1_after`` on the held-out clicks,
+        ``margin`` (one standard error of their difference: the gain needed),
         ``clicks`` held out, ``complete_area`` (whether precision was counted).
     message : str
         One line for the user on what was kept and why.
