@@ -19,8 +19,8 @@ Per case and draw, with the bundled model detecting at its per-image threshold:
   clicks held out for the acceptance check, the starting model kept when the adapted one
   is not better there by more than the check's uncertainty), then detection with the
   result; *adapted + clicks*: that detection's threshold refitted to the same clicks, as
-  the Detect widget does when the user detects again with the clicks layer in place. Run for the first
-  ``--adapt-draws`` regions of each case.
+  the Detect widget does when the user detects again with the clicks layer in place. Run
+  for the first ``--adapt-draws`` regions of each case.
 
 The refit time is one refit (the user's wait after a click; the detection is done once,
 before); the adaptation time is the whole fine-tuning call.

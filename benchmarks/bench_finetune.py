@@ -8,7 +8,8 @@ Reported per case and click count:
 
 - the bundled model before fine-tuning, at its calibrated threshold;
 - the fine-tuned model at its recalibrated threshold, and the wall time of fine-tuning
-  (training with a 45 s budget, then calibration; on these 2 CPU cores);
+  (training with a 45 s budget, then calibration; on these 2 CPU cores): the trained
+  weights, whether or not the acceptance check kept them (recorded as ``accepted``);
 - a Laplacian-of-Gaussian detector (sub-pixel refined, as TrackMate's) whose scale and
   threshold are tuned on the same clicks: the clicked region is taken as completely
   annotated, which is more information than fine-tuning uses.
@@ -99,7 +100,9 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     seconds = time.perf_counter() - started
     # The "threshold" mode: the parent's weights, the threshold from the clicked area.
     only = _threshold_only(case, parent, positives, parent_points, centre, radius)
-    tuned = result.model
+    # The trained weights, whether or not the acceptance check kept them: this table
+    # measures training (the correction-loop benchmark measures what the user keeps).
+    tuned = result.adapted or result.model
     tuned_points = network_points(tuned, case.image)
     after = score_outside(case, tuned_points, tuned.threshold, centre, radius)
     # What a perfectly chosen threshold would give: the cost of calibrating from clicks.
@@ -115,6 +118,7 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
         "f1_before": before.f1, "rmse_before": before.rmse,
         "f1_after": after.f1, "rmse_after": after.rmse, "f1_after_best_threshold": best_after,
         "threshold_after": tuned.threshold, "steps": result.steps_done,
+        "accepted": result.accepted,
         "f1_after_count": None if count is None else count.f1,
         "rmse_after_count": None if count is None else count.rmse,
         "threshold_after_count": keeping,
@@ -126,6 +130,12 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
           file=sys.stderr)
     return row
+
+
+def _kept(accepted) -> str:
+    # Whether the acceptance check kept the trained weights ("–": no check, or a row of a
+    # run from before it).
+    return {True: "yes", False: "no"}.get(accepted, "–")
 
 
 def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
@@ -150,7 +160,9 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         f"(training budget {args.budget:g} s, the flip/rotation copy of "
         f"{FinetuneSettings().consistency_patches} patches per step, then threshold "
         "recalibration from the "
-        "clicks), at its new threshold; *parent's count*: the same network at the "
+        "clicks), at its new threshold: the trained weights whether or not the acceptance "
+        "check on the held-out clicks kept them (*kept*; the correction-loop benchmark "
+        "measures what the user keeps); *parent's count*: the same network at the "
         "threshold that keeps as many detections on the clicked frames as the parent "
         "made (`--calibration count`); *time* is the whole fine-tuning call. *LoG*: "
         "Laplacian of Gaussian with scale and threshold tuned on the clicked region "
@@ -164,8 +176,8 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
         "| F1 after, best threshold | F1 threshold only "
         + ("| F1 after, clicks only " if baseline else "")
         + "| F1 LoG | RMSE before | RMSE after | RMSE threshold only | RMSE LoG | time (s) "
-        "| steps | time, threshold only (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| steps | kept | time, threshold only (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         + ("---|" if baseline else ""),
     ]
     for r in rows:
@@ -180,7 +192,8 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
             + f"| {r['f1_log']:.3f} "
             f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} "
             f"| {_f(r, 'rmse_threshold_only', 2)} | {r['rmse_log']:.2f} "
-            f"| {r['finetune_s']:.0f} | {r['steps']} | {_f(r, 'threshold_only_s', 1)} |")
+            f"| {r['finetune_s']:.0f} | {r['steps']} | {_kept(r.get('accepted'))} "
+            f"| {_f(r, 'threshold_only_s', 1)} |")
     if any(r.get("reused") for r in rows):
         rounded = ("" if args.reuse.suffix == ".json" else
                    "; their figures are rounded to 3 decimals")
