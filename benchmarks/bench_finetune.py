@@ -307,7 +307,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=45.0,
                         help="training time budget per fine-tuning, seconds")
     parser.add_argument("--draws", type=int, default=3,
-                        help="click regions drawn for 10 clicks (one for other counts)")
+                        help="click regions drawn for 10 clicks (one for other counts); a "
+                             "case read back with --reuse keeps the regions it had")
     parser.add_argument("--quick", action="store_true", help="small images, 10 clicks, 5 s")
     parser.add_argument("--reuse", type=Path, default=None, metavar="LOG",
                         help="rows of an earlier run (its .json, or the lines an interrupted "
@@ -347,8 +348,12 @@ def main() -> None:
                                       if k not in ("reused", "threshold_added")}
     rows = []
     for case in cases:
+        # A case read back keeps every region the earlier run drew (it may have drawn
+        # more than --draws); a case measured now draws --draws.
+        drawn = [d for (name, n, d) in earlier if name == case.name and n == 10]
+        draws = max(args.draws, 1 + max(drawn, default=-1))
         for n in args.clicks:
-            for draw in range(args.draws if n == 10 else 1):
+            for draw in range(draws if n == 10 else 1):
                 row = earlier.get((case.name, n, draw))
                 if row and (args.threshold_again or "f1_threshold_only" not in row):
                     # An earlier run without the threshold-only mode, or before a change
