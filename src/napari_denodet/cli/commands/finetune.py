@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                                        files=files),
                         describe, lambda p: p.total)
     save_model(out, result.model.network, result.model.card, overwrite=args.overwrite)
-    kept = ("; the starting model's weights, the adapted ones were not better"
+    kept = ("; the starting model's weights, the adapted ones were not measurably better"
             if result.accepted is False else "")
     print(f"wrote {out} and {out.with_suffix('.json')} ({result.steps_done} steps in "
           f"{result.wall_time:.0f} s, threshold {result.model.threshold:.2f}{kept})")
