@@ -98,7 +98,6 @@ def test_train_records_the_share_of_plain_patches(tmp_path):
     (["--scenario", "micrograph", "--correlated-noise", "0.5"], "time-lapses only"),
     (["--halo-range", "0", "0.5"], "micrographs only"),
     (["--ptc-share", "0.5"], "realistic domain only"),
-    (["--domain", "realistic", "--correlated-noise", "1"], "ptc domain only"),
 ])
 def test_train_refuses_fringe_or_blur_that_does_not_fit(tmp_path, extra, message, capsys):
     out = tmp_path / "m.pt"

@@ -160,10 +160,23 @@ def test_share_of_plain_patches_is_a_setting():
     assert abs(plain_share(PTC_SHARE) - PTC_SHARE) < 0.08
     with pytest.raises(ValueError, match="ptc_share"):
         TrainSettings(domain="realistic", ptc_share=1.5)
-    with pytest.raises(ValueError, match="ptc domain only"):
-        TrainSettings(domain="realistic", correlated_noise=1.0)
     with pytest.raises(ValueError, match="realistic domain only"):
         TrainSettings(ptc_share=0.5)
+
+
+def test_correlated_noise_goes_to_the_ptc_like_patches_of_a_realistic_run():
+    # The formation has its own camera (correlated noise in some draws); the setting's
+    # widths go to the PTC-like share only, about half of it.
+    def widths(share):
+        settings = TrainSettings(domain="realistic", ptc_share=share, correlated_noise=1.0,
+                                 patch_size=32)
+        rng = np.random.default_rng(0)
+        return [draw_sample(settings, rng).params["noise_correlation"] for _ in range(40)]
+
+    ptc = widths(1.0)
+    assert 8 <= sum(max(w) > 0 for w in ptc) <= 32
+    assert all(max(w) <= 1.0 for w in ptc)
+    assert all(max(w) == 0 for w in widths(0.0))
 
 
 def test_micrograph_contrast_transfer_and_artefacts():

@@ -107,8 +107,9 @@ class TrainSettings:
         Time-lapses only: the largest width (px) of the spatial correlation given to the
         noise of half the patches, drawn per patch and axis from ``[0, correlated_noise]``
         (:func:`~napari_denodet.core.simulate.correlate_noise`); the other half keep
-        white Poisson noise. 0, the default, keeps every patch white. The ``"ptc"``
-        domain only: the realistic one's camera draws correlated noise of its own.
+        white Poisson noise. 0, the default, keeps every patch white. In the realistic
+        domain it applies to the PTC-like share (``ptc_share``) only: the randomised
+        formation's camera draws correlated noise of its own.
     domain : {"ptc", "realistic"}
         ``"realistic"`` draws each time-lapse patch's camera, background structure, PSF
         width, intensities and clusters from
@@ -197,9 +198,6 @@ class TrainSettings:
             raise ValueError(f"ptc_share must be between 0 and 1, got {self.ptc_share}")
         if self.domain != "realistic" and self.ptc_share != PTC_SHARE:
             raise ValueError("ptc_share applies to the realistic domain only")
-        if self.domain == "realistic" and self.correlated_noise > 0:
-            raise ValueError("correlated_noise applies to the ptc domain only (the realistic "
-                             "domain's camera draws correlated noise of its own)")
         if self.scenario == "micrograph" and self.correlated_noise > 0:
             raise ValueError("correlated_noise applies to time-lapses only (micrographs "
                              "have blur_range)")
@@ -302,14 +300,16 @@ def draw_sample(settings: TrainSettings, rng: np.random.Generator,
         scenario = (settings.scenario if settings.scenario in SCENARIOS
                     else SCENARIOS[int(rng.integers(len(SCENARIOS)))])
         widths = (0.0, 0.0)
-        # Drawn only when asked for, so that runs without it keep their random stream.
-        if settings.correlated_noise > 0 and rng.random() < 0.5:
+        formation = patch_formation(settings, seed)
+        # Drawn only when asked for, so that runs without it keep their random stream; a
+        # realistic formation brings its own camera, so only PTC-like patches get them.
+        if settings.correlated_noise > 0 and formation is None and rng.random() < 0.5:
             widths = tuple(float(w) for w in rng.uniform(0.0, settings.correlated_noise, 2))
         density = rng.uniform(30, 1200)
         window = settings.window
         sim = simulate_timelapse(scenario, snr=snr, density=density, frames=window,
                                  shape=(size, size), seed=seed, noise_correlation=widths,
-                                 formation=patch_formation(settings, seed))
+                                 formation=formation)
         if window > 1:
             centre = window // 2
             edge = _draw_edge(rng)

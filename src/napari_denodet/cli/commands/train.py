@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=default.correlated_noise, metavar="WIDTH",
                         help="time-lapses: give half the patches noise correlated between "
                              "neighbouring pixels, as many cameras have, with Gaussian "
-                             "widths (px) drawn per axis up to WIDTH (default "
+                             "widths (px) drawn per axis up to WIDTH; with --domain "
+                             "realistic, in its PTC-like share only (default "
                              f"{default.correlated_noise:g}: white noise only)")
     parser.add_argument("--domain", choices=DOMAINS, default=default.domain,
                         help="'realistic' draws most patches through a randomised image "
