@@ -57,6 +57,7 @@ from common import (
     click_region,
     finetune_cases,
     inside_region,
+    kept_text,
     log_on_clicks,
     score_outside,
 )
@@ -202,11 +203,6 @@ def _telomeres(folder: Path) -> dict | None:
     return out
 
 
-def _kept(accepted) -> str:
-    # None: no weights were trained (the model card advises recalibrating only).
-    return {True: "yes", False: "no", None: "threshold only"}[accepted]
-
-
 def _adaptation_table(rows: list[dict]) -> list[str]:
     adapted = [r for r in rows if "adapt_f1" in r]
     if not adapted:
@@ -229,7 +225,7 @@ def _adaptation_table(rows: list[dict]) -> list[str]:
             lines.append(
                 f"| {r['case']} | {clicks} | {r['f1_before']:.3f} | {r[instant]:.3f} "
                 f"| {r[f'{key}_f1']:.3f} | {r[f'{key}_f1_clicks']:.3f} "
-                f"| {_kept(r[f'{key}_accepted'])} | {check} "
+                f"| {kept_text(r[f'{key}_accepted'], 'threshold only')} | {check} "
                 f"| {r[f'{key}_seconds']:.0f} |")
     return lines
 
@@ -280,7 +276,7 @@ def _markdown(rows: list[dict], telomeres: dict | None, args) -> str:
             if v is None:
                 continue
             seconds = f"{v['seconds']:.3f}" if "seconds" in v else ""
-            kept = _kept(v["accepted"]) if "accepted" in v else ""
+            kept = kept_text(v["accepted"], "threshold only") if "accepted" in v else ""
             lines.append(f"| {label} | {v['threshold']:.3f} | {v['per_frame']:.0f} "
                          f"| {v['recurrence']:.0%} | {seconds} | {kept} |")
     return "\n".join(lines) + "\n"

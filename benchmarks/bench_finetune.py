@@ -45,6 +45,7 @@ from common import (
     advised_modes,
     click_region,
     finetune_cases,
+    kept_text,
     log_on_clicks,
     model_of,
     network_points,
@@ -132,12 +133,6 @@ def _measure(case: Case, n: int, budget: float, draw: int = 0,
     return row
 
 
-def _kept(accepted) -> str:
-    # Whether the acceptance check kept the trained weights ("–": no check, or a row of a
-    # run from before it).
-    return {True: "yes", False: "no"}.get(accepted, "–")
-
-
 def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
     baseline = baseline or {}
     pseudo = sorted({r.get("pseudo_labels", 0.0) for r in rows})
@@ -192,7 +187,7 @@ def _markdown(rows: list[dict], cases: list[Case], args, baseline=None) -> str:
             + f"| {r['f1_log']:.3f} "
             f"| {r['rmse_before']:.2f} | {r['rmse_after']:.2f} "
             f"| {_f(r, 'rmse_threshold_only', 2)} | {r['rmse_log']:.2f} "
-            f"| {r['finetune_s']:.0f} | {r['steps']} | {_kept(r.get('accepted'))} "
+            f"| {r['finetune_s']:.0f} | {r['steps']} | {kept_text(r.get('accepted'))} "
             f"| {_f(r, 'threshold_only_s', 1)} |")
     if any(r.get("reused") for r in rows):
         rounded = ("" if args.reuse.suffix == ".json" else

@@ -452,3 +452,12 @@ def log_on_clicks(case: Case, invert: bool, centre, radius, scenario: str):
     if sigma is None:
         raise RuntimeError(f"{case.name}: no LoG candidate in the clicked region")
     return score_outside(case, candidates[sigma], threshold, centre, radius), sigma, threshold
+
+
+def kept_text(accepted, unchecked: str = "–") -> str:
+    """Say whether fine-tuning's acceptance check kept the trained weights.
+
+    ``accepted`` is :attr:`FinetunedModel.accepted` (None: nothing was checked, said as
+    ``unchecked``).
+    """
+    return {True: "yes", False: "no"}.get(accepted, unchecked)

@@ -33,9 +33,16 @@ def _frame_coords(table: pd.DataFrame) -> np.ndarray:
                             table[Y].to_numpy(np.float64), table[X].to_numpy(np.float64)])
 
 
+def _found(found: pd.DataFrame, clicks: pd.DataFrame, gate: float) -> np.ndarray:
+    # Per click, whether a detection lies within `gate` px on the same frame (one-to-one).
+    hit = np.zeros(len(clicks), dtype=bool)
+    hit[match_points(_frame_coords(found), _frame_coords(clicks), gate=gate)[1]] = True
+    return hit
+
+
 def _matched(found: pd.DataFrame, clicks: pd.DataFrame, gate: float) -> int:
     # Clicks with a detection within `gate` px on the same frame (one-to-one).
-    return len(match_points(_frame_coords(found), _frame_coords(clicks), gate=gate)[0])
+    return int(_found(found, clicks, gate).sum())
 
 
 def _click_scores(candidates: pd.DataFrame, positives: pd.DataFrame, gate: float) -> np.ndarray:

@@ -28,6 +28,7 @@ from napari_denodet.core.device import choose_device
 from napari_denodet.core.errors import InputError
 from napari_denodet.core.feedback import area_looks_complete
 from napari_denodet.core.finetune.calibration import (
+    _found,
     _matched,
     area_is_incomplete,
     calibrate_from_area,
@@ -465,14 +466,11 @@ def _heldout_measure(found, heldout: pd.DataFrame, clicks: list[np.ndarray],
     # detections in a completely clicked area (those matching a click: a binomial count),
     # else the detections' calibrated probabilities (whose sum of p(1 - p) is the variance
     # of the number of true ones among them).
-    from napari_denodet.core.finetune.calibration import _frame_coords
     from napari_denodet.core.finetune.clicks import _in_area, clicked_area
-    from napari_denodet.core.metrics import match_points
     from napari_denodet.core.points import points_table
 
     kept = found.points
-    hit = np.zeros(len(heldout), dtype=bool)
-    hit[match_points(_frame_coords(kept), _frame_coords(heldout), CALIBRATION_GATE)[1]] = True
+    hit = _found(kept, heldout, CALIBRATION_GATE)
     if complete:
         inside = matched = 0
         for i, (points, shape) in enumerate(zip(clicks, shapes, strict=True)):
