@@ -157,3 +157,52 @@ def test_a_threshold_fitted_to_clicks_gives_way_only_to_clear_evidence():
     # put right and none wrong, clear enough even for a fitted threshold.
     low = refit(0.0, fitted=True)
     assert low.threshold > 0.0 and not low.kept_fitted and low.kept < len(table) - 5
+
+
+def test_the_threshold_puts_right_as_many_clicked_candidates_as_any_can():
+    # A noisy image whose own probabilities underrate every candidate (a decoy estimate
+    # that under-counts, as on micrographs at SNR 0.05) and whose particles and noise
+    # overlap in peak, with a completely clicked area.
+    import napari_denodet.core.feedback as feedback
+
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        table = _candidates(seed=seed)
+        true = table["true"].to_numpy()
+        table["peak"] = np.where(true, rng.uniform(0.4, 0.6, len(table)),
+                                 rng.uniform(0.25, 0.5, len(table)))
+        table[SCORE] = 0.3 * table["peak"]
+        truth = table[table["true"]]
+        corner = truth[(truth[FRAME] == 0) & (truth[Y] < 80) & (truth[X] < 110)]
+        clicks = corner[[FRAME, Y, X]]
+        refit = refit_threshold(table, clicks, start=0.2, shape=SHAPE, complete=True)
+        assert refit.particles == len(clicks) and refit.false >= 3
+        # The refit is monotone in the raw peak: its threshold is a cut in peak. No cut
+        # puts right more of the labelled candidates (the clicked particles' candidates
+        # and the area's others) than the one chosen.
+        peak = table["peak"].to_numpy()
+        yes, no, _ = feedback._labelled(table, clicks, clicks.iloc[:0], SHAPE, 5.0, True)
+        labelled = np.zeros(len(table), bool)
+        labelled[np.concatenate([yes, no])] = True
+        # (Between the highest unlabelled candidate it drops and the lowest it keeps.)
+        low = peak[~labelled & (refit.scores < refit.threshold)].max()
+        high = peak[~labelled & (refit.scores >= refit.threshold)].min()
+        cuts = [np.nextafter(low, 1), high, *peak[labelled & (peak > low) & (peak <= high)]]
+        best = max(feedback._labelled_f1(peak, t, yes, no) for t in peak[labelled])
+        assert max(feedback._labelled_f1(peak, t, yes, no) for t in cuts) == pytest.approx(best)
+
+
+def test_the_image_estimate_decides_only_between_thresholds_the_clicks_cannot_separate():
+    from napari_denodet.core.feedback import _agreeing
+
+    # Six labelled candidates: particles at 0.9, 0.8, 0.7 and 0.4, false ones at 0.6
+    # and 0.2. Keeping down to 0.7 gives F1 6/7, down to 0.4 gives 8/9: the clicks want
+    # a threshold in (0.2, 0.4]; the unlabelled candidates do not count.
+    probability = np.array([0.9, 0.8, 0.7, 0.4, 0.6, 0.2, 0.3, 0.35, 0.25, 0.5])
+    yes, no = np.array([0, 1, 2, 3]), np.array([4, 5])
+    assert _agreeing(probability, yes, no, 0.3) == 0.3  # inside: the image decides
+    assert _agreeing(probability, yes, no, 0.65) == 0.4  # above: down to the interval
+    # Below: up to the lowest probability that drops the false one at 0.2.
+    assert _agreeing(probability, yes, no, 0.1) == 0.25
+    # Nothing labelled: the image's choice stands.
+    assert _agreeing(probability, yes[:0], no[:0], 0.65) == 0.65
