@@ -11,7 +11,7 @@ from napari_denodet.core.feedback import (
     refit_threshold,
     split_clicks,
 )
-from napari_denodet.core.metrics import score_detections
+from napari_denodet.core.metrics import GATE, score_detections
 from napari_denodet.core.points import FRAME, SCORE, X, Y, points_table
 
 SHAPE = (200, 200)
@@ -181,7 +181,7 @@ def test_the_threshold_puts_right_as_many_clicked_candidates_as_any_can():
         # puts right more of the labelled candidates (the clicked particles' candidates
         # and the area's others) than the one chosen.
         peak = table["peak"].to_numpy()
-        yes, no, _ = feedback._labelled(table, clicks, clicks.iloc[:0], SHAPE, 5.0, True)
+        yes, no, _ = feedback._labelled(table, clicks, clicks.iloc[:0], SHAPE, GATE, True)
         labelled = np.zeros(len(table), bool)
         labelled[np.concatenate([yes, no])] = True
         # (Between the highest unlabelled candidate it drops and the lowest it keeps.)

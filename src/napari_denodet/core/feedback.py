@@ -28,12 +28,12 @@ estimate only between thresholds they cannot separate. (An expected F1 alone lea
 an image estimate that under-counts: on simulated micrographs at SNR 0.05 it kept
 490-970 detections where the best threshold keeps about 1,800, and dropped clicked
 particles; docs/models-history.md, "Instant feedback: the clicks bound the threshold".)
-The refit is kept only when it does better on the labelled candidates than the probabilities and
-threshold in force, and it needs both kinds of label: particles alone say nothing of
-the noise. A threshold in force that was itself fitted to clicks (a fine-tuned model's)
-has used them already, so a refit replaces it only on clear evidence: it must put right
-more labelled candidates than it puts wrong, by a one-sided sign test at
-:data:`SIGN_TEST_LEVEL` (five of five, for instance). A gain of one or two candidates
+The refit is kept only when it does better on the labelled candidates than the
+probabilities and threshold in force, and it needs both kinds of label: particles alone
+say nothing of the noise. A threshold in force that was itself fitted to clicks (a
+fine-tuned model's) has used them already, so a refit replaces it only on clear
+evidence: it must put right more labelled candidates than it puts wrong, by a one-sided
+sign test at :data:`SIGN_TEST_LEVEL` (five of five, for instance). A gain of one or two candidates
 out of a dozen is what chance gives, and taking it halved the detections of fine-tuned
 micrograph models and lost up to 0.2 F1 on the particles no one clicked
 (docs/models-history.md, "Clicks on a fine-tuned model"). A clicked candidate's
